@@ -106,6 +106,18 @@ class Method:
         """Periodic method work after update number ``step`` (1-based). Returns values to log."""
         return {}
 
+    # --- accounting --------------------------------------------------------------------------
+    @classmethod
+    def theory_counts(cls, model_cfg, config: MethodConfig) -> dict[str, int]:
+        """Closed-form element counts (methods.md §2.7): params, trainable, optimizer state.
+
+        Default: dense AdamW on every parameter (2 moments per trainable element).
+        """
+        from rankscope.models.llama import dense_param_count
+
+        n = dense_param_count(model_cfg)
+        return {"params": n, "trainable": n, "state": 2 * n, "buffers": 0}
+
     # --- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Method-own state (counters etc.) as tensors only, for exact resume."""

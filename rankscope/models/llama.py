@@ -200,6 +200,25 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return total / count.clamp_min(1)
 
 
+def target_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
+    """(qualified name, out, in) of the 7 projections of every block, in module order."""
+    d, f = cfg.d_model, cfg.d_ff
+    per_block = [
+        ("self_attn.q_proj", d, d), ("self_attn.k_proj", d, d), ("self_attn.v_proj", d, d),
+        ("self_attn.o_proj", d, d), ("mlp.gate_proj", f, d), ("mlp.up_proj", f, d), ("mlp.down_proj", d, f),
+    ]
+    return [(f"model.layers.{i}.{name}", m, n) for i in range(cfg.n_layers) for name, m, n in per_block]
+
+
+def extra_param_count(cfg: ModelConfig) -> int:
+    """Embedding + lm_head + every RMSNorm gain: the parameters no method makes low-rank."""
+    return 2 * cfg.vocab_size * cfg.d_model + (2 * cfg.n_layers + 1) * cfg.d_model
+
+
+def dense_param_count(cfg: ModelConfig) -> int:
+    return extra_param_count(cfg) + sum(m * n for _, m, n in target_shapes(cfg))
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
