@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 
 COLUMNS = [
-    "run", "method", "scale", "seed", "step", "step_b", "metric", "value", "stderr", "scope", "name",
+    "run", "method", "scale", "seed", "step", "step_b", "metric", "value", "stderr", "ci_low", "ci_high",
+    "scope", "name",
     "space", "mode", "n_tokens", "settings_hash", "settings", "note",
 ]
 
@@ -28,6 +29,8 @@ class Row:
     metric: str
     value: float
     stderr: float | None = None  # standard error across directions / batches / bootstrap, when defined
+    ci_low: float | None = None  # 95% confidence interval, when the metric has one (bootstrap)
+    ci_high: float | None = None
     scope: str = "model"  # model | layer | matrix | type | pair | task
     name: str = ""  # layer index, matrix name, matrix type, other method, task name...
     space: str = "dense"  # dense | native | factor | linear_product

@@ -1,0 +1,181 @@
+"""Run configuration: one frozen tree ``RunConfig(model, method, data, train)``.
+
+The CLI flags of ``rankscope train`` are generated from these dataclasses (field comments become help), and
+the resolved tree is written to ``config.json`` in every run folder so analysis can rebuild the model from
+the folder alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from rankscope.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "embedded"  # embedded | hf | files
+    dataset: str = ""  # HF dataset name for source=hf (e.g. allenai/c4)
+    dataset_config: str = ""  # HF dataset config (e.g. en)
+    text_column: str = "text"  # column holding the raw text
+    train_split: str = "train"  # split (or for embedded: corpus split) used for training
+    val_split: str = "validation"  # held-out split for validation perplexity
+    train_files: tuple[str, ...] = ()  # local .txt/.jsonl/.parquet files for source=files
+    val_files: tuple[str, ...] = ()  # local validation files for source=files
+    streaming: bool = True  # stream HF datasets instead of downloading them whole
+    tokenizer: str = "embedded"  # embedded | path to tokenizer.json | HF tokenizer folder or hub name
+    seq_len: int = 256  # tokens per training sequence
+    packing: str = "pack"  # pack (concatenate documents) | pad (one document per sequence, pads = -100)
+    shuffle_buffer: int = 10000  # documents in the streaming shuffle buffer (source=hf)
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, ("embedded", "hf", "files"))
+        _choice("data.packing", self.packing, ("pack", "pad"))
+        if self.source == "hf" and not self.dataset:
+            raise UserError("data.source=hf needs data.dataset (e.g. --dataset allenai/c4 --dataset-config en)")
+        if self.source == "files" and not self.train_files:
+            raise UserError("data.source=files needs at least one --train-files PATH (.txt, .jsonl or .parquet)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 1000  # optimizer updates
+    warmup_steps: int = -1  # LR warmup updates (-1: 10% of steps)
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak LR
+    micro_batch_size: int = 8  # sequences per forward pass on each process
+    grad_accum: int = 1  # micro-batches per update on each process
+    lr: float = -1.0  # peak LR (-1: the method's study default for the model size)
+    seed: int = 0  # seeds the initial weights, data order and method randomness
+    eval_every: int = 100  # validate every N updates (0: only at the end)
+    eval_tokens: int = 65536  # validation budget in non-pad tokens
+    save_every: int = 0  # checkpoint every N updates (0: only at the end)
+    save_steps: tuple[int, ...] = ()  # extra explicit checkpoint steps
+    log_every: int = 10  # log training loss every N updates
+    precision: str = "auto"  # auto (fp32 on CPU, bf16 autocast on CUDA) | fp32 | bf16-autocast | bf16-pure
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dist: str = "ddp"  # ddp | fsdp (when launched with torchrun)
+    compile: bool = False  # torch.compile the model (slow first step; off for demos)
+    faithful_release: bool = False  # reproduce the released reference code's quirks (methods.md §3)
+    eval_loss: str = "token_mean"  # token_mean | batch_mean | batch_mean_n_plus_1 (release quirk Q6)
+    max_bad_steps: int = 0  # non-finite losses tolerated before the run stops (0: stop at the first)
+
+    def __post_init__(self) -> None:
+        _choice("train.precision", self.precision, ("auto", "fp32", "bf16-autocast", "bf16-pure"))
+        _choice("train.dist", self.dist, ("ddp", "fsdp"))
+        _choice("train.eval_loss", self.eval_loss, ("token_mean", "batch_mean", "batch_mean_n_plus_1"))
+        for name in ("steps", "micro_batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def warmup(self) -> int:
+        return self.steps // 10 if self.warmup_steps < 0 else self.warmup_steps
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # run folder name under out_dir
+    out_dir: str = "runs"  # parent folder of run folders
+    model: str = "tiny"  # model preset: smoke | tiny | 60m | 130m | 350m | 1b
+    vocab_size: int = 0  # override the preset's vocabulary size (0: preset value)
+    method: str = "full_rank"  # full_rank | galore | fira | cola | sltrain | relora
+    method_options: dict[str, Any] = field(default_factory=dict)  # overrides of the method's Config
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def model_config(self):
+        from rankscope.models.presets import model_config
+
+        try:
+            return model_config(self.model, **({"vocab_size": self.vocab_size} if self.vocab_size else {}))
+        except KeyError as exc:
+            raise UserError(str(exc.args[0])) from None
+
+    def method_class(self):
+        from rankscope.methods.registry import get_method
+
+        try:
+            return get_method(self.method)
+        except KeyError as exc:
+            raise UserError(str(exc.args[0])) from None
+
+    def method_config(self):
+        """The method's Config: study defaults for this size, release quirks if asked, then overrides."""
+        cls = self.method_class()
+        options = dict(self.method_options)
+        try:
+            cfg = cls.Config.for_preset(self.model, self.train.faithful_release, **options)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"method {self.method!r}: {exc}") from None
+        if self.train.lr > 0:
+            cfg = replace(cfg, lr=self.train.lr)
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the training trajectory (not where it is written or logged)."""
+        d = self.to_dict()
+        d.pop("name"), d.pop("out_dir")
+        for k in ("eval_every", "eval_tokens", "save_every", "save_steps", "log_every", "device", "eval_loss"):
+            d["train"].pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
+        d = dict(d)
+        try:
+            data = _build(DataConfig, d.pop("data", {}) or {}, f"{source}: data")
+            train = _build(TrainConfig, d.pop("train", {}) or {}, f"{source}: train")
+            return _build(cls, {**d, "data": data, "train": train}, source)
+        except UserError:
+            raise
+
+    def with_overrides(self, **top: Any) -> RunConfig:
+        return replace(self, **top)
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise UserError(f"{name}={value!r} is not valid; choose one of: {', '.join(options)}")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML run config, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes a user error naming the file
+        raise UserError(f"could not parse config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data

@@ -1,0 +1,145 @@
+"""What a diagnostic gets to look at: run handles, the fixed evaluation batch, and loss helpers.
+
+Every model handed out here is a fresh fp32 copy in eval mode, so diagnostics can never corrupt a run or
+each other. Dense weights come from ``rankscope.methods.dense.materialize`` (merged W for ReLoRA/SLTrain);
+CoLA has no dense form and is analysed on its native factors (``space="native"``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rankscope.diagnostics.table import Row
+from rankscope.models.llama import LlamaLM, lm_loss_sums
+
+
+@dataclass(frozen=True)
+class EvalBatch:
+    """A fixed token budget from the held-out split: identical for every method, checkpoint and point."""
+
+    input_ids: torch.Tensor  # [B, T] int64
+    labels: torch.Tensor  # [B, T] int64, -100 where not counted (pads)
+    micro_batch: int = 16  # sequences per forward pass
+
+    @property
+    def n_tokens(self) -> int:
+        return int((self.labels != -100).sum())
+
+    def chunks(self):
+        for i in range(0, self.input_ids.shape[0], self.micro_batch):
+            yield self.input_ids[i : i + self.micro_batch], self.labels[i : i + self.micro_batch]
+
+
+@torch.inference_mode()
+def mean_loss(model: nn.Module, batch: EvalBatch, device: torch.device | str = "cpu") -> float:
+    """Token-weighted mean NLL over the batch (Σ NLL ÷ non-pad tokens), fp32."""
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    for ids, labels in batch.chunks():
+        nll, n = lm_loss_sums(model(ids.to(device)), labels.to(device))
+        total += nll.double()
+        count += int(n)
+    return float(total) / max(count, 1)
+
+
+def per_chunk_losses(model: nn.Module, batch: EvalBatch, device: torch.device | str = "cpu") -> list[tuple[float, int]]:
+    """(Σ NLL, tokens) per micro-batch: lets callers report a standard error across batches."""
+    out = []
+    with torch.inference_mode():
+        for ids, labels in batch.chunks():
+            nll, n = lm_loss_sums(model(ids.to(device)), labels.to(device))
+            out.append((float(nll), int(n)))
+    return out
+
+
+@dataclass
+class RunHandle:
+    """One run folder. Loads checkpoints lazily and caches the dense state of the latest request."""
+
+    path: Path
+    name: str
+    method: str
+    scale: str
+    seed: int
+    steps: list[int]
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunHandle:
+        from rankscope.training.checkpoint import list_checkpoints, read_run_config
+
+        path = Path(path)
+        cfg = read_run_config(path)
+        return cls(path, cfg.name, cfg.method, cfg.model, cfg.train.seed, list_checkpoints(path))
+
+    @cached_property
+    def has_dense_form(self) -> bool:
+        from rankscope.methods.registry import get_method
+
+        return get_method(self.method).has_dense_form
+
+    def native_model(self, step: int) -> LlamaLM:
+        """The method's own model (swapped layers), fp32, eval mode: a fresh copy each call."""
+        from rankscope.training.checkpoint import load_model
+
+        model, _ = load_model(self.path, step)
+        return model.float().eval()
+
+    def dense_state(self, step: int) -> dict[str, torch.Tensor] | None:
+        """Plain-LLaMA fp32 state dict (merged weights), or None for methods without a dense form."""
+        if not self.has_dense_form:
+            return None
+        key = ("dense", step)
+        if key not in self._cache:
+            from rankscope.methods.dense import materialize
+
+            self._cache.clear()  # keep at most one checkpoint in memory
+            state = materialize(self.native_model(step))
+            self._cache[key] = {k: v.float() for k, v in state.items()}
+        return self._cache[key]
+
+    def dense_model(self, step: int) -> LlamaLM:
+        """A plain LlamaLM with the merged weights (fresh copy). Raises NoDenseForm for CoLA."""
+        from rankscope.methods.dense import NoDenseForm
+        from rankscope.training.checkpoint import read_run_config
+
+        state = self.dense_state(step)
+        if state is None:
+            raise NoDenseForm(f"run {self.name!r} ({self.method}) has no dense form")
+        model = LlamaLM(read_run_config(self.path).model_config())
+        model.load_state_dict(state, strict=True)
+        return model.float().eval()
+
+    def analysis_model(self, step: int) -> tuple[LlamaLM, str]:
+        """Dense model when one exists (``space="dense"``), otherwise the native model (``"native"``)."""
+        if self.has_dense_form:
+            return self.dense_model(step), "dense"
+        return self.native_model(step), "native"
+
+
+@dataclass
+class AnalysisContext:
+    run: RunHandle
+    step: int
+    batch: EvalBatch
+    mode: str = "default"  # default | faithful
+    device: str = "cpu"
+    step_b: int | None = None  # consecutive: the later checkpoint
+    reference: RunHandle | None = None  # reference: the full-rank run
+    other: RunHandle | None = None  # pairwise: the second run
+    seed: int = 0  # diagnostic seed (directions), independent of the training seed
+
+    def row(self, metric: str, value: float, **kw: Any) -> Row:
+        """A Row with run/method/step/scale/seed/mode filled in from the context."""
+        base = dict(
+            run=self.run.name, method=self.run.method, step=self.step, scale=self.run.scale,
+            seed=self.run.seed, mode=self.mode, step_b=self.step_b, n_tokens=self.batch.n_tokens,
+        )
+        base.update(kw)
+        return Row(metric=metric, value=float(value), **base)
