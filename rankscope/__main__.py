@@ -1,0 +1,5 @@
+"""``python -m rankscope`` (and ``torchrun -m rankscope train ...``)."""
+
+from rankscope.cli import main
+
+main()

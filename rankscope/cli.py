@@ -1,0 +1,114 @@
+"""``rankscope`` command line: train | analyze | eval | predict | study | report (+ methods, export-hf).
+
+Bad input raises :class:`rankscope.errors.UserError`; ``main`` prints its message (no traceback) and exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rankscope.cli_options import merge, parse_set, split_overrides, with_config_options
+from rankscope.errors import UserError
+
+app = typer.Typer(
+    help="Train, diagnose, evaluate and compare low-rank pre-training methods for LLaMA models.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+
+
+def build_run_config(config: Optional[Path], set_: Optional[list[str]], options: dict):
+    from rankscope.config import RunConfig, load_config_file
+
+    base = load_config_file(config) if config else {}
+    nested = merge(base, split_overrides(options))
+    method_options = parse_set(set_)
+    if method_options:
+        nested["method_options"] = {**(nested.get("method_options") or {}), **method_options}
+    cfg = RunConfig.from_dict(nested, source=str(config) if config else "command line")
+    cfg.method_config()  # validate method options now, before anything is written
+    return cfg
+
+
+@app.command()
+@with_config_options
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON/YAML run config; flags override it."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run folder from its last checkpoint."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method option KEY=VALUE (see `rankscope methods`)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar or memory table."),
+    **options,
+) -> None:
+    """Pre-train one model with one method; writes runs/<name>/ (config, metrics, checkpoints)."""
+    from rankscope.training.loop import train as run_training
+
+    cfg = build_run_config(config, set_, options)
+    result = run_training(cfg, resume=resume, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        ppl = f"{result.val_ppl:.2f}" if result.val_ppl is not None else "n/a"
+        typer.echo(f"run {result.run_dir}: step {result.step}, validation perplexity {ppl}")
+
+
+@app.command()
+def methods() -> None:
+    """List the training methods and their options (with the study defaults for each model preset)."""
+    from dataclasses import fields
+
+    from rankscope.methods.registry import available, get_method
+
+    for name in available():
+        cls = get_method(name)
+        typer.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        for f in fields(cls.Config):
+            typer.echo(f"    {f.name} = {getattr(cls.Config(), f.name)!r}")
+        presets = getattr(cls.Config, "PRESET_DEFAULTS", {})
+        if presets:
+            typer.echo("    per preset: " + "; ".join(f"{k}: {v}" for k, v in presets.items()))
+
+
+@app.command("export-hf")
+def export_hf(
+    run_dir: Path = typer.Argument(..., help="Run folder."),
+    out: Path = typer.Argument(..., help="Output folder for a Hugging Face LlamaForCausalLM (config + safetensors)."),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the last)."),
+) -> None:
+    """Export a checkpoint's dense weights as a Hugging Face LLaMA folder (ReLoRA/SLTrain merged)."""
+    from rankscope.models.hf import export_run
+
+    typer.echo(f"wrote {export_run(run_dir, out, step)}")
+
+
+def _register_optional_commands() -> None:
+    """Commands owned by other subpackages register themselves here (imported lazily for a fast --help)."""
+    from rankscope import cli_commands  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    _register_optional_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; completed checkpoints are intact (resume with --resume)", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+"""Subcommands that wrap the analysis, evaluation, study and report subpackages (imported lazily)."""
+
+from __future__ import annotations

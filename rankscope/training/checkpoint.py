@@ -1,0 +1,214 @@
+"""Run folders: self-describing, tensors-only, written atomically.
+
+```
+runs/<name>/config.json        the resolved RunConfig
+runs/<name>/meta.json          method, package version, git revision, world size, init fingerprint, config hash
+runs/<name>/metrics.jsonl      one JSON object per log/eval event (plus TensorBoard events in tb/)
+runs/<name>/memory.json        parameter / gradient / optimizer-state accounting vs theory
+runs/<name>/checkpoints/step_000100/
+    model.safetensors          the method's native weights (swapped layers included)
+    optimizer.safetensors      every tensor of optimizer.state_dict() (moments, projectors, counters)
+    optimizer.json             the non-tensor rest (param groups, scalar entries)
+    method.safetensors         method-own state (ReLoRA merge count ...)
+    rng_rank<R>.safetensors    CPU (and CUDA) RNG states of every rank
+    train_state.json           step, tokens seen, data position, config hash, package version
+```
+A checkpoint is first written to a hidden temp folder and then renamed, so a crash never leaves a partial
+``step_*`` folder; nothing here unpickles (safetensors + JSON only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from rankscope.config import RunConfig, load_config_file
+from rankscope.errors import UserError
+
+STEP_PREFIX = "step_"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"{STEP_PREFIX}{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[int]:
+    """Steps of the complete checkpoints of a run, ascending (temp folders are ignored)."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    steps = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(STEP_PREFIX) and (p / "train_state.json").is_file():
+            try:
+                steps.append(int(p.name[len(STEP_PREFIX):]))
+            except ValueError:
+                continue
+    return sorted(steps)
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a rankscope run folder: {path} is missing")
+    return RunConfig.from_dict(load_config_file(path), source=str(path))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+# --- optimizer state <-> tensors + JSON ------------------------------------------------------------
+
+def flatten_optimizer_state(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, entry in sd["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, entry in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(entry)
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+# --- saving ----------------------------------------------------------------------------------------
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            state[f"torch_cuda_{i}"] = s
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    model_state: dict[str, torch.Tensor] | None,
+    optimizer_state: dict | None,
+    method_state: dict[str, torch.Tensor],
+    rng_states: list[dict[str, torch.Tensor]],
+    train_state: dict[str, Any],
+) -> Path:
+    """Write one checkpoint atomically (rank 0 passes the states; RNG of every rank is gathered)."""
+    final = step_dir(run_dir, step)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp_{final.name}_{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    meta = {"format": "rankscope-checkpoint-1"}
+    if model_state is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors", meta)
+    if optimizer_state is not None:
+        tensors, rest = flatten_optimizer_state(optimizer_state)
+        save_file(tensors, tmp / "optimizer.safetensors", meta)
+        (tmp / "optimizer.json").write_text(json.dumps(rest, default=str))
+    save_file({k: v.contiguous().cpu() for k, v in method_state.items()}, tmp / "method.safetensors", meta)
+    for r, state in enumerate(rng_states):
+        save_file(state, tmp / f"rng_rank{r}.safetensors", meta)
+    (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2, sort_keys=True))
+    if final.exists():  # re-saving a step: swap, then delete the old copy
+        old = final.parent / f".old_{final.name}_{os.getpid()}"
+        final.replace(old)
+        tmp.replace(final)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(final)
+    return final
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} is missing: the checkpoint is incomplete; delete its folder "
+                        f"and resume from an earlier step")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint file {path} is corrupt ({exc}); delete {path.parent} and resume from an "
+                        f"earlier checkpoint") from None
+
+
+def read_train_state(run_dir: Path, step: int) -> dict[str, Any]:
+    path = step_dir(run_dir, step) / "train_state.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"checkpoint metadata {path} is unreadable ({exc}); delete {path.parent} and resume from "
+                        f"an earlier checkpoint") from None
+
+
+def load_checkpoint(run_dir: Path, step: int, rank: int = 0) -> dict[str, Any]:
+    d = step_dir(run_dir, step)
+    out: dict[str, Any] = {"train_state": read_train_state(run_dir, step)}
+    out["model"] = _load_safetensors(d / "model.safetensors")
+    opt_meta_path = d / "optimizer.json"
+    if opt_meta_path.is_file():
+        try:
+            opt_meta = json.loads(opt_meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"checkpoint file {opt_meta_path} is corrupt ({exc})") from None
+        out["optimizer"] = unflatten_optimizer_state(_load_safetensors(d / "optimizer.safetensors"), opt_meta)
+    out["method"] = _load_safetensors(d / "method.safetensors")
+    rng_path = d / f"rng_rank{rank}.safetensors"
+    out["rng"] = _load_safetensors(rng_path) if rng_path.is_file() else None
+    return out
+
+
+def load_model(run_dir: str | Path, step: int | None = None, device: str | torch.device = "cpu"):
+    """Rebuild the method's model from the run folder alone and load a checkpoint (default: the last)."""
+    from rankscope.methods.base import Schedule
+    from rankscope.models.llama import LlamaLM
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    steps = list_checkpoints(run_dir)
+    if not steps:
+        raise UserError(f"run {run_dir} has no complete checkpoint under {run_dir / 'checkpoints'}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+        raise UserError(f"run {run_dir} has no checkpoint at step {step}; available: {steps}")
+    method = cfg.method_class()(cfg.method_config(), Schedule(cfg.train.steps, cfg.train.warmup, cfg.train.min_lr_ratio))
+    with torch.random.fork_rng(devices=[]):
+        model = method.prepare(LlamaLM(cfg.model_config()))
+    state = _load_safetensors(step_dir(run_dir, step) / "model.safetensors")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {step_dir(run_dir, step)} does not match its config.json "
+                        f"(model {cfg.model!r}, method {cfg.method!r}): {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), method

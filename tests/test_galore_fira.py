@@ -1,0 +1,330 @@
+"""GaLore / Fira: oracle trajectories against the official packages, projector maths, state and accounting.
+
+Oracle settings aligned with galore-torch 1.0 / fira 1.0.2 (methods.md §5.1), and why each is needed:
+
+* ``adam_form="folded"``: the packages use the transformers AdamW copy (η_k·m/(√v+ε), decay *after* the
+  step); the torch form differs in early steps and whenever weight decay > 0.
+* the same ε on both sides, passed explicitly (1e-6, the packages' default; rankscope's default is 1e-8).
+* ``projector="svd"``: a full fp32 ``torch.linalg.svd`` of G *as stored*, like the packages. After the
+  second refresh the kept moments make any sign or rotation change of the basis alter the trajectory.
+* ``canonical_signs=False``: the packages keep LAPACK's signs.
+* fp32 matrices (the packages cast the projector to the parameter dtype).
+* scripted gradients with a clear spectral gap (σ_i/σ_{i+1} = √2), so σ_r ≠ σ_{r+1} and the top-r
+  subspace is well defined; fed through ``.grad``.
+* the packages' group keys: ``rank``, ``update_proj_gap``, ``scale`` (galore) / ``alpha`` (fira),
+  ``proj_type="std"``; a plain group (a 1-D "norm gain") on the same optimizer, as in the release.
+* Fira: ``residual_alpha_scaled=True`` (release Q7); with α = 1 the quirk vanishes, so the corrected
+  default must match the release too. The limiter's 1e-8 guards and first-step rule are the release's.
+* T = 3, N = 10 steps: refreshes at counters 0, 3, 6, 9 (several with kept moments).
+* Only tensors are read from the packages' state (their projector is a Python object).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from rankscope.methods.registry import get_method
+from rankscope.models.llama import LlamaLM
+from rankscope.models.presets import model_config
+from rankscope.optim import projectors as proj
+from rankscope.optim.fira import FiraAdamW
+from rankscope.optim.galore import GaLoreAdamW
+
+SHAPES = {"tall": (40, 24), "wide": (24, 40), "square": (32, 32)}
+RANK, GAP, STEPS, LR, EPS = 6, 3, 10, 0.01, 1e-6
+
+
+def gapped_matrix(m: int, n: int, gen: torch.Generator, decay: float = 2 ** -0.5) -> torch.Tensor:
+    """Random orthogonal factors with singular values 1, decay, decay², ...: a clear gap at every index."""
+    k = min(m, n)
+    u = torch.linalg.qr(torch.randn(m, k, generator=gen, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(n, k, generator=gen, dtype=torch.float64)).Q
+    s = decay ** torch.arange(k, dtype=torch.float64)
+    return ((u * s) @ v.t()).float()
+
+
+def scripted(shape: tuple[int, int], seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [(gapped_matrix(*shape, gen), torch.randn(shape[0], generator=gen)) for _ in range(STEPS)]
+
+
+def run_pair(ours, theirs, w_ours, w_theirs, grads, check_state) -> None:
+    for k, (g, g_gain) in enumerate(grads):
+        for (w, gain) in (w_ours, w_theirs):
+            w.grad, gain.grad = g.clone(), g_gain.clone()
+        ours.step()
+        theirs.step()
+        for a, b in zip(w_ours, w_theirs):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda s: f"step {k + 1}: {s}")
+        check_state(k)
+
+
+def make_pair(shape, seed):
+    gen = torch.Generator().manual_seed(seed)
+    w0, gain0 = 0.1 * torch.randn(shape, generator=gen), 1 + 0.1 * torch.randn(shape[0], generator=gen)
+    mine = (nn.Parameter(w0.clone()), nn.Parameter(gain0.clone()))
+    ref = (nn.Parameter(w0.clone()), nn.Parameter(gain0.clone()))
+    return mine, ref
+
+
+def compare_moments(ours, theirs, w_ours, w_theirs, extra_keys=()) -> None:
+    for a, b in zip(w_ours, w_theirs):
+        sa, sb = ours.state[a], theirs.state[b]
+        assert int(sa["step"]) == sb["step"]
+        for key in ("exp_avg", "exp_avg_sq", *extra_keys):
+            ref = torch.as_tensor(sb[key]).reshape(sa[key].shape)
+            # lerp (ours, as torch AdamW) vs mul_+add_ (theirs) round differently: atol relative to scale
+            torch.testing.assert_close(sa[key], ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_galore_matches_galore_torch(shape, wd):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        galore_torch = pytest.importorskip("galore_torch")
+    mine, ref = make_pair(shape, seed=1)
+    groups = lambda w, gain, **kw: [{"params": [gain]}, {"params": [w], "rank": RANK, "update_proj_gap": GAP, **kw}]  # noqa: E731
+    ours = GaLoreAdamW(groups(*mine, scale=0.25), lr=LR, eps=EPS, weight_decay=wd, adam_form="folded",
+                       projector="svd", canonical_signs=False)
+    theirs = galore_torch.GaLoreAdamW(groups(*ref, scale=0.25, proj_type="std"), lr=LR, eps=EPS,
+                                      weight_decay=wd, no_deprecation_warning=True)
+    run_pair(ours, theirs, mine, ref, scripted(shape, seed=2),
+             lambda k: compare_moments(ours, theirs, mine, ref))
+
+
+@pytest.mark.parametrize(("alpha", "scaled"), [(0.25, True), (1.0, False)], ids=["release-q7", "alpha1"])
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_fira_matches_fira_package(shape, wd, alpha, scaled):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fira = pytest.importorskip("fira")
+    mine, ref = make_pair(shape, seed=3)
+    ours = FiraAdamW([{"params": [mine[1]]},
+                      {"params": [mine[0]], "rank": RANK, "update_proj_gap": GAP, "scale": alpha}],
+                     lr=LR, eps=EPS, weight_decay=wd, adam_form="folded", projector="svd",
+                     canonical_signs=False, residual_alpha_scaled=scaled)
+    theirs = fira.FiraAdamW([{"params": [ref[1]]}, {"params": [ref[0]], "rank": RANK, "update_proj_gap": GAP,
+                                                     "alpha": alpha, "proj_type": "std"}],
+                            lr=LR, eps=EPS, weight_decay=wd, no_deprecation_warning=True)
+
+    def check(k):
+        compare_moments(ours, theirs, mine[:1], ref[:1])
+        zeta_ours, zeta_ref = ours.state[mine[0]]["zeta"], theirs.state[ref[0]]["scaling_grad"]
+        torch.testing.assert_close(zeta_ours, torch.as_tensor(zeta_ref, dtype=torch.float32), rtol=1e-5, atol=0)
+
+    run_pair(ours, theirs, mine, ref, scripted(shape, seed=4), check)
+
+
+# --- projector maths ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(96, 40), (40, 96)])
+def test_backends_keep_top_r_energy(shape):
+    g = gapped_matrix(*shape, torch.Generator().manual_seed(0), decay=0.8)
+    exact = proj.top_basis(g, 8, "svd")
+    for backend in proj.PROJECTORS:
+        basis = proj.top_basis(g, 8, backend)
+        assert basis.shape == (min(shape), 8)
+        torch.testing.assert_close(basis.t() @ basis, torch.eye(8), atol=1e-5, rtol=0)
+        energy = proj.retained_energy(g, basis)
+        assert energy >= (0.9999 if backend != "randomized" else 0.999), (backend, energy)
+        distance = torch.linalg.matrix_norm(exact @ exact.t() - basis @ basis.t()) / math.sqrt(2 * 8)
+        assert distance < 1e-3, (backend, float(distance))
+
+
+def test_canonical_signs_are_deterministic():
+    g = gapped_matrix(50, 30, torch.Generator().manual_seed(5))
+    bases = [proj.top_basis(x, 5, b) for x in (g, -g) for b in ("svd", "svd_tall", "gram_eigh")]
+    for b in bases[1:]:
+        torch.testing.assert_close(b, bases[0], atol=1e-4, rtol=0)
+    top = bases[0].gather(0, bases[0].abs().argmax(0, keepdim=True))
+    assert bool((top > 0).all())
+
+
+def test_gram_singular_values_clamped():
+    g = gapped_matrix(30, 20, torch.Generator().manual_seed(6))
+    g[:, -5:] = 0  # rank-deficient: tiny negative Gram eigenvalues possible
+    s = proj.gram_singular_values(g)
+    assert bool((s >= 0).all())
+    torch.testing.assert_close(s, torch.linalg.svdvals(g.double()), atol=1e-6, rtol=1e-6)
+
+
+def test_failed_decomposition_retries_in_fp64_then_keeps_previous(monkeypatch, caplog):
+    g = gapped_matrix(30, 20, torch.Generator().manual_seed(7))
+    real_eigh = torch.linalg.eigh
+
+    def flaky(a, *args, **kw):
+        if a.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("injected")
+        return real_eigh(a, *args, **kw)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    basis, status = proj.refresh_basis(g, 4, None, "gram_eigh")
+    assert status == "retried_fp64" and basis.dtype == torch.float64
+
+    def broken(*args, **kw):
+        raise torch.linalg.LinAlgError("injected")
+
+    monkeypatch.setattr(torch.linalg, "eigh", broken)
+    previous = torch.eye(20)[:, :4]
+    basis, status = proj.refresh_basis(g, 4, previous, "gram_eigh")
+    assert status == "failed" and basis is previous
+    assert "keeping the previous projector" in caplog.text
+
+
+# --- optimizer behaviour ------------------------------------------------------------------------------
+def test_galore_update_within_one_window_has_rank_at_most_r():
+    gen = torch.Generator().manual_seed(8)
+    w = nn.Parameter(torch.randn(30, 20, generator=gen))
+    w0 = w.detach().clone()
+    opt = GaLoreAdamW([{"params": [w], "rank": 4, "update_proj_gap": 5}], lr=0.1)
+    for _ in range(5):  # counters 0..4: one projector
+        w.grad = torch.randn(30, 20, generator=gen)
+        opt.step()
+    s = torch.linalg.svdvals((w.detach() - w0).double())
+    assert float(s[4] / s[0]) < 1e-5 < float(s[3] / s[0])  # fp32 round-off floor
+
+
+@pytest.mark.parametrize("cls", [GaLoreAdamW, FiraAdamW])
+def test_nonfinite_gradient_keeps_projector_and_skips(cls, caplog):
+    gen = torch.Generator().manual_seed(9)
+    w = nn.Parameter(torch.randn(20, 12, generator=gen))
+    opt = cls([{"params": [w], "rank": 3, "update_proj_gap": 2}], lr=0.01)
+    w.grad = torch.full_like(w, float("nan"))
+    opt.step()  # first step, no previous projector: skipped, no crash
+    assert "projector" not in opt.state[w] and int(opt.state[w]["step"]) == 0
+    for _ in range(2):
+        w.grad = torch.randn(20, 12, generator=gen)
+        opt.step()
+    before_p, before_w = opt.state[w]["projector"].clone(), w.detach().clone()
+    w.grad = torch.randn(20, 12, generator=gen)
+    w.grad[3, 4] = float("inf")
+    opt.step()  # counter 2: a refresh with a non-finite gradient
+    assert torch.equal(opt.state[w]["projector"], before_p) and torch.equal(w.detach(), before_w)
+    assert int(opt.state[w]["step"]) == 2 and opt.nonfinite_skips == 2
+    assert "non-finite gradient" in caplog.text
+    w.grad = torch.randn(20, 12, generator=gen)
+    opt.step()  # retried refresh succeeds
+    assert bool(torch.isfinite(w).all()) and not torch.equal(opt.state[w]["projector"], before_p)
+
+
+@pytest.mark.parametrize("form", ["torch", "folded"])
+@pytest.mark.parametrize("cls", [GaLoreAdamW, FiraAdamW])
+def test_state_dict_round_trip_is_bit_exact(cls, form):
+    gen = torch.Generator().manual_seed(10)
+    init = [torch.randn(24, 16, generator=gen), torch.randn(16, 24, generator=gen), torch.randn(16, generator=gen)]
+    grads = [[torch.randn(t.shape, generator=gen) for t in init] for _ in range(9)]
+
+    def build():
+        ps = [nn.Parameter(t.clone()) for t in init]
+        opt = cls([{"params": ps[:2], "rank": 4, "update_proj_gap": 3}, {"params": ps[2:]}], lr=0.01,
+                  weight_decay=0.1, adam_form=form)
+        return ps, opt
+
+    def advance(ps, opt, gs):
+        for step_grads in gs:
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+            opt.step()
+
+    ps_a, opt_a = build()
+    advance(ps_a, opt_a, grads[:4])
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in ps_a], "opt": opt_a.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    ps_b, opt_b = build()
+    with torch.no_grad():
+        for p, t in zip(ps_b, saved["params"]):
+            p.copy_(t)
+    opt_b.load_state_dict(saved["opt"])
+    advance(ps_a, opt_a, grads[4:])
+    advance(ps_b, opt_b, grads[4:])
+    for a, b in zip(ps_a, ps_b):
+        assert torch.equal(a, b)
+    assert all(isinstance(v, torch.Tensor) for st in opt_a.state.values() for v in st.values())
+
+
+def test_grad_none_is_skipped_and_counter_does_not_advance():
+    gen = torch.Generator().manual_seed(11)
+    a, b = nn.Parameter(torch.randn(12, 8, generator=gen)), nn.Parameter(torch.randn(12, 8, generator=gen))
+    opt = GaLoreAdamW([{"params": [a, b], "rank": 2, "update_proj_gap": 2}], lr=0.01)
+    b_before = None
+    for k in range(4):
+        a.grad = torch.randn(12, 8, generator=gen)
+        b.grad = torch.randn(12, 8, generator=gen) if k == 0 else None
+        if k == 1:
+            b_before = (b.detach().clone(), opt.state[b]["projector"].clone())
+        opt.step()
+    assert int(opt.state[a]["step"]) == 4 and int(opt.state[b]["step"]) == 1
+    assert torch.equal(b.detach(), b_before[0]) and torch.equal(opt.state[b]["projector"], b_before[1])
+    b.grad = torch.randn(12, 8, generator=gen)
+    opt.step()  # b's own counter is 1: no refresh for b
+    assert torch.equal(opt.state[b]["projector"], b_before[1])
+
+
+def test_plain_group_equals_torch_adamw():
+    gen = torch.Generator().manual_seed(12)
+    init = torch.randn(50, generator=gen)
+    p1, p2 = nn.Parameter(init.clone()), nn.Parameter(init.clone())
+    ours = GaLoreAdamW([p1], lr=0.01, weight_decay=0.1)
+    ref = torch.optim.AdamW([p2], lr=0.01, weight_decay=0.1, eps=1e-8, fused=True)
+    for _ in range(5):
+        g = torch.randn(50, generator=gen)
+        p1.grad, p2.grad = g.clone(), g.clone()
+        ours.step(), ref.step()
+    assert torch.equal(p1, p2)
+
+
+def test_rank_is_clamped(caplog):
+    w = nn.Parameter(torch.randn(10, 4))
+    opt = GaLoreAdamW([{"params": [w], "rank": 16}], lr=0.01)
+    w.grad = torch.randn(10, 4)
+    with caplog.at_level("INFO"):
+        opt.step()
+    assert opt.state[w]["projector"].shape == (4, 4) and "clamped" in caplog.text
+
+
+# --- methods -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["galore", "fira"])
+def test_method_groups_and_one_step(name):
+    cls = get_method(name)
+    cfg = cls.Config.for_preset("smoke")
+    assert (cfg.rank, cfg.update_proj_gap, cfg.lr, cfg.scale) == (8, 50, 0.01, 0.25)
+    model = LlamaLM(model_config("smoke"))
+    method = cls(cfg, schedule=None)
+    groups = method.param_groups(model)
+    assert len(groups[0]["params"]) == 7 * model.config.n_layers and groups[0]["rank"] == 8
+    assert groups[1]["lr"] == groups[0]["lr"] and "rank" not in groups[1]
+    opt = method.build_optimizer(model)
+    model(torch.randint(0, 100, (2, 16))).float().logsumexp(-1).mean().backward()
+    opt.step()
+    faithful = cls.Config.for_preset("smoke", faithful_release=True)
+    assert (faithful.adam_form, faithful.adam_eps, faithful.projector, faithful.canonical_signs) == (
+        "folded", 1e-6, "svd", False)
+    with pytest.raises(ValueError):
+        method.param_groups(nn.Sequential(nn.Linear(4, 4)))
+
+
+def test_theory_counts_60m_match_spec():
+    counts = get_method("galore").theory_counts(model_config("60m"), get_method("galore").Config.for_preset("60m"))
+    assert abs(counts["state"] / 81.9e6 - 1) < 1e-3 and abs(counts["projectors"] / 3.67e6 - 1) < 1e-3
+    fira = get_method("fira").theory_counts(model_config("60m"), get_method("fira").Config.for_preset("60m"))
+    assert fira["state"] == counts["state"] + 56
+
+
+def test_measured_state_matches_theory_at_smoke():
+    cls = get_method("fira")
+    cfg = cls.Config.for_preset("smoke")
+    model = LlamaLM(model_config("smoke"))
+    opt = cls(cfg, schedule=None).build_optimizer(model)
+    model(torch.randint(0, 100, (2, 16))).float().logsumexp(-1).mean().backward()
+    opt.step()
+    measured = sum(v.numel() for st in opt.state.values() for k, v in st.items() if k != "step")
+    assert measured == cls.theory_counts(model.config, cfg)["state"]
