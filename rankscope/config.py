@@ -119,6 +119,16 @@ class RunConfig:
             cfg = replace(cfg, lr=self.train.lr)
         return cfg
 
+    def build_method(self):
+        """The configured Method instance (errors in the method's options become user errors)."""
+        from rankscope.methods.base import Schedule
+
+        t = self.train
+        try:
+            return self.method_class()(self.method_config(), Schedule(t.steps, t.warmup, t.min_lr_ratio))
+        except ValueError as exc:
+            raise UserError(f"method {self.method!r}: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

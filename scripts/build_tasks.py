@@ -27,7 +27,7 @@ from rankscope.downstream.text import TrainIndex  # noqa: E402
 ASSETS = Path(__file__).resolve().parents[1] / "rankscope" / "downstream" / "assets"
 SEED = 1234
 CAPS = {"cloze": 1000, "nextsent": 800}
-BUILD_VERSION = "1"
+BUILD_VERSION = "2"
 
 
 def pos_lexicon(tagged: list[dict]) -> dict[str, str]:
@@ -89,7 +89,9 @@ def main() -> None:
                           caps=CAPS["cloze"]),
         "nextsent": mc_entry("nextsent", nextsent, "multiple_choice", bigram,
                              "4-way next sentence; context = 2 previous sentences of a held-out paragraph; "
-                             "distractors = random held-out sentences (5-40 words) of other documents.",
+                             "distractors = random held-out sentences (5-40 words) of other documents of the same "
+                             "source, length-matched "
+                             "(characters within 15 %).",
                              caps=CAPS["nextsent"]),
         "genre": {"file": "genre.jsonl", "kind": "probe", "n_items": len(genre),
                   "n_train": sum(it["part"] == "train" for it in genre),

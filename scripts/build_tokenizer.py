@@ -64,7 +64,8 @@ def main() -> None:
     for split in ("train", "validation", "test"):
         t2 = time.perf_counter()
         n = sum(len(ids) for ids in wrapped.encode_batch([d["text"] for d in load_documents(split)]))
-        print(f"{split:>10}: {n:,} tokens ({n // 256:,} sequences of 256), encoded in {time.perf_counter() - t2:.1f}s")
+        took = time.perf_counter() - t2
+        print(f"{split:>10}: {n:,} tokens ({n // 256:,} sequences of 256), encoded in {took:.1f}s")
     print(f"vocab_size {wrapped.vocab_size}, fingerprint {wrapped.fingerprint()}")
 
 

@@ -36,6 +36,15 @@ from rankscope.optim import projectors as proj
 from rankscope.optim.fira import FiraAdamW
 from rankscope.optim.galore import GaLoreAdamW
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: one thread avoids OpenMP stragglers on a shared 2-core machine (performance.md §8)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SHAPES = {"tall": (40, 24), "wide": (24, 40), "square": (32, 32)}
 RANK, GAP, STEPS, LR, EPS = 6, 3, 10, 0.01, 1e-6
 
@@ -90,7 +99,9 @@ def test_galore_matches_galore_torch(shape, wd):
         warnings.simplefilter("ignore")
         galore_torch = pytest.importorskip("galore_torch")
     mine, ref = make_pair(shape, seed=1)
-    groups = lambda w, gain, **kw: [{"params": [gain]}, {"params": [w], "rank": RANK, "update_proj_gap": GAP, **kw}]  # noqa: E731
+    def groups(w, gain, **kw):
+        return [{"params": [gain]}, {"params": [w], "rank": RANK, "update_proj_gap": GAP, **kw}]
+
     ours = GaLoreAdamW(groups(*mine, scale=0.25), lr=LR, eps=EPS, weight_decay=wd, adam_form="folded",
                        projector="svd", canonical_signs=False)
     theirs = galore_torch.GaLoreAdamW(groups(*ref, scale=0.25, proj_type="std"), lr=LR, eps=EPS,
@@ -118,7 +129,8 @@ def test_fira_matches_fira_package(shape, wd, alpha, scaled):
     def check(k):
         compare_moments(ours, theirs, mine[:1], ref[:1])
         zeta_ours, zeta_ref = ours.state[mine[0]]["zeta"], theirs.state[ref[0]]["scaling_grad"]
-        torch.testing.assert_close(zeta_ours, torch.as_tensor(zeta_ref, dtype=torch.float32), rtol=1e-5, atol=0)
+        zeta_ref = torch.as_tensor(zeta_ref, dtype=torch.float32)
+        torch.testing.assert_close(zeta_ours, zeta_ref, rtol=1e-5, atol=0)
 
     run_pair(ours, theirs, mine, ref, scripted(shape, seed=4), check)
 
@@ -218,7 +230,7 @@ def test_nonfinite_gradient_keeps_projector_and_skips(cls, caplog):
 @pytest.mark.parametrize("cls", [GaLoreAdamW, FiraAdamW])
 def test_state_dict_round_trip_is_bit_exact(cls, form):
     gen = torch.Generator().manual_seed(10)
-    init = [torch.randn(24, 16, generator=gen), torch.randn(16, 24, generator=gen), torch.randn(16, generator=gen)]
+    init = [torch.randn(shape, generator=gen) for shape in ((24, 16), (16, 24), (16,))]
     grads = [[torch.randn(t.shape, generator=gen) for t in init] for _ in range(9)]
 
     def build():
@@ -313,7 +325,8 @@ def test_method_groups_and_one_step(name):
 
 
 def test_theory_counts_60m_match_spec():
-    counts = get_method("galore").theory_counts(model_config("60m"), get_method("galore").Config.for_preset("60m"))
+    galore = get_method("galore")
+    counts = galore.theory_counts(model_config("60m"), galore.Config.for_preset("60m"))
     assert abs(counts["state"] / 81.9e6 - 1) < 1e-3 and abs(counts["projectors"] / 3.67e6 - 1) < 1e-3
     fira = get_method("fira").theory_counts(model_config("60m"), get_method("fira").Config.for_preset("60m"))
     assert fira["state"] == counts["state"] + 56

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rankscope.data.corpus_build import SOURCES, SPLITS
 
-_ASSETS = "rankscope.data.assets"
+_PACKAGE = "rankscope.data"  # assets/ is a plain folder, not a package
 CORPUS_FILE = "corpus.jsonl.xz"
 MANIFEST_FILE = "corpus_manifest.json"
 BROWN_TAGGED_FILE = "brown_heldout_tagged.jsonl.xz"
@@ -27,7 +27,7 @@ BROWN_TAGGED_FILE = "brown_heldout_tagged.jsonl.xz"
 
 def _asset(name: str) -> Path:
     """Filesystem path of a packaged asset (the package is installed unzipped)."""
-    return Path(str(resources.files(_ASSETS).joinpath(name)))
+    return Path(str(resources.files(_PACKAGE) / "assets" / name))
 
 
 def corpus_path() -> Path:

@@ -38,8 +38,10 @@ class TextTokenizer:
     """Text <-> ids with the special ids a training run needs."""
 
     def __init__(self, backend: Tokenizer, *, eos_id: int, bos_id: int | None = None,
-                 pad_id: int | None = None, vocab_size: int | None = None, name: str = ""):
+                 pad_id: int | None = None, vocab_size: int | None = None, name: str = "",
+                 source_file: Path | None = None):
         self._tok = backend
+        self.source_file = source_file  # the tokenizer.json behind it, for exports; None for HF loads
         self.eos_id = eos_id
         self.bos_id = eos_id if bos_id is None else bos_id  # GPT-style: one token opens and closes
         self.pad_id = pad_id
@@ -61,7 +63,7 @@ class TextTokenizer:
             raise UserError(f"{path} defines none of the EOS tokens {', '.join(_EOS_NAMES)}; "
                             "add one as a special token so documents can be separated")
         return cls(tok, eos_id=eos, bos_id=_first_id(tok, _BOS_NAMES),
-                   pad_id=_first_id(tok, _PAD_NAMES), name=str(path))
+                   pad_id=_first_id(tok, _PAD_NAMES), name=str(path), source_file=path)
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -83,11 +85,14 @@ class TextTokenizer:
     def check_fits(self, model_vocab_size: int) -> None:
         """Run-start guard: every id must index the model's embedding table."""
         if self.vocab_size > model_vocab_size:
-            raise UserError(f"tokenizer {self.name!r} has {self.vocab_size} ids but the model's vocab_size "
-                            f"is {model_vocab_size}; raise the model vocab_size or pick another tokenizer")
+            raise UserError(
+                f"tokenizer {self.name!r} has {self.vocab_size} ids but the model's vocab_size is "
+                f"{model_vocab_size}; raise the model vocab_size or pick another tokenizer"
+            )
 
     def __repr__(self) -> str:
-        return f"TextTokenizer({self.name!r}, vocab_size={self.vocab_size}, eos={self.eos_id}, pad={self.pad_id})"
+        return (f"TextTokenizer({self.name!r}, vocab_size={self.vocab_size}, "
+                f"eos={self.eos_id}, pad={self.pad_id})")
 
 
 def _first_id(tok: Tokenizer, names: Sequence[str]) -> int | None:
@@ -99,7 +104,7 @@ def _first_id(tok: Tokenizer, names: Sequence[str]) -> int | None:
 
 
 def embedded_tokenizer_path() -> Path:
-    return Path(str(resources.files("rankscope.data.assets").joinpath("tokenizer.json")))
+    return Path(str(resources.files("rankscope.data") / "assets" / "tokenizer.json"))
 
 
 def load_tokenizer(spec: str = "embedded") -> TextTokenizer:
@@ -128,12 +133,19 @@ def _from_hf(spec: str, *, local: bool) -> TextTokenizer:
     try:
         hf = AutoTokenizer.from_pretrained(spec, local_files_only=local)
     except (OSError, ValueError) as exc:  # offline, unreachable, unknown repo, or an incomplete folder
-        where = f"folder {spec}" if local else f"{spec!r}: not a local path, and the HF hub is unreachable or offline"
-        raise UserError(f"could not load tokenizer from {where} ({type(exc).__name__}); {_OFFLINE_HINT}") from None
+        where = f"folder {spec}" if local else (
+            f"{spec!r}: not a local path, and the HF hub is unreachable or offline "
+            "(HF_HUB_OFFLINE=1 fails fast)"
+        )
+        raise UserError(
+            f"could not load tokenizer from {where} ({type(exc).__name__}); {_OFFLINE_HINT}"
+        ) from None
     backend = getattr(hf, "backend_tokenizer", None)
     if not isinstance(backend, Tokenizer):
-        raise UserError(f"{spec!r} has no fast (Rust) tokenizer; export its tokenizer.json and pass that path")
+        raise UserError(
+            f"{spec!r} has no fast (Rust) tokenizer; export its tokenizer.json and pass that path"
+        )
     if hf.eos_token_id is None:
-        raise UserError(f"tokenizer {spec!r} has no EOS token, which rankscope needs as document separator")
-    return TextTokenizer(backend, eos_id=hf.eos_token_id, bos_id=hf.bos_token_id, pad_id=hf.pad_token_id,
-                         vocab_size=len(hf), name=spec)
+        raise UserError(f"tokenizer {spec!r} has no EOS token; rankscope needs one as document separator")
+    return TextTokenizer(backend, eos_id=hf.eos_token_id, bos_id=hf.bos_token_id,
+                         pad_id=hf.pad_token_id, vocab_size=len(hf), name=spec)

@@ -6,8 +6,8 @@ Path θ(α) = lerp(θA, θB, α), α ∈ {0, 0.05, …, 1}, written into fp32 pa
 Both signed, never clamped. With unequal endpoint losses B_F counts about half the gap as barrier even
 without a bump (linear 3→4: B_F = 0.45, B_E = 0), so B_F, relative B_F and B_E are reported together.
 
-Standard errors come from the eval micro-batches: the barrier of each micro-batch's curve, std/√n_chunks
-(free: the per-chunk sums are computed anyway). Curves are ``*_curve`` rows (name = α, value = loss);
+Standard errors come from the eval sequences: the barrier of each sequence's curve, std/√n_seq (free: the
+per-sequence sums fall out of the same forward passes). Curves are ``*_curve`` rows (name = α, value = loss);
 L_A, L_B are the α = 0 and α = 1 curve points, and the argmax α is in the row's ``note``.
 """
 
@@ -29,7 +29,7 @@ from rankscope.diagnostics.table import Row
 @dataclass(frozen=True)
 class Barrier:
     frankle: float  # B_F
-    frankle_rel: float  # B_F ÷ ½(L_A + L_B)
+    frankle_rel: float  # B_F ÷ ½(L_A + L_B) (NaN when that is 0)
     entezari: float  # B_E
     argmax_alpha: float  # α of the interior max (B_F)
     argmax_alpha_lin: float  # α of the B_E max
@@ -51,7 +51,9 @@ def barrier(alphas: np.ndarray, losses: np.ndarray) -> Barrier:
     frankle = float(interior[i] - 0.5 * (la + lb))
     excess = losses - ((1.0 - alphas) * la + alphas * lb)
     j = int(np.argmax(excess))
-    return Barrier(frankle, frankle / (0.5 * (la + lb)), float(excess[j]), float(alphas[i + 1]),
+    mid = 0.5 * (la + lb)
+    rel = frankle / mid if mid != 0.0 else float("nan")
+    return Barrier(frankle, rel, float(excess[j]), float(alphas[i + 1]),
                    float(alphas[j]), la, lb)
 
 
@@ -62,12 +64,13 @@ def interpolation_grid(n_points: int = 21) -> np.ndarray:
     return np.arange(n_points, dtype=np.float64) / (n_points - 1)
 
 
-def barrier_stderr(alphas: np.ndarray, chunk_sums: np.ndarray) -> tuple[float | None, float | None, float | None]:
-    """Std/√n of (B_F, B_F rel, B_E) across micro-batches; ``chunk_sums`` is [n_alphas, n_chunks, 2]."""
-    n = chunk_sums.shape[1]
+def barrier_stderr(alphas: np.ndarray, seq_sums: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """Std/√n of (B_F, B_F rel, B_E) across eval sequences; ``seq_sums`` is [n_alphas, n_seq, 2]."""
+    seq_sums = seq_sums[:, seq_sums[0, :, 1] > 0]  # sequences with counted tokens
+    n = seq_sums.shape[1]
     if n < 2:
         return None, None, None
-    per = [barrier(alphas, chunk_sums[:, c, 0] / np.maximum(chunk_sums[:, c, 1], 1.0)) for c in range(n)]
+    per = [barrier(alphas, seq_sums[:, c, 0] / seq_sums[:, c, 1]) for c in range(n)]
     se = lambda xs: float(np.std(xs, ddof=1) / np.sqrt(n))  # noqa: E731
     return se([b.frankle for b in per]), se([b.frankle_rel for b in per]), se([b.entezari for b in per])
 
@@ -75,7 +78,7 @@ def barrier_stderr(alphas: np.ndarray, chunk_sums: np.ndarray) -> tuple[float | 
 def interpolate(model: torch.nn.Module, theta_b: dict[str, torch.Tensor], alphas: np.ndarray, batch,
                 device: str = "cpu") -> tuple[Barrier, tuple, np.ndarray]:
     """Barrier, its standard errors and the mean curve from ``model`` (θA, restored) to ``theta_b``."""
-    sums = lerp_line(live_params(model), theta_b, alphas, batch, model_loss_fn(model, device, per_chunk=True))
+    sums = lerp_line(live_params(model), theta_b, alphas, batch, model_loss_fn(model, device, per_sequence=True))
     curve = chunk_mean(sums)
     return barrier(alphas, curve), barrier_stderr(alphas, sums), curve
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rankscope.diagnostics.context import EvalBatch
-from rankscope.models.llama import lm_loss_sums
 
 Params = dict[str, torch.Tensor]
 Direction = Mapping[str, torch.Tensor]
@@ -75,11 +75,11 @@ def seeded_direction(
 
 
 def svd_factors(params: Mapping[str, torch.Tensor], k_max: int) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Top-``k_max`` (U, S, Vᵀ) of every 2-D tensor (full fp32 SVD), computed once for all K curves."""
+    """Top-``k_max`` (U, S, Vᵀ) of every 2-D tensor (full SVD, fp32 or wider), computed once for all K curves."""
     out = {}
     for name, p in params.items():
         if p.ndim == 2:
-            u, s, vh = torch.linalg.svd(p.detach().float(), full_matrices=False)
+            u, s, vh = torch.linalg.svd(p.detach().to(torch.promote_types(p.dtype, torch.float32)), full_matrices=False)
             out[name] = (u[:, :k_max].clone(), s[:k_max].clone(), vh[:k_max].clone())
     return out
 
@@ -107,7 +107,7 @@ def svd_directions(
             d = torch.outer(u[:, k - 1], vh[k - 1])
             out[name] = (d * s[k - 1]) if sigma_weighted else d
         elif p.ndim <= 1 and one_d == "self":
-            out[name] = p.detach().float().clone()
+            out[name] = p.detach().to(torch.promote_types(p.dtype, torch.float32)).clone()
     return out
 
 
@@ -248,27 +248,30 @@ def limit_tokens(batch: EvalBatch, max_tokens: int | None) -> EvalBatch:
     return EvalBatch(batch.input_ids[:n_seq], batch.labels[:n_seq], batch.micro_batch)
 
 
-def model_loss_fn(model: nn.Module, device: str | torch.device = "cpu", per_chunk: bool = False) -> LossFn:
+def model_loss_fn(model: nn.Module, device: str | torch.device = "cpu", per_sequence: bool = False) -> LossFn:
     """``loss_fn(params, batch)`` for a model whose live parameters the engine writes.
 
-    Returns the token-mean NLL (Σ NLL ÷ non-pad tokens), or with ``per_chunk`` an array [n_chunks, 2] of
-    (Σ NLL, tokens) per micro-batch, from which callers derive standard errors across micro-batches.
+    Returns the token-mean NLL (Σ NLL ÷ non-pad tokens), or with ``per_sequence`` an array [n_seq, 2] of
+    (Σ NLL, tokens) per sequence, from which callers derive standard errors across sequences for free.
     """
 
     def loss(params: Params, batch: EvalBatch) -> float | np.ndarray:
         sums = []
         with torch.inference_mode():
             for ids, labels in batch.chunks():
-                nll, n = lm_loss_sums(model(ids.to(device)), labels.to(device))
-                sums.append((float(nll), int(n)))
-        arr = np.asarray(sums, dtype=np.float64)
-        return arr if per_chunk else float(arr[:, 0].sum() / max(arr[:, 1].sum(), 1.0))
+                labels = labels.to(device)
+                logits = model(ids.to(device)).float()
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100,
+                                      reduction="none").view(labels.shape)
+                sums.append(torch.stack([nll.double().sum(1), (labels != -100).sum(1).double()], dim=1))
+        arr = torch.cat(sums).cpu().numpy()
+        return arr if per_sequence else float(arr[:, 0].sum() / max(arr[:, 1].sum(), 1.0))
 
     return loss
 
 
 def chunk_mean(sums: np.ndarray) -> np.ndarray:
-    """Token-mean loss from per-chunk (Σ NLL, tokens) arrays [..., n_chunks, 2]."""
+    """Token-mean loss from per-sequence (Σ NLL, tokens) arrays [..., n_seq, 2]."""
     return sums[..., 0].sum(-1) / np.maximum(sums[..., 1].sum(-1), 1.0)
 
 

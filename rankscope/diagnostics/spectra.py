@@ -54,8 +54,8 @@ def spectral_metrics(s: torch.Tensor, shape: tuple[int, int], tol_mode: str = "d
     s = s.detach().double()
     if p == 0 or s.numel() == 0 or float(s[0]) == 0.0:  # empty or all-zero matrix: nothing to normalise by
         nan = math.nan
-        return dict(rank=0.0, rank_ratio=0.0, erank=0.0, erank_ratio=0.0, stable_rank=0.0, spectral_gap=nan,
-                    sv2_sv1=nan, n_sv_gt_0p1=0.0, frac_sv_gt_0p1=0.0, fro=0.0, sv_max=0.0)
+        return {"rank": 0.0, "rank_ratio": 0.0, "erank": 0.0, "erank_ratio": 0.0, "stable_rank": 0.0, "spectral_gap": nan,
+                    "sv2_sv1": nan, "n_sv_gt_0p1": 0.0, "frac_sv_gt_0p1": 0.0, "fro": 0.0, "sv_max": 0.0}
     s1 = s[0]
     tol = s.new_tensor(1e-12) if tol_mode == "faithful" else max(m, n) * eps * s1
     q = s / s.sum()
@@ -67,8 +67,8 @@ def spectral_metrics(s: torch.Tensor, shape: tuple[int, int], tol_mode: str = "d
         (s > 0.1).sum().double(), sq.sqrt(), s1,
     ]).tolist()
     rank, erank, stable, gap, ratio21, n01, fro, smax = vals
-    return dict(rank=rank, rank_ratio=rank / p, erank=erank, erank_ratio=erank / p, stable_rank=stable,
-                spectral_gap=gap, sv2_sv1=ratio21, n_sv_gt_0p1=n01, frac_sv_gt_0p1=n01 / p, fro=fro, sv_max=smax)
+    return {"rank": rank, "rank_ratio": rank / p, "erank": erank, "erank_ratio": erank / p, "stable_rank": stable,
+                "spectral_gap": gap, "sv2_sv1": ratio21, "n_sv_gt_0p1": n01, "frac_sv_gt_0p1": n01 / p, "fro": fro, "sv_max": smax}
 
 
 def power_law_alpha(s: torch.Tensor, n_min: int = 10, ww_compat: bool = False,
@@ -84,8 +84,8 @@ def power_law_alpha(s: torch.Tensor, n_min: int = 10, ww_compat: bool = False,
     candidate (tails down to 2). Its small-sample path (< 20 eigenvalues) is not reproduced. Default drops
     only numerically-zero eigenvalues (s ≤ p·eps·s₁), so rank-deficient matrices are not fitted on noise.
     """
-    nan = dict(alpha=math.nan, alpha_weighted=math.nan, alpha_xmin=math.nan, alpha_n_tail=0.0,
-               alpha_ks=math.nan)
+    nan = {"alpha": math.nan, "alpha_weighted": math.nan, "alpha_xmin": math.nan, "alpha_n_tail": 0.0,
+               "alpha_ks": math.nan}
     if s.numel() == 0:
         return nan
     eps = torch.finfo(s.dtype).eps
@@ -116,8 +116,8 @@ def power_law_alpha(s: torch.Tensor, n_min: int = 10, ww_compat: bool = False,
         ks[a:b] = torch.where(alpha[a:b] > 1.0, dev.amax(1), ks[a:b])
     best = int(torch.argmin(ks))
     a_best = float(alpha[best])
-    return dict(alpha=a_best, alpha_weighted=a_best * math.log10(float(lam[-1])), alpha_xmin=float(lam[best]),
-                alpha_n_tail=float(n_tail[best]), alpha_ks=float(ks[best]))
+    return {"alpha": a_best, "alpha_weighted": a_best * math.log10(float(lam[-1])), "alpha_xmin": float(lam[best]),
+                "alpha_n_tail": float(n_tail[best]), "alpha_ks": float(ks[best])}
 
 
 def matrix_metrics(w: torch.Tensor, dtype: torch.dtype = torch.float32, tol_mode: str = "default",
@@ -143,7 +143,7 @@ def _is_target(name: str, t: torch.Tensor, include_embeddings: bool, release_lim
 
 
 def _strip(name: str) -> str:
-    return name[: -len(".weight")] if name.endswith(".weight") else name
+    return name.removesuffix(".weight")
 
 
 def matrices(ctx, step: int, space: str = "auto",

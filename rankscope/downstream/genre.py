@@ -40,7 +40,7 @@ def chunks(text: str, size: int = CHUNK_WORDS) -> list[str]:
 
 def genre_items(brown_docs: Sequence[dict], seed: int = 0, min_items: int = MIN_ITEMS,
                 train_docs: Sequence[dict] = ()) -> tuple[list[dict], bool]:
-    """Probe items {text, label, label_name, doc, part} and whether train-split text had to be used."""
+    """Probe items {text, label, part, doc, genre} and whether train-split text had to be used."""
     docs = [d for d in brown_docs if d["split"] != "train"]
     seen = False
     if sum(len(chunks(d["text"])) for d in docs) < min_items and train_docs:
@@ -56,10 +56,9 @@ def genre_items(brown_docs: Sequence[dict], seed: int = 0, min_items: int = MIN_
     items = []
     for d in sorted(docs, key=lambda d: d["doc"]):
         label = genre_label(d["meta"]["genre"])
-        for k, text in enumerate(chunks(d["text"])):
-            items.append({"text": text, "label": label, "label_name": LABELS[label], "doc": d["doc"],
-                          "chunk": k, "part": part_of[d["doc"]], "meta": {"source": "brown",
-                                                                          "genre": d["meta"]["genre"]}})
+        for text in chunks(d["text"]):
+            items.append({"text": text, "label": label, "part": part_of[d["doc"]], "doc": d["doc"],
+                          "genre": d["meta"]["genre"]})
     return items, seen
 
 

@@ -9,6 +9,7 @@ lm-eval): ``context``, ``choices``, ``label``; minimal pairs are ``context=""``,
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import Counter, defaultdict
@@ -106,8 +107,8 @@ def _agreement_pair(sent: Sequence[Sequence[str]], doc: dict) -> dict | None:
     distance = verb - subj if subj is not None else None
     attractor = near is not None and NOUN_NUMBER[base_tag(sent[near][1])] != good_num
     hard = bool((distance is not None and distance >= 3) or attractor)
-    meta = {"source": "brown", "doc": doc["doc"], "family": FAMILY[words[verb]], "good_number": good_num,
-            "verb": words[verb], "subject_distance": distance, "attractor": attractor, "hard": hard}
+    meta = {"doc": doc["doc"], "family": FAMILY[words[verb]], "good_number": good_num, "verb": words[verb],
+            "subject_distance": distance, "attractor": attractor}
     good_text = detokenize([tuple(t) for t in sent])
     return {"context": "", "choices": [good_text, detokenize(bad)], "label": 0, "hard": hard, "meta": meta}
 
@@ -161,44 +162,56 @@ def cloze_items(sentences: Sequence[dict], index: TrainIndex, train_freq: Counte
     by_tag: dict[str, list[str]] = defaultdict(list)
     for w in vocab:
         by_tag[pos_lexicon.get(w, "?")].append(w)
-    for pool in by_tag.values():
-        pool.sort(key=lambda w: (-train_freq[w], w))
-    by_freq = sorted(vocab, key=lambda w: (-train_freq[w], w))
+    pools = {tag: _FreqPool(ws, train_freq) for tag, ws in by_tag.items() if tag != "?" and len(ws) >= 20}
+    any_pos = _FreqPool(vocab, train_freq)
     cands = []
     for s in sentences:
         text = s["text"]
         if text[-1:] not in ".!?" or not 8 <= n_words(text) <= MAX_WORDS:
             continue
         head, _, last = text[:-1].rpartition(" ")
-        if not (last.isalpha() and last.islower()) or last not in train_freq or last in common or not head:
+        if not (last.isalpha() and last.islower()) or last in common or len(last) < 3 or not head:
             continue
-        if train_freq[last] < 10 or len(last) < 3 or index.seen(text):
+        if train_freq.get(last, 0) < 10 or index.seen(text):
             continue
         tag = s["last_tag"] or pos_lexicon.get(last, "?")
-        pool = by_tag.get(tag, []) if tag != "?" and len(by_tag.get(tag, [])) >= 20 else by_freq
-        distractors = _near_frequency(last, pool, train_freq, set(head.lower().split()), rng)
+        pool = pools.get(tag, any_pos)
+        distractors = pool.near(last, set(head.lower().split()), rng)
         if len(distractors) < 3:
             continue
         choices = [last, *distractors]
         rng.shuffle(choices)
         cands.append({"context": head, "choices": choices, "label": choices.index(last),
                       "meta": {"source": s["source"], "doc": s["doc"], "answer_tag": tag,
-                               "same_pos": pool is not by_freq}})
+                               "same_pos": pool is not any_pos}})
     return _per_source_sample(cands, cap, rng)
 
 
-def _near_frequency(word: str, pool: list[str], freq: Counter, avoid: set[str], rng: random.Random) -> list[str]:
-    """Three words drawn from the 12 whose log train frequency is closest to ``word``'s."""
-    target = math.log(freq[word])
-    near = sorted((w for w in pool if w != word and w not in avoid), key=lambda w: (abs(math.log(freq[w]) - target), w))
-    return rng.sample(near[:12], 3) if len(near) >= 3 else []
+class _FreqPool:
+    """Words sorted by log train frequency; ``near`` draws 3 of the 12 closest in frequency to a word."""
+
+    def __init__(self, ws: list[str], freq: Counter) -> None:
+        self.words = sorted(ws, key=lambda w: (math.log(freq[w]), w))
+        self.keys = [math.log(freq[w]) for w in self.words]
+        self.freq = freq
+
+    def near(self, word: str, avoid: set[str], rng: random.Random, k: int = 12) -> list[str]:
+        target = math.log(self.freq[word])
+        at = bisect.bisect_left(self.keys, target)
+        window = [w for w in self.words[max(0, at - 3 * k) : at + 3 * k] if w != word and w not in avoid]
+        window.sort(key=lambda w: (abs(math.log(self.freq[w]) - target), w))
+        return rng.sample(window[:k], 3) if len(window) >= 3 else []
 
 
 def nextsent_items(sentences: Sequence[dict], index: TrainIndex, cap: int = 1000, seed: int = 0) -> list[dict]:
-    """4-way next sentence: context = the 2 previous sentences; distractors = random held-out sentences."""
+    """4-way next sentence: context = the 2 previous sentences; distractors = random held-out sentences of
+    5-40 words from other documents of the same source, of similar length in characters."""
     rng = random.Random(seed)
     ok = [MIN_WORDS <= n_words(s["text"]) <= MAX_WORDS and not index.seen(s["text"]) for s in sentences]
-    pool = [i for i, good in enumerate(ok) if good]
+    pools: dict[str, list[int]] = defaultdict(list)
+    for i, good in enumerate(ok):
+        if good:
+            pools[sentences[i]["source"]].append(i)
     cands = []
     for i in range(2, len(sentences)):
         a, b, s = sentences[i - 2], sentences[i - 1], sentences[i]
@@ -208,11 +221,18 @@ def nextsent_items(sentences: Sequence[dict], index: TrainIndex, cap: int = 1000
         cands.append((i, {"source": s["source"], "doc": s["doc"]}))
     items = []
     for i, meta in cands:
+        answer = sentences[i]["text"]
         distractors: list[str] = []
+        tries = 0
         while len(distractors) < 3:
-            j = rng.choice(pool)
+            j = rng.choice(pools[meta["source"]])
             text = sentences[j]["text"]
-            if sentences[j]["doc"] != meta["doc"] and text not in distractors:
+            tries += 1
+            # Same source, other document, length-matched (characters within 15 %, relaxed after 500 draws):
+            # otherwise a model that only prefers short strings or one source's style beats chance, as the
+            # bigram and random-init models did without these constraints.
+            close = abs(len(text) - len(answer)) <= 0.15 * len(answer) or tries > 500
+            if close and sentences[j]["doc"] != meta["doc"] and text not in distractors and text != answer:
                 distractors.append(text)
         choices = [sentences[i]["text"], *distractors]
         rng.shuffle(choices)

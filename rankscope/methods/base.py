@@ -76,8 +76,10 @@ class Method:
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    #: True when ``dense_weights`` exists for this method (False for CoLA: SiLU between factors).
+    #: True when swapped layers have ``dense_weight()`` (False for CoLA: SiLU between its factors).
     has_dense_form: ClassVar[bool] = True
+    #: False when the optimizer or layers need whole (unsharded) matrices, e.g. GaLore's projector.
+    supports_fsdp: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig, schedule: Schedule) -> None:
         self.config = config

@@ -37,6 +37,7 @@ def target_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 @register("galore")
 class GaLore(Method):
+    supports_fsdp = False  # needs whole matrices (projector / merge / custom sparse autograd)
     @dataclass(frozen=True)
     class Config(MethodConfig):
         lr: float = 0.01  # peak LR of targets *and* extras (effective target LR = lr·scale)
@@ -72,8 +73,8 @@ class GaLore(Method):
     def projected_group_options(self) -> dict[str, Any]:
         """Group keys that make a group projected (subclasses add their own)."""
         c = self.config
-        return {"rank": c.rank, "update_proj_gap": c.update_proj_gap, "scale": c.scale, "projector": c.projector,
-                "canonical_signs": c.canonical_signs, "projector_fp64": c.projector_fp64}
+        return {"rank": c.rank, "update_proj_gap": c.update_proj_gap, "scale": c.scale,
+                "projector": c.projector, "canonical_signs": c.canonical_signs, "projector_fp64": c.projector_fp64}
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         lr = self.config.lr
@@ -87,8 +88,8 @@ class GaLore(Method):
 
     def build_optimizer(self, model: nn.Module) -> Optimizer:
         c = self.config
-        return self.optimizer_class(self.param_groups(model), lr=c.lr, betas=(c.beta1, c.beta2), eps=c.adam_eps,
-                                    weight_decay=c.weight_decay, adam_form=c.adam_form)
+        return self.optimizer_class(self.param_groups(model), lr=c.lr, betas=(c.beta1, c.beta2),
+                                    eps=c.adam_eps, weight_decay=c.weight_decay, adam_form=c.adam_form)
 
     @classmethod
     def theory_counts(cls, model_cfg, config: MethodConfig) -> dict[str, int]:

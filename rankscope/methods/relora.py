@@ -75,6 +75,7 @@ def prune_(t: torch.Tensor, mode: str, p: float, generator: torch.Generator) -> 
 
 @register("relora")
 class ReLoRA(Method):
+    supports_fsdp = False  # needs whole matrices (projector / merge / custom sparse autograd)
     @dataclass(frozen=True)
     class Config(MethodConfig):
         rank: int = 128  # r of A (r×n) and B (m×r)

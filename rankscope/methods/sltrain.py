@@ -24,6 +24,7 @@ from rankscope.methods.registry import register
 
 @register("sltrain")
 class SLTrain(Method):
+    supports_fsdp = False  # needs whole matrices (projector / merge / custom sparse autograd)
     @dataclass(frozen=True)
     class Config(MethodConfig):
         rank: int = 128  # r of the low-rank part B (m×r) A (r×n)

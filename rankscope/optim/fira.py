@@ -42,8 +42,8 @@ class FiraAdamW(GaLoreAdamW):
         super().__init__(params, *args, residual_alpha_scaled=residual_alpha_scaled,
                          limiter_gamma=limiter_gamma, **kwargs)
 
-    def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor, direction: torch.Tensor,
-                      step_size: float, group: dict[str, Any]) -> None:
+    def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor,
+                      direction: torch.Tensor, step_size: float, group: dict[str, Any]) -> None:
         residual = self._residual(p.grad, st["projector"], compact, direction, group)
         self._limit(residual, st, group["limiter_gamma"])
         super()._apply_update(p, st, compact, direction, step_size, group)  # α·B(N)

@@ -91,6 +91,7 @@ class GaLoreAdamW(Optimizer):
             **extra_defaults,
         )
         self.nonfinite_skips = 0  # parameter updates skipped because of a non-finite gradient at a refresh
+        self.refresh_failures = 0  # refreshes whose decomposition failed in fp32 and fp64
         self._clamp_logged: set[tuple[int, int, int]] = set()
         super().__init__(params, defaults)
 
@@ -107,7 +108,7 @@ class GaLoreAdamW(Optimizer):
             raise ValueError("rank and update_proj_gap must be >= 1")
         for p in group["params"]:
             if p.ndim != 2:
-                raise ValueError(f"GaLore projects 2-D weights only; got a parameter of shape {tuple(p.shape)}")
+                raise ValueError(f"GaLore projects 2-D weights only; got shape {tuple(p.shape)}")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -169,9 +170,10 @@ class GaLoreAdamW(Optimizer):
             canonical_signs=group["canonical_signs"], fp64=group["projector_fp64"],
             name=f"{tuple(p.shape)} at step {int(st['step'])}",
         )
+        self.nonfinite_skips += status == "nonfinite_grad"
+        self.refresh_failures += status == "failed"
         if status == "nonfinite_grad" or basis is None:
-            self.nonfinite_skips += status == "nonfinite_grad"
-            return False
+            return False  # no usable projector for a finite step: skip, retry the refresh next step
         st["projector"] = basis.to(p.dtype)  # like the packages: the projector has the parameter's dtype
         return True
 
@@ -201,8 +203,8 @@ class GaLoreAdamW(Optimizer):
         torch._foreach_lerp_(exp_avgs, compacts, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, compacts, compacts, 1 - beta2)
-        normalized, step_sizes = self._normalized(exp_avgs, exp_avg_sqs, [int(st["step"]) for _, st, _ in items],
-                                                  group)
+        counts = [int(st["step"]) for _, st, _ in items]
+        normalized, step_sizes = self._normalized(exp_avgs, exp_avg_sqs, counts, group)
         decay = 1 - group["lr"] * group["weight_decay"]
         for (p, st, compact), n_k, size in zip(items, normalized, step_sizes):
             if decay != 1 and group["adam_form"] == "torch":
@@ -227,8 +229,8 @@ class GaLoreAdamW(Optimizer):
         torch._foreach_add_(denom, eps)
         return torch._foreach_div(exp_avgs, denom), sizes
 
-    def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor, direction: torch.Tensor,
-                      step_size: float, group: dict[str, Any]) -> None:
+    def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor,
+                      direction: torch.Tensor, step_size: float, group: dict[str, Any]) -> None:
         """W ← W − step_size·scale·B(N), as one in-place GEMM (no m×n temporary)."""
         basis, alpha = st["projector"], -step_size * group["scale"]
         if projection_side(p.shape) == "right":

@@ -147,7 +147,8 @@ def refresh_basis(
     to do with the step (GaLoreAdamW skips the parameter's update).
     """
     if not bool(torch.isfinite(grad).all()):
-        log.warning("GaLore projector %s: non-finite gradient at a refresh; keeping the previous projector", name)
+        log.warning("GaLore projector %s: non-finite gradient at a refresh; keeping the previous projector",
+                    name)
         return previous, "nonfinite_grad"
     first = torch.float64 if fp64 else torch.float32
     for dtype in dict.fromkeys((first, torch.float64)):  # fp32 then fp64, or fp64 once
@@ -173,15 +174,18 @@ def project_back(compact: torch.Tensor, basis: torch.Tensor, side: Side) -> torc
     return compact @ basis.t() if side == "right" else basis @ compact
 
 
-def retained_energy(grad: torch.Tensor, basis: torch.Tensor, side: Side | None = None) -> float:
+def retained_energy(
+    grad: torch.Tensor, basis: torch.Tensor, side: Side | None = None, *, sigma: torch.Tensor | None = None
+) -> float:
     """Share of the exact top-r energy that ``basis`` keeps: ‖proj(G)‖²_F / Σ_{i≤r} σ_i² (in float64).
 
     1.0 means the basis captures as much of G as the exact top-r singular basis (performance.md §5).
+    ``sigma`` (G's singular values) may be passed to reuse one exact SVD across several bases.
     """
     g = grad.detach().double()
     b = basis.detach().double()
     side = side or projection_side(g.shape)
     kept = (g @ b if side == "right" else b.t() @ g).pow(2).sum()
-    sigma = torch.linalg.svdvals(g)
+    sigma = torch.linalg.svdvals(g) if sigma is None else sigma.double()
     best = sigma[: b.shape[1]].pow(2).sum()
     return float(kept / best) if best > 0 else 1.0

@@ -191,7 +191,6 @@ def load_checkpoint(run_dir: Path, step: int, rank: int = 0) -> dict[str, Any]:
 
 def load_model(run_dir: str | Path, step: int | None = None, device: str | torch.device = "cpu"):
     """Rebuild the method's model from the run folder alone and load a checkpoint (default: the last)."""
-    from rankscope.methods.base import Schedule
     from rankscope.models.llama import LlamaLM
 
     run_dir = Path(run_dir)
@@ -202,7 +201,7 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str | torch
     step = steps[-1] if step is None else step
     if step not in steps:
         raise UserError(f"run {run_dir} has no checkpoint at step {step}; available: {steps}")
-    method = cfg.method_class()(cfg.method_config(), Schedule(cfg.train.steps, cfg.train.warmup, cfg.train.min_lr_ratio))
+    method = cfg.build_method()
     with torch.random.fork_rng(devices=[]):
         model = method.prepare(LlamaLM(cfg.model_config()))
     state = _load_safetensors(step_dir(run_dir, step) / "model.safetensors")

@@ -33,7 +33,12 @@ def full_states(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
 
 
 def _to_indexed(model, optimizer, osd: dict) -> dict:
-    """DCP returns optimizer state keyed by FQN; the run folder stores torch's index-keyed layout."""
+    """DCP returns optimizer state keyed by FQN; the run folder stores torch's index-keyed layout.
+
+    With ``cpu_offload`` only rank 0 receives the full state; the other ranks get an empty dict.
+    """
+    if not osd:
+        return {}
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     index = {n: i for i, n in enumerate(names)}
     state = {index[k]: v for k, v in osd["state"].items()}

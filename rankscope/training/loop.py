@@ -20,7 +20,7 @@ from torch import nn
 
 from rankscope.config import RunConfig
 from rankscope.errors import UserError
-from rankscope.methods.base import Method, Schedule
+from rankscope.methods.base import Method
 from rankscope.models.llama import LlamaLM, lm_loss, lm_loss_sums
 from rankscope.training import checkpoint as ckpt
 from rankscope.training import dist
@@ -58,8 +58,13 @@ def build_model(cfg: RunConfig, method: Method) -> tuple[nn.Module, str]:
 
 
 @torch.inference_mode()
-def validate(model: nn.Module, batch, info: dist.DistInfo, precision: str, reduction: str) -> float:
-    """Validation loss over the fixed held-out budget, sharded over ranks (token-weighted by default)."""
+def validate(model: nn.Module, batch, info: dist.DistInfo, precision: str, reduction: str, shard: bool = True) -> float:
+    """Validation loss over the fixed held-out budget (token-weighted by default).
+
+    Replicated models split the micro-batches over ranks; FSDP forwards are collective, so there
+    (``shard=False``) every rank runs every micro-batch and nothing is reduced.
+    """
+    shard = shard and info.distributed
     was_training = model.training
     model.eval()
     nll = torch.zeros((), dtype=torch.float64, device=info.device)
@@ -67,7 +72,7 @@ def validate(model: nn.Module, batch, info: dist.DistInfo, precision: str, reduc
     batch_means = torch.zeros((), dtype=torch.float64, device=info.device)
     n_batches = torch.zeros((), dtype=torch.float64, device=info.device)
     for i, (ids, labels) in enumerate(batch.chunks()):
-        if i % info.world != info.rank:
+        if shard and i % info.world != info.rank:
             continue
         with dist.autocast_context(precision, info.device):
             logits = model(ids.to(info.device))
@@ -76,8 +81,9 @@ def validate(model: nn.Module, batch, info: dist.DistInfo, precision: str, reduc
         count += n.double()
         batch_means += s.double() / n.clamp_min(1).double()
         n_batches += 1
-    for t in (nll, count, batch_means, n_batches):
-        dist.all_reduce_sum(t)
+    if shard:
+        for t in (nll, count, batch_means, n_batches):
+            dist.all_reduce_sum(t)
     model.train(was_training)
     if reduction == "token_mean":
         return float(nll / count.clamp_min(1))
@@ -90,15 +96,22 @@ def _due(step: int, every: int, total: int, extra: tuple[int, ...] = ()) -> bool
     return step == total or step in extra or (every > 0 and step % every == 0)
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train one run to ``cfg.train.steps`` updates, writing the run folder; resumes exactly if asked."""
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train one run to ``cfg.train.steps`` updates, writing the run folder; resumes exactly if asked.
+
+    ``stop_after`` ends the process's work after that update (as a pre-empted job would); the run is then
+    completed by calling again with ``resume=True``.
+    """
     from rankscope.data.batches import eval_batch, train_batches
     from rankscope.data.tokenizer import load_tokenizer
 
     t = cfg.train
     info = dist.setup(t.device)
     model_cfg = cfg.model_config()
-    method = cfg.method_class()(cfg.method_config(), Schedule(t.steps, t.warmup, t.min_lr_ratio))
+    method = cfg.build_method()
+    if t.dist == "fsdp" and info.distributed and not method.supports_fsdp:
+        raise UserError(f"method {cfg.method!r} needs whole matrices in its optimizer or layers and cannot run "
+                        f"under --dist fsdp; use --dist ddp")
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer {cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens but model "
@@ -179,15 +192,17 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> TrainR
             window_loss.zero_()
             window_steps, window_start = 0, time.perf_counter()
         if eval_now:
-            val_loss = validate(model, val, info, t.precision, t.eval_loss)
+            val_loss = validate(model, val, info, t.precision, t.eval_loss, shard=t.dist != "fsdp")
             log.write("eval", done, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)), tokens=done * tokens_per_step)
         if save_now:
             _save(run_dir, done, model, optimizer, method, info, tokens_per_step, cfg, t.dist == "fsdp")
         bar.update(1)
+        if stop_after is not None and done >= stop_after:
+            break
     bar.close()
     log.close()
     dist.teardown()
-    return TrainResult(run_dir, t.steps, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
+    return TrainResult(run_dir, done if t.steps > start_step else start_step, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
 
 
 class _null:
@@ -205,6 +220,12 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def _save(run_dir, step, model, optimizer, method, info, tokens_per_step, cfg, fsdp: bool) -> None:
+    # Each rank checks its own shard (FSDP parameters are DTensors; .to_local() is the shard).
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
+    if dist.all_reduce_sum(finite).item() < info.world:
+        raise NonFiniteLoss(f"non-finite weights at step {step} of run {run_dir}; not saved. The last good "
+                            f"checkpoint is kept (resume with --resume and a lower --lr or gradient clipping).")
     if fsdp:
         from rankscope.training.fsdp import full_states
 

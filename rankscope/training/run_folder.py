@@ -27,7 +27,25 @@ def _diff_fields(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def prepare_run_folder(cfg: RunConfig, resume: bool, is_main: bool) -> int:
-    """Return the step to start from (0 for a new run). Refuses to overwrite or to resume a different config."""
+    """Return the step to start from (0 for a new run). Refuses to overwrite or to resume a different config.
+
+    Rank 0 decides and the other ranks follow, so no rank can see a folder another rank just created.
+    """
+    from rankscope.training.dist import broadcast_object
+
+    outcome: tuple[int, str] = (0, "")
+    if is_main:
+        try:
+            outcome = (_check_and_create(cfg, resume), "")
+        except UserError as exc:
+            outcome = (0, str(exc))
+    step, error = broadcast_object(outcome)
+    if error:
+        raise UserError(error)
+    return step
+
+
+def _check_and_create(cfg: RunConfig, resume: bool) -> int:
     run_dir = cfg.run_dir
     config_path = run_dir / "config.json"
     if config_path.is_file():
@@ -53,11 +71,8 @@ def prepare_run_folder(cfg: RunConfig, resume: bool, is_main: bool) -> int:
                 f"(hash {state.get('config_hash')} vs {cfg.fingerprint()}); refusing to resume from it."
             )
         return steps[-1]
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json_atomic(config_path, cfg.to_dict())
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json_atomic(config_path, cfg.to_dict())
     return 0
 
 

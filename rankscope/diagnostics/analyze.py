@@ -1,0 +1,190 @@
+"""``rankscope analyze``: run the selected diagnostics over run folders into one long-format table.
+
+Metrics select diagnostic *groups* through the registry (``group_of_metric``), so this file never needs to
+know which module emits what; every metric of a selected group is kept, since they come from one
+computation. Each group is scheduled by its kind:
+
+* checkpoint: every saved step of every run;
+* consecutive: every adjacent pair of saved steps of a run;
+* reference: every step the run shares with the full-rank run of the same scale (itself included: its
+  CKA = 1 rows act as the "is full-rank" flag the predictor expects);
+* pairwise: every unordered pair of runs of the same scale at every shared step.
+
+Every task is cached (``cache.py``), so a second call computes only what is new; one failing task becomes
+an ``error: ...`` row and the rest go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Sequence
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rankscope.diagnostics.cache import RowCache, task_key
+from rankscope.diagnostics.context import AnalysisContext, EvalBatch, RunHandle
+from rankscope.diagnostics.registry import Diagnostic, all_diagnostics, group_of_metric
+from rankscope.diagnostics.table import Row, rows_to_frame, write_table
+from rankscope.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: diagnostics.md §2.5: the proposed 16 headline metrics (the paper's list is not public).
+HEADLINE_METRICS = (
+    "rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_sharpness", "pca_topk_variance",
+    "ckpt_barrier", "imib", "w_erank", "w_stable_rank", "w_spectral_gap", "w_n_sv_gt_0p1", "dw_rel_fro",
+    "dw_erank", "dw_stable_rank", "act_cka", "act_cos",
+)
+REFERENCE_METHOD = "full_rank"
+
+
+def resolve_groups(metrics: Sequence[str] | None) -> dict[str, Diagnostic]:
+    """Groups emitting ``metrics`` (default: the headline set, skipping groups not installed, with a warning)."""
+    strict = metrics is not None
+    groups: dict[str, Diagnostic] = {}
+    for metric in HEADLINE_METRICS if metrics is None else metrics:
+        try:
+            diag = group_of_metric(metric)
+        except KeyError as exc:
+            if strict:
+                raise UserError(str(exc.args[0])) from None
+            log.warning("headline metric %s: no registered diagnostic emits it yet; skipped", metric)
+            continue
+        groups.setdefault(diag.name, diag)
+    return groups
+
+
+def resolve_settings(groups: dict[str, Diagnostic], overrides: dict[str, dict[str, Any]] | None) -> dict[str, dict]:
+    """Defaults of each group updated by ``overrides[group]``; unknown groups or keys are errors."""
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(all_diagnostics()))
+    if unknown:
+        raise UserError(f"settings for unknown diagnostic group(s) {unknown}; groups: {sorted(all_diagnostics())}")
+    out = {}
+    for name, diag in groups.items():
+        extra = overrides.get(name, {})
+        bad = sorted(set(extra) - set(diag.defaults))
+        if bad:
+            raise UserError(f"unknown setting(s) {bad} for {name!r}; valid: {sorted(diag.defaults)}")
+        out[name] = {**diag.defaults, **extra}
+    return out
+
+
+def pick_reference(run: RunHandle, runs: Sequence[RunHandle]) -> RunHandle | None:
+    """The full-rank run of the same scale, preferring the same training seed."""
+    cands = [r for r in runs if r.method == REFERENCE_METHOD and r.scale == run.scale]
+    same_seed = [r for r in cands if r.seed == run.seed]
+    return (same_seed or cands or [None])[0]
+
+
+def schedule(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[dict[str, Any]]:
+    """Tasks of one group: dicts of AnalysisContext fields (run, step, step_b, reference, other)."""
+    tasks: list[dict[str, Any]] = []
+    if diag.kind == "checkpoint":
+        tasks = [{"run": r, "step": s} for r in runs for s in r.steps]
+    elif diag.kind == "consecutive":
+        tasks = [{"run": r, "step": a, "step_b": b} for r in runs for a, b in zip(r.steps, r.steps[1:])]
+    elif diag.kind == "reference":
+        missing = [r.name for r in runs if pick_reference(r, runs) is None]
+        if missing:
+            log.warning("%s: no full-rank run of the same scale for %s; reference diagnostics skipped there",
+                        diag.name, ", ".join(missing))
+        for r in runs:
+            ref = pick_reference(r, runs)
+            if ref is not None:
+                tasks += [{"run": r, "step": s, "reference": ref} for s in r.steps if s in set(ref.steps)]
+    elif diag.kind == "pairwise":
+        for a, b in combinations(runs, 2):
+            if a.scale == b.scale:
+                tasks += [{"run": a, "step": s, "other": b} for s in a.steps if s in set(b.steps)]
+    return tasks
+
+
+def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
+    steps = (task["step"],) if task.get("step_b") is None else (task["step"], task["step_b"])
+    runs = [(task["run"].path, steps)]
+    for role in ("reference", "other"):
+        if task.get(role) is not None:
+            runs.append((task[role].path, (task["step"],)))
+    return runs
+
+
+def _error_row(diag: Diagnostic, task: dict[str, Any], mode: str, settings: dict, exc: Exception) -> Row:
+    run = task["run"]
+    return Row(run=run.name, method=run.method, step=task["step"], metric=diag.name, value=math.nan,
+               scale=run.scale, seed=run.seed, step_b=task.get("step_b"), mode=mode, settings=settings,
+               note=f"error: {type(exc).__name__}: {exc}")
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+
+
+def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] | None = None,
+            out: str | Path = "analysis", mode: str = "default", n_tokens: int = 65536,
+            settings: dict[str, dict[str, Any]] | None = None, device: str = "cpu", progress: bool = True,
+            seed: int = 0, batch: EvalBatch | None = None, use_cache: bool = True) -> pd.DataFrame:
+    """Compute the diagnostics of ``metrics`` over the runs and write ``<out>/diagnostics.{parquet,csv}``.
+
+    ``settings`` overrides group defaults (``{"spectra": {"dtype": "float64"}}``); ``batch`` replaces the
+    shared evaluation batch (tests, studies that fix their own tokens). Returns the table.
+    """
+    if mode not in ("default", "faithful"):
+        raise UserError(f"mode must be 'default' or 'faithful', got {mode!r}")
+    runs = [r if isinstance(r, RunHandle) else RunHandle.open(r) for r in run_dirs]
+    if not runs:
+        raise UserError("analyze needs at least one run folder")
+    out = Path(out)
+    groups = resolve_groups(metrics)
+    resolved = resolve_settings(groups, settings)
+    cache = RowCache(out / "cache", enabled=use_cache)
+    shared: dict[str, EvalBatch] = {} if batch is None else {"batch": batch}
+
+    def eval_batch() -> EvalBatch:  # built on first need: a fully cached rerun never touches the data
+        if "batch" not in shared:
+            from rankscope.data.batches import eval_batch as build
+            from rankscope.training.checkpoint import read_run_config
+
+            shared["batch"] = build(read_run_config(runs[0].path), n_tokens, seed=1234)
+        return shared["batch"]
+
+    rows: list[Row] = []
+    with _progress(progress) as bar:
+        for name, diag in groups.items():
+            tasks = schedule(diag, runs)
+            bar_id = bar.add_task(name, total=len(tasks)) if bar is not None else None
+            for task in tasks:
+                where = f"{name} {task['run'].name}@{task['step']}" + (f"→{task['step_b']}" if task.get("step_b") else "")
+                if bar is not None:
+                    bar.update(bar_id, description=where)
+                key = task_key(name, mode=mode, n_tokens=n_tokens, seed=seed, settings=resolved[name],
+                               runs=_key_runs(task))
+                got = cache.get(key)
+                if got is None:
+                    try:
+                        ctx = AnalysisContext(batch=eval_batch(), mode=mode, device=device, seed=seed, **task)
+                        got = diag.fn(ctx, **resolved[name])
+                        stamp = dict(resolved[name])  # one shared dict: rows are many, settings are few
+                        for r in got:
+                            r.settings = r.settings or stamp
+                        cache.put(key, got)
+                    except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not sink the study
+                        log.warning("%s failed: %s: %s", where, type(exc).__name__, exc)
+                        got = [_error_row(diag, task, mode, resolved[name], exc)]
+                rows += got
+                if bar is not None:
+                    bar.advance(bar_id)
+            for r in runs:
+                r._cache.clear()  # at most one checkpoint per run held between groups
+    frame = rows_to_frame(rows)
+    write_table(frame, out / "diagnostics")
+    return frame

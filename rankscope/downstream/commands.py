@@ -1,0 +1,107 @@
+"""CLI glue for ``rankscope eval`` and ``rankscope predict``: plain keyword functions the typer app wraps.
+
+They print a short summary and return what they wrote, so the CLI layer stays a thin shell.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from rankscope.errors import UserError
+
+
+def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequence[str] | None = None,
+             max_items: int | None = 300, out: str | Path | None = None, seed: int = 0,
+             bootstrap_iters: int = 1000, lm_eval: bool = False, online: bool = False,
+             device: str = "cpu") -> pd.DataFrame:
+    """Score runs on the offline tasks (native scorer; ``lm_eval=True`` cross-checks through lm-eval).
+
+    ``steps``: "final", "all" or comma-separated step numbers. ``max_items``: per-task cap (0 = all items).
+    ``online``: also run the paper's hub tasks through lm-eval (needs internet).
+    """
+    from rankscope.downstream.evaluate import evaluate_runs
+
+    step_sel: str | list[int] = steps
+    if steps not in ("final", "all"):
+        try:
+            step_sel = [int(s) for s in str(steps).split(",") if s.strip()]
+        except ValueError:
+            raise UserError(f"--steps {steps!r}: use 'final', 'all' or comma-separated integers") from None
+    cap = None if not max_items else max_items
+    frame = evaluate_runs(run_dirs, steps=step_sel, tasks=list(tasks) if tasks else None, max_items=cap, out=out,
+                          seed=seed, bootstrap_iters=bootstrap_iters, device=device)
+    if lm_eval or online:
+        _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online)
+    shown = frame[frame["metric"].isin(["acc", "avg_acc"])]
+    for _, r in shown.iterrows():
+        print(f"{r['run']:>20} step {r['step']:>7} {r['name']:>15} {r['metric']:>8} {r['value']:.3f} "
+              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    return frame
+
+
+def _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online) -> None:
+    import json
+
+    from rankscope.data.tokenizer import load_tokenizer
+    from rankscope.downstream.lm_eval_adapter import HUB_TASKS, run_lm_eval
+    from rankscope.training.checkpoint import load_model, read_run_config
+
+    for run_dir in map(Path, run_dirs):
+        cfg = read_run_config(run_dir)
+        model, _ = load_model(run_dir)
+        names = list(tasks) if tasks else None
+        if online:
+            from rankscope.downstream.tasks import task_names
+
+            names = (names or task_names(kind=None)) + list(HUB_TASKS)
+            names = [n for n in names if n != "genre"]
+        results = run_lm_eval(model, load_tokenizer(cfg.data.tokenizer), names, online=online, max_items=cap,
+                              seed=seed, bootstrap_iters=bootstrap_iters)
+        path = run_dir / "results" / "lm_eval.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2, default=str))
+        print(f"lm-eval results: {path}")
+
+
+def cmd_predict(table_dir: str | Path, out: str | Path | None = None, features: Sequence[str] | None = None,
+                bootstrap_iters: int = 1000, seed: int = 0) -> Path:
+    """Fit the downstream predictors from a study's tables.
+
+    ``table_dir`` holds ``diagnostics.parquet`` (or .csv), ``downstream.parquet`` and ``runs.csv`` (run,
+    method, seed, optional ppl); or a ready per-model table ``prediction_table.csv`` (run, method, ppl, y,
+    metric columns). Writes prediction.json, prediction_features.csv and prediction.png into ``out``.
+    """
+    from rankscope.downstream.predict import predict, predict_from_tables
+
+    d = Path(table_dir)
+    out_dir = Path(out) if out else d
+    kwargs = {"bootstrap_iters": bootstrap_iters, "seed": seed}
+    feats = list(features) if features else None
+    if (d / "prediction_table.csv").is_file():
+        result = predict(pd.read_csv(d / "prediction_table.csv"), feats, **kwargs)
+    else:
+        diag, down = _read(d, "diagnostics"), _read(d, "downstream")
+        runs = d / "runs.csv"
+        if not runs.is_file():
+            raise UserError(f"{runs} is missing: list the runs to compare (columns run, method[, seed, ppl])")
+        result = predict_from_tables(diag, down, pd.read_csv(runs), feats, **kwargs)
+    paths = result.write(out_dir)
+    for line in result.messages + result.warnings:
+        print(f"note: {line}")
+    for name, s in result.schemes.items():
+        gain, lo, hi = result.gain(name)
+        print(f"{name}: CV R² log-PPL {s['baseline']['r2']:.3f}, + metrics {s['extended']['r2']:.3f}, "
+              f"difference {gain:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    return paths["json"]
+
+
+def _read(d: Path, stem: str) -> pd.DataFrame:
+    for suffix in (".parquet", ".csv"):
+        if (d / f"{stem}{suffix}").is_file():
+            from rankscope.diagnostics.table import read_table
+
+            return read_table(d / f"{stem}{suffix}")
+    raise UserError(f"{d} has no {stem}.parquet or {stem}.csv (run `rankscope analyze` / `rankscope eval` first)")

@@ -1,0 +1,191 @@
+"""Downstream evaluation of models and run folders into the long-format results table.
+
+``evaluate_model`` scores one in-memory model on the shipped offline tasks (native scorer, no lm-eval);
+``evaluate_runs`` does it for checkpoints of run folders and writes ``<run_dir>/results/downstream.parquet``
+(+ csv). Rows: metric ``acc``/``acc_norm``, ``scope="task"``, ``name=<task>``, stderr and a bootstrap 95 % CI,
+plus ``avg_acc`` (macro average of the main tasks' ``acc``; the ``agreement_hard`` subset is reported but not
+averaged). Every row says in ``note`` that the tasks come from held-out text of the embedded corpus, so they
+are never mistaken for the paper's hub benchmarks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from rankscope.diagnostics.table import Row, rows_to_frame, write_table
+from rankscope.downstream import tasks as T
+from rankscope.downstream.probe import score_probe
+from rankscope.downstream.scoring import BOOTSTRAP_ITERS, mean_stderr, score_choices, subsample
+from rankscope.errors import UserError
+
+DEFAULT_MAX_ITEMS = 300  # per task; keeps all tasks for a tiny model within ~30 s on 2 CPU cores
+SOURCE_NOTE = "offline tasks from held-out embedded-corpus text (not hub benchmarks)"
+
+
+@dataclass
+class TaskScore:
+    """One metric of one task: value, stderr, bootstrap CI and the bootstrap draws (for macro averages)."""
+
+    task: str
+    metric: str
+    value: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int
+    draws: np.ndarray = field(repr=False)
+    chance: float | None = None
+    baseline: float | None = None
+
+
+def _summarise(task: str, metric: str, correct: np.ndarray, iters: int, seed: int, info: dict) -> TaskScore:
+    rng = np.random.default_rng(seed)
+    draws = correct[rng.integers(0, len(correct), size=(iters, len(correct)))].mean(axis=1)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    base = info.get("baseline", {}).get(metric)
+    return TaskScore(task, metric, float(correct.mean()), mean_stderr(correct), float(lo), float(hi),
+                     len(correct), draws, info.get("chance"), base)
+
+
+def evaluate_model(model: nn.Module, tokenizer, tasks: Sequence[str] | None = None, *,
+                   max_items: int | None = DEFAULT_MAX_ITEMS, seed: int = 0,
+                   bootstrap_iters: int = BOOTSTRAP_ITERS, batch_tokens: int = 16384) -> list[TaskScore]:
+    """Score one model on the offline tasks; each task is subsampled to ``max_items`` with a fixed seed."""
+    names = T.resolve_tasks(tasks)
+    scores: list[TaskScore] = []
+    for name in names:
+        info = T.task_info(name)
+        items = T.load_items(name)
+        if info["kind"] == "probe":
+            items = _probe_subsample(items, max_items, seed)
+            correct = score_probe(model, tokenizer, items)
+            scores.append(_summarise(name, "acc", correct, bootstrap_iters, seed, info))
+            continue
+        items = [items[i] for i in subsample(len(items), max_items, seed)]
+        res = score_choices(model, tokenizer, items, info["target_delimiter"], batch_tokens=batch_tokens)
+        for metric in info["metrics"]:
+            scores.append(_summarise(name, metric, getattr(res, metric), bootstrap_iters, seed, info))
+        if "hard_subset" in info:
+            hard = np.array([bool(it.get("hard")) for it in items])
+            sub = dict(info["hard_subset"], chance=info["chance"])
+            scores.append(_summarise(f"{name}_hard", "acc", res.acc[hard], bootstrap_iters, seed, sub))
+    main = [s for s in scores if s.metric == "acc" and s.task in names]
+    if main:
+        draws = np.mean([s.draws for s in main], axis=0)
+        value = float(np.mean([s.value for s in main]))
+        stderr = float(np.sqrt(sum(s.stderr**2 for s in main)) / len(main))
+        lo, hi = np.percentile(draws, [2.5, 97.5])
+        scores.append(TaskScore("average", "avg_acc", value, stderr, float(lo), float(hi),
+                                sum(s.n for s in main), draws))
+    return scores
+
+
+def _probe_subsample(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
+    """Cap the probe by keeping the same fraction of its train and test parts (both stay non-empty)."""
+    if max_items is None or max_items >= len(items):
+        return items
+    out = []
+    for part in ("train", "test"):
+        idx = [i for i, it in enumerate(items) if it["part"] == part]
+        take = max(2, round(max_items * len(idx) / len(items)))
+        out += [items[idx[j]] for j in subsample(len(idx), take, seed)]
+    return out
+
+
+def scores_to_rows(scores: Sequence[TaskScore], run: str, method: str, step: int, *, scale: str = "",
+                   seed: int | None = None, settings: dict | None = None) -> list[Row]:
+    settings = dict(settings or {})
+    rows = []
+    for s in scores:
+        rows.append(Row(run=run, method=method, step=step, metric=s.metric, value=s.value, stderr=s.stderr,
+                        ci_low=s.ci_low, ci_high=s.ci_high, scope="task" if s.task != "average" else "model",
+                        name=s.task, space="native", scale=scale, seed=seed,
+                        settings={**settings, "n_items": s.n, "chance": s.chance, "baseline": s.baseline},
+                        note=SOURCE_NOTE))
+    return rows
+
+
+def _steps(run_dir: Path, steps: str | Sequence[int]) -> list[int]:
+    from rankscope.training.checkpoint import list_checkpoints
+
+    available = list_checkpoints(run_dir)
+    if not available:
+        raise UserError(f"run {run_dir} has no complete checkpoint; train it first (rankscope train ...)")
+    if steps == "final":
+        return available[-1:]
+    if steps == "all":
+        return available
+    if isinstance(steps, str):
+        raise UserError(f"steps={steps!r} is not valid; use 'final', 'all' or a list of step numbers")
+    missing = sorted(set(steps) - set(available))
+    if missing:
+        raise UserError(f"run {run_dir} has no checkpoint at step(s) {missing}; available: {available}")
+    return list(steps)
+
+
+def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "final",
+                  tasks: Sequence[str] | None = None, max_items: int | None = DEFAULT_MAX_ITEMS,
+                  out: str | Path | None = None, seed: int = 0, bootstrap_iters: int = BOOTSTRAP_ITERS,
+                  device: str = "cpu") -> pd.DataFrame:
+    """Score checkpoints of each run; write per-run tables (and ``out`` as a combined table stem)."""
+    from rankscope.data.tokenizer import load_tokenizer
+    from rankscope.training.checkpoint import load_model, read_run_config
+
+    frames = []
+    for run_dir in map(Path, run_dirs):
+        cfg = read_run_config(run_dir)
+        tokenizer = load_tokenizer(cfg.data.tokenizer)
+        settings = {"max_items": max_items, "seed": seed, "bootstrap_iters": bootstrap_iters,
+                    "tasks_build": T.manifest()["build_version"], "scorer": "native",
+                    "prefix_token": "eos", "tokenizer": cfg.data.tokenizer}
+        rows: list[Row] = []
+        for step in _steps(run_dir, steps):
+            model, _ = load_model(run_dir, step, device=device)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                scores = evaluate_model(model, tokenizer, tasks, max_items=max_items, seed=seed,
+                                        bootstrap_iters=bootstrap_iters)
+            rows += scores_to_rows(scores, cfg.name, cfg.method, step, scale=cfg.model, seed=cfg.train.seed,
+                                   settings={**settings, "seconds": round(time.perf_counter() - t0, 2)})
+            del model
+        frame = rows_to_frame(rows)
+        write_table(frame, run_dir / "results" / "downstream")
+        frames.append(frame)
+    combined = pd.concat(frames, ignore_index=True) if frames else rows_to_frame([])
+    if out is not None:
+        write_table(combined, Path(out).with_suffix(""))
+    return combined
+
+
+def above_chance(frame: pd.DataFrame, min_tasks: int = 2, metric: str = "acc") -> list[str]:
+    """Tasks whose CI lies entirely above chance (for "a trained model beats chance on >= 2 tasks" checks).
+
+    Raises AssertionError naming every task's CI and chance when fewer than ``min_tasks`` pass.
+    """
+    rows = frame[(frame["metric"] == metric) & (frame["scope"] == "task")]
+    passed, report = [], []
+    for _, r in rows.iterrows():
+        chance = _settings(r).get("chance")
+        if chance is None:
+            continue
+        report.append(f"{r['name']}: {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs chance {chance:.3f}")
+        if r["ci_low"] > chance:
+            passed.append(r["name"])
+    if len(passed) < min_tasks:
+        raise AssertionError(f"only {len(passed)} task(s) above chance (need {min_tasks}): " + "; ".join(report))
+    return passed
+
+
+def _settings(row: pd.Series) -> dict:
+    import json
+
+    s = row.get("settings")
+    return json.loads(s) if isinstance(s, str) else dict(s or {})

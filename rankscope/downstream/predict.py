@@ -1,0 +1,236 @@
+"""Does perplexity + geometry predict downstream accuracy better than perplexity alone? (finding F7)
+
+Input is one row per final model (run, method, seed, ppl, metric columns, y = average downstream accuracy),
+either given directly (:func:`predict`) or assembled from the long-format diagnostics and downstream tables
+(:func:`predict_from_tables`). The numerical core lives in :mod:`rankscope.downstream.predict_cv`.
+
+Outputs: CV R², MAE and Spearman for the log-PPL baseline and the ridge extension under leave-one-out and
+leave-one-method-out CV, case-bootstrap CIs with a paired CI of the difference, the chosen features and
+their standardised weights, plain warnings, and ``prediction.json`` / ``prediction_features.csv`` /
+``prediction.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rankscope.downstream import predict_cv as cv
+from rankscope.errors import UserError
+
+HEADLINE = ("rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_sharpness", "pca_topk_variance",
+            "ckpt_barrier", "imib", "w_erank", "w_stable_rank", "w_spectral_gap", "w_n_sv_gt_0p1", "dw_rel_fro",
+            "dw_erank", "dw_stable_rank", "act_cka", "act_cos")
+PPL_METRICS = ("ppl", "val_ppl", "eval_ppl", "perplexity")
+LOSS_METRICS = ("val_loss", "eval_loss", "loss")
+ID_COLUMNS = ("run", "method", "seed", "scale", "ppl", "y")
+
+
+@dataclass
+class PredictionResult:
+    n: int
+    features: list[str]
+    schemes: dict[str, dict[str, Any]]
+    weights: dict[str, float]
+    alpha: float
+    warnings: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    bootstrap_iters: int = 0
+    seed: int = 0
+    table: pd.DataFrame | None = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d.pop("table")
+        for scheme in d["schemes"].values():
+            for key in ("pred_baseline", "pred_extended"):
+                scheme.pop(key, None)
+        return json.dumps(_clean(d), indent=2)
+
+    def gain(self, scheme: str = "loo", metric: str = "r2") -> tuple[float, float, float]:
+        """(extended - baseline, CI low, CI high) of one score."""
+        s = self.schemes[scheme]
+        lo, hi = s["ci"]["diff"][metric]
+        return s["diff"][metric], lo, hi
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "prediction.json", "csv": out / "prediction_features.csv",
+                 "png": out / "prediction.png"}
+        paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
+        table = self.table.copy() if self.table is not None else pd.DataFrame()
+        for name, s in self.schemes.items():
+            if len(table) == len(s["pred_baseline"]):
+                table[f"pred_baseline_{name}"] = s["pred_baseline"]
+                table[f"pred_extended_{name}"] = s["pred_extended"]
+        table.to_csv(paths["csv"], index=False)
+        plot_predictions(self, paths["png"])
+        return paths
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: numpy scalars/arrays to Python, NaN to null."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_clean(v) for v in list(obj)]
+    if isinstance(obj, (np.floating, float)):
+        return None if not math.isfinite(float(obj)) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, bootstrap_iters: int = 1000,
+            seed: int = 0, schemes: Sequence[str] = ("loo", "lomo")) -> PredictionResult:
+    """Fit and cross-validate both predictors on a per-model table (columns: method, ppl, y, metrics...)."""
+    for col in ("method", "ppl", "y"):
+        if col not in table.columns:
+            raise UserError(f"prediction table needs a {col!r} column; it has {list(table.columns)}")
+    table = table.reset_index(drop=True)
+    messages: list[str] = []
+    feats = _default_features(table, messages) if features is None else list(features)
+    missing = [f for f in feats if f not in table.columns]
+    if missing:
+        raise UserError(f"feature(s) {missing} are not columns of the prediction table; available: "
+                        f"{[c for c in table.columns if c not in ID_COLUMNS]}")
+    n, p = len(table), len(feats)
+    if n < 4:
+        raise UserError(f"prediction needs at least 4 models (rows), got {n}")
+    y = table["y"].to_numpy(float)
+    log_ppl = np.log(table["ppl"].to_numpy(float))[:, None]
+    x_ext = np.column_stack([log_ppl, table[feats].to_numpy(float)]) if p else log_ppl
+    warnings = _warnings(n, p, table)
+    groups = {"loo": np.arange(n), "lomo": pd.factorize(table["method"])[0]}
+    results: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(schemes):
+        if name not in groups:
+            raise UserError(f"unknown CV scheme {name!r}; use 'loo' or 'lomo'")
+        if len(np.unique(groups[name])) < 3:
+            messages.append(f"{name}: skipped, fewer than 3 groups")
+            continue
+        res = cv.evaluate_scheme(log_ppl, x_ext, y, groups[name])
+        res["ci"] = cv.bootstrap_scheme(log_ppl, x_ext, y, groups[name], iters=bootstrap_iters, seed=seed + k)
+        results[name] = res
+    weights, alpha = cv.standardised_weights(x_ext, y)
+    names = ["log_ppl", *feats]
+    return PredictionResult(n=n, features=feats, schemes=results, weights=dict(zip(names, weights.tolist())),
+                            alpha=alpha, warnings=warnings, messages=messages, bootstrap_iters=bootstrap_iters,
+                            seed=seed, table=table)
+
+
+def _default_features(table: pd.DataFrame, messages: list[str]) -> list[str]:
+    """Headline metrics present in the table (else every numeric non-id column), minus unusable ones."""
+    numeric = [c for c in table.columns if c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(table[c])]
+    chosen = [c for c in HEADLINE if c in numeric] or numeric
+    out = []
+    for c in chosen:
+        col = table[c]
+        if col.isna().any():
+            lacking = sorted(table.loc[col.isna(), "method"].astype(str).unique())
+            messages.append(f"feature {c!r} dropped from the default set: undefined for {', '.join(lacking)}")
+        elif col.nunique() < 2:
+            messages.append(f"feature {c!r} dropped from the default set: constant across models")
+        else:
+            out.append(c)
+    return out
+
+
+def _warnings(n: int, p: int, table: pd.DataFrame) -> list[str]:
+    out = []
+    if n < 5 * (p + 2):
+        out.append(f"only {n} models for {p + 1} features (log-PPL + {p} metrics): results are exploratory; "
+                   f"about {5 * (p + 2)} models would be needed for a stable fit, so read the intervals, not "
+                   f"the point estimates")
+    if table["method"].nunique() < 3:
+        out.append("fewer than 3 methods: leave-one-method-out CV is not possible")
+    if any(c in table.columns for c in ("act_cka", "act_cos", "act_rel_l2")):
+        out.append("activation metrics are measured against the full-rank model, so for full-rank itself they "
+                   "are degenerate (CKA = 1) and act as an 'is full-rank' flag")
+    return out
+
+
+def final_values(frame: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Wide table run x metric of model-scope values at each run's final step in ``frame``."""
+    f = frame[frame["scope"].fillna("model") == "model"] if "scope" in frame.columns else frame
+    if metrics is not None:
+        f = f[f["metric"].isin(metrics)]
+    if f.empty:
+        return pd.DataFrame(index=pd.Index([], name="run"))
+    last = f.groupby("run")["step"].transform("max")
+    f = f[f["step"] == last]
+    return f.pivot_table(index="run", columns="metric", values="value", aggfunc="mean")
+
+
+def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFrame, runs_meta: pd.DataFrame | Sequence[dict],
+                        features: Sequence[str] | None = None, **kwargs: Any) -> PredictionResult:
+    """Assemble the per-run table (final step per run) from long-format tables and run :func:`predict`.
+
+    ``runs_meta`` has one row per run with ``run`` and ``method`` (``seed``, ``scale`` and ``ppl`` optional;
+    without ``ppl`` it is read from a ``ppl``-like or ``val_loss``-like metric of the diagnostics table).
+    ``y`` is the downstream ``avg_acc`` at each run's final step (else the mean ``acc`` of its tasks).
+    """
+    meta = pd.DataFrame(list(runs_meta)) if not isinstance(runs_meta, pd.DataFrame) else runs_meta.copy()
+    if not {"run", "method"} <= set(meta.columns):
+        raise UserError(f"runs_meta needs 'run' and 'method' columns; it has {list(meta.columns)}")
+    diag = final_values(diagnostics_df)
+    if "ppl" not in meta.columns:
+        ppl_col = next((c for c in PPL_METRICS if c in diag.columns), None)
+        loss_col = next((c for c in LOSS_METRICS if c in diag.columns), None)
+        if ppl_col is None and loss_col is None:
+            raise UserError("no perplexity: give runs_meta a 'ppl' column or put a 'ppl'/'val_loss' metric in "
+                            "the diagnostics table")
+        ppl = diag[ppl_col] if ppl_col else np.exp(diag[loss_col])
+        meta = meta.merge(ppl.rename("ppl"), left_on="run", right_index=True, how="left")
+    down = downstream_df.copy()
+    last = down.groupby("run")["step"].transform("max")
+    down = down[down["step"] == last]
+    avg = down[down["metric"] == "avg_acc"].groupby("run")["value"].mean()
+    if avg.empty:
+        acc = down[(down["metric"] == "acc") & ~down["name"].astype(str).str.endswith("_hard")]
+        avg = acc.groupby("run")["value"].mean()
+    meta = meta.merge(avg.rename("y"), left_on="run", right_index=True, how="left")
+    drop_cols = set(PPL_METRICS) | set(LOSS_METRICS)
+    metric_cols = diag[[c for c in diag.columns if c not in drop_cols]]
+    table = meta.merge(metric_cols, left_on="run", right_index=True, how="left")
+    lacking = table[table[["ppl", "y"]].isna().any(axis=1)]["run"].tolist()
+    if lacking:
+        raise UserError(f"run(s) {lacking} have no perplexity or no downstream accuracy; run `rankscope eval` "
+                        "and the validation step for them, or leave them out of runs_meta")
+    return predict(table, features, **kwargs)
+
+
+def plot_predictions(result: PredictionResult, path: str | Path) -> Path:
+    """Predicted (leave-one-out) vs measured accuracy for both predictors, one marker per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scheme = "loo" if "loo" in result.schemes else next(iter(result.schemes), None)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if scheme is not None and result.table is not None:
+        y = result.table["y"].to_numpy(float)
+        s = result.schemes[scheme]
+        for key, label, marker in (("baseline", "log-PPL (OLS)", "o"), ("extended", "log-PPL + metrics (ridge)", "^")):
+            r2 = s[key]["r2"]
+            ax.scatter(y, s[f"pred_{key}"], marker=marker, label=f"{label}, CV R² = {r2:.2f}", alpha=0.8)
+        lo, hi = float(np.min(y)), float(np.max(y))
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--")
+        ax.set_title(f"Downstream accuracy, {scheme.upper()} predictions (n = {result.n})")
+    ax.set_xlabel("measured average accuracy")
+    ax.set_ylabel("predicted average accuracy")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

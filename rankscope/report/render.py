@@ -1,0 +1,251 @@
+"""Render one self-contained ``report.html`` from a study folder.
+
+The report is a separate step (style.md §2.10): it reads the study folder that train/analyze/eval/predict
+wrote and imports nothing from training. Output is one HTML file with inline CSS and base64 PNG figures,
+so it opens offline and can be mailed or archived as is. Anything absent is listed, never fatal.
+
+    python -c "from rankscope.report.render import render_report; print(render_report('out/study'))"
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rankscope.report.findings import evaluate_findings
+from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
+from rankscope.report.load import StudyData, load_study
+from rankscope.report.plots import build_figures
+from rankscope.report.plots_common import Figure, ordered
+from rankscope.report.stats import Finding
+
+# The 16 headline metrics of diagnostics.md §2.5; the "missing data" list names the ones with no rows.
+HEADLINE = tuple(
+    "rand_sharpness rand_variance pca_top1_sharpness pca_topk_sharpness pca_topk_variance ckpt_barrier "
+    "imib w_erank w_stable_rank w_spectral_gap w_n_sv_gt_0p1 dw_rel_fro dw_erank dw_stable_rank act_cka "
+    "act_cos".split()
+)
+SECTIONS = (
+    ("training", "Training"),
+    ("landscape", "Loss landscape"),
+    ("interpolation", "Interpolation barriers"),
+    ("spectra", "Spectra"),
+    ("activations", "Activation similarity"),
+    ("downstream", "Downstream"),
+    ("prediction", "Predicting downstream accuracy"),
+)
+SCALE_NOTE = (
+    "These are findings of the paper (arXiv 2605.13652: LLaMA 60M–350M trained on C4), restated as "
+    "checks and evaluated on this study's own runs at {scale} scale. They are not laws: at small or "
+    "CPU-demo scale several may not hold, and a verdict here describes these runs only. "
+    "'Inconclusive' means the 95% interval crosses the decision line or the data is missing."
+)
+
+
+def data_label(data_cfg: Mapping[str, Any]) -> str:
+    """Say plainly where the text came from; the embedded corpus is not C4 and must not look like it."""
+    source = str(data_cfg.get("source", "unknown"))
+    if source == "embedded":
+        return "embedded corpus, not C4"
+    if source == "hf":
+        name = " ".join(str(data_cfg.get(k, "")) for k in ("dataset", "dataset_config")).strip()
+        return f"Hugging Face dataset {name or '(unnamed)'}"
+    if source == "files":
+        return f"local files ({len(data_cfg.get('train_files') or [])} training files)"
+    return str(data_cfg.get("label", source))
+
+
+def _summary(data: StudyData) -> str:
+    s = data.study
+    first_cfg = data.runs[0].config if data.runs else {}
+    data_cfg = s.get("data") or first_cfg.get("data") or {}
+    versions = sorted(
+        {str(r.meta.get("package_version")) for r in data.runs if r.meta.get("package_version")}
+    )
+    rows = [
+        ("Study preset", s.get("preset", "–")),
+        ("Model", s.get("model", first_cfg.get("model", "–"))),
+        ("Data", data_label(data_cfg)),
+        ("Methods", ", ".join(map(str, s.get("methods") or ordered({r.method for r in data.runs})))),
+        (
+            "Seeds",
+            ", ".join(map(str, s.get("seeds") or sorted({r.seed for r in data.runs if r.seed is not None}))),
+        ),
+        ("Training steps", s.get("steps", "–")),
+        ("Checkpoint steps", ", ".join(map(str, s.get("checkpoint_steps") or [])) or "–"),
+        ("Runs", len(data.runs)),
+        ("rankscope version", ", ".join(versions) or "–"),
+        ("Study folder", str(data.root)),
+    ]
+    return table(["field", "value"], rows, cls="summary")
+
+
+def _runs_table(data: StudyData) -> str:
+    if not data.runs:
+        return '<p class="missing">No runs found.</p>'
+    rows = []
+    for r in sorted(
+        data.runs, key=lambda r: (ordered({x.method for x in data.runs}).index(r.method), r.seed or 0)
+    ):
+        mem = r.memory.get("summary") or {}
+        state = mem.get("state_bytes")
+        rows.append(
+            (
+                r.name,
+                r.method,
+                "–" if r.seed is None else r.seed,
+                mem.get("params"),
+                mem.get("trainable"),
+                None if state is None else float(state) / 2**20,
+                r.tokens,
+                r.final_val_ppl,
+            )
+        )
+    return table(
+        [
+            "run",
+            "method",
+            "seed",
+            "parameters",
+            "trainable",
+            "optimizer state (MiB)",
+            "tokens",
+            "final val ppl",
+        ],
+        rows,
+    )
+
+
+def _findings_summary(findings: list[Finding]) -> str:
+    rows = "".join(
+        f"<tr><td>{esc(f.id)}</td><td>{esc(f.statement)}</td><td>{verdict_badge(f.verdict)}</td></tr>"
+        for f in findings
+    )
+    return f"<table><thead><tr><th>#</th><th>finding</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _finding_html(f: Finding) -> str:
+    ev = [(e.label, e.value, fmt_interval(e.lo, e.hi), e.verdict or "context", e.detail) for e in f.evidence]
+    evidence = table(["quantity", "estimate", "95% interval", "verdict", "detail"], ev) if ev else ""
+    return (
+        f'<div class="finding" data-finding="{esc(f.id)}"><h3>{esc(f.id)}. {esc(f.statement)} '
+        f"{verdict_badge(f.verdict)}</h3><p><b>Check:</b> {esc(f.check)}</p>"
+        f"<p><b>Why:</b> {esc(f.reason or '–')}</p>{evidence}{bullet_list(f.notes, 'note')}</div>"
+    )
+
+
+def _downstream_table(down: pd.DataFrame) -> str:
+    """Task × method table of accuracy (mean over seeds) with the evaluator's 95% CI, plus the average."""
+    rows = down[(down["scope"] == "task") & down["value"].notna()]
+    if rows.empty:
+        return ""
+    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
+    methods = ordered(rows["method"].unique())
+    out = []
+    for (metric, task), grp in rows.groupby(["metric", "name"]):
+        cells = []
+        for m in methods:
+            sub = grp[grp["method"] == m]
+            ci = fmt_interval(sub["ci_low"].mean(), sub["ci_high"].mean())
+            cells.append(
+                "–" if sub.empty else f"{fmt(sub['value'].mean())} {ci if ci != '–' else ''}".strip()
+            )
+        out.append((task, metric, *cells))
+    for metric, grp in rows.groupby("metric"):
+        means = grp.groupby("method")["value"].mean()
+        out.append(("average over tasks", metric, *(fmt(means.get(m)) for m in methods)))
+    return table(["task", "metric", *methods], out)
+
+
+def _prediction_html(pred: Mapping[str, Any]) -> str:
+    """Render prediction.json generically: scalar blocks as one table, the rest as lists."""
+    if not pred:
+        return ""
+    scalars, extra = [], []
+    for key, val in pred.items():
+        if isinstance(val, Mapping):
+            for k, v in val.items():
+                is_pair = isinstance(v, (list, tuple)) and len(v) == 2
+                shown = (
+                    fmt_interval(*map(float, v))
+                    if is_pair and all(isinstance(x, (int, float)) for x in v)
+                    else v
+                )
+                scalars.append((key, k, shown if isinstance(shown, (int, float, str)) else str(shown)))
+        elif isinstance(val, (list, tuple)):
+            extra.append(f"<p><b>{esc(key)}:</b></p>" + bullet_list(map(str, val)))
+        else:
+            scalars.append(("", key, val if isinstance(val, (int, float, str)) else str(val)))
+    return table(["block", "key", "value"], scalars) + "".join(extra)
+
+
+def _timings_html(data: StudyData) -> str:
+    rows = [
+        (stage, float(sec), str(_dt.timedelta(seconds=round(float(sec)))))
+        for stage, sec in data.timings.items()
+        if isinstance(sec, (int, float))
+    ]
+    jobs = data.status.get("jobs") or []
+    states: dict[str, int] = {}
+    for j in jobs:
+        states[str(j.get("state"))] = states.get(str(j.get("state")), 0) + 1
+    job_line = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    html = table(["stage", "seconds", "h:mm:ss"], rows) if rows else '<p class="missing">No timings.json.</p>'
+    return html + (f"<p>Jobs: {esc(job_line)}.</p>" if job_line else "")
+
+
+def _missing(data: StudyData, figures: list[Figure], findings: list[Finding]) -> list[str]:
+    items = list(data.missing)
+    items += [f"figure {f.name}: {f.missing}" for f in figures if f.missing]
+    items += [f"finding {f.id}: {f.reason}" for f in findings if f.reason.startswith("missing")]
+    present = set(data.diagnostics["metric"].dropna().astype(str)) if len(data.diagnostics) else set()
+    absent = [m for m in HEADLINE if m not in present]
+    if absent:
+        items.append("headline metrics (diagnostics.md §2.5) with no rows: " + ", ".join(absent))
+    return items
+
+
+def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` for ``study_dir`` (default: inside it) and return its path."""
+    data = load_study(study_dir)
+    findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
+    figures = build_figures(data)
+    scale = str(data.study.get("model") or (data.runs[0].config.get("model") if data.runs else "") or "this")
+    title = f"rankscope report: {Path(study_dir).resolve().name}"
+    parts = [
+        f"<h1>{esc(title)}</h1>",
+        f'<p class="note">Generated {esc(_dt.datetime.now().isoformat(" ", "minutes"))}'
+        " by rankscope report; self-contained (no network needed).</p>",
+        "<h2>Study</h2>",
+        _summary(data),
+        "<h2>Runs</h2>",
+        _runs_table(data),
+        "<h2>Findings of the paper, checked on these runs</h2>",
+        f"<p>{esc(SCALE_NOTE.format(scale=scale))}</p>",
+        _findings_summary(findings),
+        *(_finding_html(f) for f in findings),
+    ]
+    for key, heading in SECTIONS:
+        parts.append(f'<h2 id="{esc(key)}">{esc(heading)}</h2>')
+        parts += [figure(fig) for section, fig in figures if section == key]
+        if key == "downstream":
+            parts.append(_downstream_table(data.downstream))
+        if key == "prediction":
+            parts.append(_prediction_html(data.prediction))
+    parts += [
+        "<h2>Timings</h2>",
+        _timings_html(data),
+        "<h2>Missing data</h2>",
+        bullet_list(_missing(data, [f for _, f in figures], findings), "missing")
+        or "<p>Nothing missing.</p>",
+    ]
+    target = Path(out) if out is not None else Path(study_dir) / "report.html"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(page(title, "\n".join(parts)), encoding="utf-8")
+    tmp.replace(target)
+    return target
