@@ -107,7 +107,7 @@ def bench_spectra(calls: int, rounds: int) -> dict:
         out = []
         for a, b in zip(mats, mats_b):
             m = matrix_metrics(b - a, torch.float32)
-            m["rel_fro"] = m["fro"] / float(torch.linalg.vector_norm(a.double()))
+            m["rel_fro"] = m["fro"] / float(torch.linalg.vector_norm(a))
             out.append(m)
         return out
 

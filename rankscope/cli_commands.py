@@ -1,3 +1,107 @@
-"""Subcommands that wrap the analysis, evaluation, study and report subpackages (imported lazily)."""
+"""Subcommands that wrap the analysis, evaluation, prediction, study and report subpackages.
+
+Each command is a thin shell over one plain function (imported lazily, so ``rankscope --help`` stays fast).
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from rankscope.cli import app
+from rankscope.errors import UserError
+
+
+def _json_option(text: Optional[str], flag: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{flag} must be JSON, e.g. '{{\"landscape_random\": {{\"n_directions\": 8}}}}' ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} must be a JSON object mapping group name to settings")
+    return value
+
+
+@app.command()
+def analyze(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders (one per method/seed); the full_rank run is the reference."),
+    out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Folder for diagnostics.parquet/csv and the cache."),
+    metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="Metric ids or groups (default: the 16 headline metrics)."),
+    mode: str = typer.Option("default", help="default (corrected) | faithful (the release's conventions)."),
+    n_tokens: int = typer.Option(65536, help="Held-out token budget shared by every point, direction and checkpoint."),
+    settings: Optional[str] = typer.Option(None, help="JSON per-group settings, e.g. '{\"landscape_random\": {\"n_directions\": 8}}'."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Compute the study's diagnostics for every checkpoint of the given runs (cached per checkpoint)."""
+    from rankscope.diagnostics.analyze import analyze as run_analyze
+
+    frame = run_analyze(run_dirs, metrics=metrics or None, out=out, mode=mode, n_tokens=n_tokens,
+                        settings=_json_option(settings, "--settings"), device=device, progress=not quiet,
+                        use_cache=not no_cache)
+    typer.echo(f"{len(frame)} rows -> {out / 'diagnostics.parquet'}")
+
+
+@app.command("eval")
+def evaluate(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
+    steps: str = typer.Option("final", help="final | all | comma-separated steps."),
+    tasks: Optional[list[str]] = typer.Option(None, "--task", help="Offline task names (default: all)."),
+    max_items: int = typer.Option(300, help="Items per task (0: all), sampled with a fixed seed."),
+    out: Optional[Path] = typer.Option(None, help="Also write a combined downstream table here."),
+    lm_eval: bool = typer.Option(False, "--lm-eval", help="Cross-check through lm-evaluation-harness."),
+    online: bool = typer.Option(False, "--online", help="Also run the paper's hub tasks through lm-eval (internet)."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+) -> None:
+    """Downstream accuracy (with bootstrap CIs) on offline tasks built from held-out text."""
+    from rankscope.downstream.commands import cmd_eval
+
+    cmd_eval(run_dirs, steps=steps, tasks=tasks, max_items=max_items, out=out, lm_eval=lm_eval, online=online,
+             device=device)
+
+
+@app.command()
+def predict(
+    table_dir: Path = typer.Argument(..., help="Folder with diagnostics + downstream tables and runs.csv (a study's results/)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: TABLE_DIR)."),
+    features: Optional[list[str]] = typer.Option(None, "--feature", help="Metric ids to add to log-PPL (default: headline set)."),
+    bootstrap_iters: int = typer.Option(1000, help="Case-bootstrap resamples for the CIs."),
+) -> None:
+    """Predict downstream accuracy from perplexity alone vs perplexity + geometric/spectral metrics."""
+    from rankscope.downstream.commands import cmd_predict
+
+    path = cmd_predict(table_dir, out=out, features=features, bootstrap_iters=bootstrap_iters)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def study(
+    preset: Optional[str] = typer.Option(None, help="smoke | demo | paper-60m | paper-130m | paper-350m (default: demo)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Study YAML (instead of a preset)."),
+    out: Path = typer.Option(Path("study_out"), "--out", "-o", help="Study folder (re-running resumes it)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and their commands, run nothing."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+) -> None:
+    """The whole study: train every method and seed, analyze, evaluate, predict, and write report.html."""
+    from rankscope.study.commands import cmd_study
+
+    cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet)
+
+
+@app.command()
+def report(
+    study_dir: Path = typer.Argument(..., help="A study folder (runs/ and results/)."),
+    out: Optional[Path] = typer.Option(None, help="Output HTML path (default: STUDY_DIR/report.html)."),
+) -> None:
+    """Render the self-contained HTML report of a study folder (no network needed to open it)."""
+    from rankscope.report.render import render_report
+
+    if not study_dir.is_dir():
+        raise UserError(f"study folder {study_dir} does not exist")
+    typer.echo(f"report: {render_report(study_dir, out)}")

@@ -91,7 +91,7 @@ def main() -> None:
                              "4-way next sentence; context = 2 previous sentences of a held-out paragraph; "
                              "distractors = random held-out sentences (5-40 words) of other documents of the same "
                              "source, length-matched "
-                             "(characters within 15 %).",
+                             "(characters within 5 %).",
                              caps=CAPS["nextsent"]),
         "genre": {"file": "genre.jsonl", "kind": "probe", "n_items": len(genre),
                   "n_train": sum(it["part"] == "train" for it in genre),

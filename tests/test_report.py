@@ -122,6 +122,11 @@ def test_empty_folder_still_renders(tmp_path: Path) -> None:
     assert html.count("inconclusive") >= 7
 
 
+def test_missing_study_folder_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        render_report(tmp_path / "typo")
+
+
 def test_text_is_escaped(tmp_path: Path) -> None:
     evil = "<script>alert(1)</script>"
     (tmp_path / "study.json").write_text(json.dumps({"preset": evil, "data": {"source": "files"}}))
@@ -280,6 +285,10 @@ def test_f6_rank_agreement() -> None:
     assert f.verdict == HOLDS and f.evidence[0].hi < 1
     down, runs = _down({"full_rank": 0.8, "galore": 0.7})
     assert check_f6(down, runs).verdict == INCONCLUSIVE
+    down, runs = _down({"full_rank": 0.8, "galore": 0.7, "fira": 0.6}, tasks=3)
+    hard = down[down["name"] == "t0"].assign(name="t0_hard")
+    f = check_f6(pd.concat([down, hard]), runs)
+    assert "over 3 tasks" in f.evidence[0].detail  # the _hard subset is not counted as a 4th task
     assert "missing" in check_f6(_rows(), runs).reason
 
 
@@ -309,6 +318,36 @@ def test_f7_mae_fallback_and_missing() -> None:
     }
     assert check_f7(pred).verdict == HOLDS  # lower MAE is better
     assert "missing" in check_f7({}).reason
+
+
+def _predict_py_layout(diff_ci: list[float]) -> dict:
+    """prediction.json as rankscope/downstream/predict.py writes it (schemes.<loo|lomo> with a ci block)."""
+    scheme = {
+        "baseline": {"r2": 0.2, "mae": 0.03},
+        "extended": {"r2": 0.4, "mae": 0.02},
+        "diff": {"r2": 0.2, "mae": -0.01},
+        "ci": {"baseline": {"r2": [0.0, 0.4]}, "extended": {"r2": [0.2, 0.6]}, "diff": {"r2": diff_ci}},
+    }
+    lomo = {**scheme, "ci": {"diff": {"r2": [-1.0, 1.0]}}}
+    return {
+        "n": 18,
+        "features": ["rand_sharpness"],
+        "schemes": {"loo": scheme, "lomo": lomo},
+        "weights": {"rand_sharpness": 0.3},
+        "alpha": 1.0,
+        "warnings": ["tiny n"],
+        "messages": [],
+    }
+
+
+def test_f7_reads_predict_py_layout(tmp_path: Path) -> None:
+    f = check_f7(_predict_py_layout([0.05, 0.35]))
+    assert f.verdict == HOLDS and "(loo)" in f.evidence[-2].label and "(lomo)" in f.evidence[-1].label
+    assert check_f7(_predict_py_layout([-0.1, 0.35])).verdict == INCONCLUSIVE
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "prediction.json").write_text(json.dumps(_predict_py_layout([0.05, 0.35])))
+    html = render_report(tmp_path).read_text()
+    assert "0.4 [0.2, 0.6]" in html and "0.2 [0.05, 0.35]" in html  # extended and difference, with CIs
 
 
 def test_all_missing_is_inconclusive_everywhere() -> None:

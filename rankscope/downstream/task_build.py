@@ -228,10 +228,10 @@ def nextsent_items(sentences: Sequence[dict], index: TrainIndex, cap: int = 1000
             j = rng.choice(pools[meta["source"]])
             text = sentences[j]["text"]
             tries += 1
-            # Same source, other document, length-matched (characters within 15 %, relaxed after 500 draws):
+            # Same source, other document, length-matched (characters within 5 %, relaxed after 2000 draws):
             # otherwise a model that only prefers short strings or one source's style beats chance, as the
             # bigram and random-init models did without these constraints.
-            close = abs(len(text) - len(answer)) <= 0.15 * len(answer) or tries > 500
+            close = abs(len(text) - len(answer)) <= 0.05 * len(answer) or tries > 2000
             if close and sentences[j]["doc"] != meta["doc"] and text not in distractors and text != answer:
                 distractors.append(text)
         choices = [sentences[i]["text"], *distractors]

@@ -37,7 +37,10 @@ def _task_matrix(down: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         if not rows.empty:
             last = rows.groupby("run")["step"].transform("max")
             rows = rows[rows["step"] == last]
-            return rows.pivot_table(index="run", columns="name", values="value", aggfunc="mean"), metric
+            table = rows.pivot_table(index="run", columns="name", values="value", aggfunc="mean")
+            # "<task>_hard" rows are subsets of <task> (downstream/evaluate.py); both would double-weight it
+            subsets = [c for c in table.columns if str(c).endswith("_hard") and str(c)[:-5] in table.columns]
+            return table.drop(columns=subsets), metric
     return pd.DataFrame(), ""
 
 
@@ -112,18 +115,48 @@ def check_f6(down: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> Finding:
     return f
 
 
-def _get(d: Mapping[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if isinstance(d, Mapping) and k in d and d[k] is not None:
-            return d[k]
-    return None
+Score = tuple[float, float, float]  # value, 95% CI low, 95% CI high (NaN when absent)
+PARTS = (("baseline", ("baseline",)), ("extended", ("extended",)), ("difference", ("difference", "diff")))
 
 
-def _interval(block: Mapping[str, Any], key: str) -> tuple[float, float]:
-    ci = _get(block, f"{key}_ci", f"{key}_interval")
-    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci):
-        return float(ci[0]), float(ci[1])
-    return math.nan, math.nan
+def _pair(ci: Any) -> tuple[float, float]:
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
+    return (float(ci[0]), float(ci[1])) if ok else (math.nan, math.nan)
+
+
+def _scores(values: Mapping[str, Any], cis: Mapping[str, Any]) -> dict[str, Score]:
+    """Numeric entries of ``values`` with their CI from ``cis[k]`` or from ``values[k + '_ci']``."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = (float(v), *_pair(cis.get(k, values.get(f"{k}_ci"))))
+    return out
+
+
+def _first(d: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
+    return next((d[k] for k in keys if isinstance(d.get(k), Mapping)), {})
+
+
+def prediction_schemes(pred: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Score]]]:
+    """{scheme: {baseline|extended|difference: {score: (value, lo, hi)}}} from either prediction.json layout.
+
+    downstream/predict.py writes ``schemes.<loo|lomo>.{baseline, extended, diff, ci}``; the study-folder
+    contract also allows top-level ``baseline``/``extended``/``difference`` with ``<score>_ci`` keys.
+    """
+    out: dict[str, dict[str, dict[str, Score]]] = {}
+    blocks = [
+        (str(n), s, s.get("ci") or {})
+        for n, s in (pred.get("schemes") or {}).items()
+        if isinstance(s, Mapping)
+    ]
+    if any(isinstance(pred.get(k), Mapping) for k in ("baseline", "extended")):
+        blocks.append(("main", pred, {}))
+    for name, block, ci in blocks:
+        parts = {part: _scores(_first(block, keys), _first(ci, keys)) for part, keys in PARTS}
+        for k in set(parts["baseline"]) & set(parts["extended"]) - set(parts["difference"]):
+            parts["difference"][k] = (parts["extended"][k][0] - parts["baseline"][k][0], math.nan, math.nan)
+        out[name] = parts
+    return out
 
 
 def check_f7(prediction: Mapping[str, Any]) -> Finding:
@@ -131,44 +164,40 @@ def check_f7(prediction: Mapping[str, Any]) -> Finding:
     f = Finding(
         "F7",
         "Adding geometric and spectral metrics to perplexity improves prediction of downstream accuracy.",
-        "CV R² of log-PPL + metrics minus CV R² of log-PPL alone > 0 (paired bootstrap "
-        "95% interval from the predictor); MAE difference used when R² is absent.",
+        "CV R² of log-PPL + metrics minus CV R² of log-PPL alone > 0 (paired bootstrap 95% interval from the "
+        "predictor; leave-one-out scheme when there are several); MAE difference used when R² is absent.",
     )
     if not prediction:
         f.reason = "missing: results/prediction.json"
         return f
-    base, ext = _get(prediction, "baseline") or {}, _get(prediction, "extended") or {}
-    diff = _get(prediction, "difference", "diff") or {}
+    schemes = prediction_schemes(prediction)
+    name = next((n for n in ("loo", "main") if n in schemes), next(iter(schemes), None))
+    chosen = schemes.get(name or "", {})
     for key, sign in (("r2", 1.0), ("mae", -1.0)):  # lower MAE is better, so flip its sign
-        b, e = _get(base, key), _get(ext, key)
-        if b is not None:
-            f.evidence.append(Evidence(f"baseline {key}", float(b), *_interval(base, key)))
-        if e is not None:
-            f.evidence.append(Evidence(f"extended {key}", float(e), *_interval(ext, key)))
-        d = _get(diff, key)
-        if d is None and b is not None and e is not None:
-            d = float(e) - float(b)
-        if d is None:
+        if key not in chosen.get("difference", {}):
             continue
-        lo, hi = _interval(diff, key)
+        for part in ("baseline", "extended"):
+            if key in chosen[part]:
+                f.evidence.append(Evidence(f"{part} {key} ({name})", *chosen[part][key]))
+        d, lo, hi = chosen["difference"][key]
         est = Estimate(
-            sign * float(d),
-            source="given",
-            lo_given=min(sign * lo, sign * hi),
-            hi_given=max(sign * lo, sign * hi),
+            sign * d, source="given", lo_given=min(sign * lo, sign * hi), hi_given=max(sign * lo, sign * hi)
         )
         v, why = verdict_above(est)
         if not est.has_interval:
             why = "no paired bootstrap interval for the difference in prediction.json"
-        label = "extended − baseline R²" if key == "r2" else "baseline − extended MAE"
+        label = f"extended − baseline R² ({name})" if key == "r2" else f"baseline − extended MAE ({name})"
         f.evidence.append(evidence_from(label, est, v, why))
         f.verdict, f.reason = v, why or ("interval above 0" if v == HOLDS else "interval below 0")
+        for other, parts in schemes.items():
+            if other != name and key in parts["difference"]:
+                f.evidence.append(Evidence(f"extended − baseline {key} ({other})", *parts["difference"][key]))
         break
     else:
         f.reason = "missing: no r2 or mae for both baseline and extended in prediction.json"
-    n = _get(prediction, "n_runs", "n")
+    n = prediction.get("n_runs", prediction.get("n"))
     if n is not None:
         f.notes.append(f"n = {n} final models: exploratory at this size")
-    for w in _get(prediction, "warnings") or []:
+    for w in prediction.get("warnings") or []:
         f.notes.append(f"predictor warning: {w}")
     return f

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from rankscope.report.findings import evaluate_findings
+from rankscope.report.findings_downstream import prediction_schemes
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
 from rankscope.report.load import StudyData, load_study
 from rankscope.report.plots import build_figures
@@ -125,7 +126,8 @@ def _findings_summary(findings: list[Finding]) -> str:
         f"<tr><td>{esc(f.id)}</td><td>{esc(f.statement)}</td><td>{verdict_badge(f.verdict)}</td></tr>"
         for f in findings
     )
-    return f"<table><thead><tr><th>#</th><th>finding</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+    head = "<thead><tr><th>#</th><th>finding</th><th>verdict</th></tr></thead>"
+    return f"<table>{head}<tbody>{rows}</tbody></table>"
 
 
 def _finding_html(f: Finding) -> str:
@@ -158,29 +160,57 @@ def _downstream_table(down: pd.DataFrame) -> str:
     for metric, grp in rows.groupby("metric"):
         means = grp.groupby("method")["value"].mean()
         out.append(("average over tasks", metric, *(fmt(means.get(m)) for m in methods)))
-    return table(["task", "metric", *methods], out)
+    notes = sorted({str(n) for n in rows["note"].dropna() if str(n)})
+    source = f'<p class="note">Task source: {esc("; ".join(notes))}</p>' if notes else ""
+    return table(["task", "metric", *methods], out) + source
+
+
+def _score(score: tuple[float, float, float] | None) -> str:
+    if score is None:
+        return "–"
+    ci = fmt_interval(score[1], score[2])
+    return fmt(score[0]) + ("" if ci == "–" else f" {ci}")
+
+
+def _flatten(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, Mapping):
+        return [row for k, v in value.items() for row in _flatten(f"{prefix}.{k}" if prefix else str(k), v)]
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(x, (int, float)) for x in value)
+    ):
+        return [(prefix, fmt_interval(float(value[0]), float(value[1])))]
+    if isinstance(value, (list, tuple)):
+        return [(prefix, ", ".join(map(str, value)) or "–")]
+    return [(prefix, value if isinstance(value, (int, float, str)) or value is None else str(value))]
 
 
 def _prediction_html(pred: Mapping[str, Any]) -> str:
-    """Render prediction.json generically: scalar blocks as one table, the rest as lists."""
+    """Baseline vs extended scores per CV scheme, then everything else in prediction.json, flattened."""
     if not pred:
         return ""
-    scalars, extra = [], []
-    for key, val in pred.items():
-        if isinstance(val, Mapping):
-            for k, v in val.items():
-                is_pair = isinstance(v, (list, tuple)) and len(v) == 2
-                shown = (
-                    fmt_interval(*map(float, v))
-                    if is_pair and all(isinstance(x, (int, float)) for x in v)
-                    else v
-                )
-                scalars.append((key, k, shown if isinstance(shown, (int, float, str)) else str(shown)))
-        elif isinstance(val, (list, tuple)):
-            extra.append(f"<p><b>{esc(key)}:</b></p>" + bullet_list(map(str, val)))
-        else:
-            scalars.append(("", key, val if isinstance(val, (int, float, str)) else str(val)))
-    return table(["block", "key", "value"], scalars) + "".join(extra)
+    rows = [
+        (scheme, key, *(_score(parts[p].get(key)) for p in ("baseline", "extended", "difference")))
+        for scheme, parts in prediction_schemes(pred).items()
+        for key in sorted(set(parts["baseline"]) | set(parts["extended"]) | set(parts["difference"]))
+        if not key.endswith("_ci")
+    ]
+    head = [
+        "CV scheme",
+        "score",
+        "log-PPL only [95% CI]",
+        "log-PPL + metrics [95% CI]",
+        "difference [95% CI]",
+    ]
+    html = table(head, rows) if rows else ""
+    skip = {"schemes", "baseline", "extended", "difference", "diff", "warnings", "messages"}
+    rest = [row for k, v in pred.items() if k not in skip for row in _flatten(str(k), v)]
+    html += table(["key", "value"], rest) if rest else ""
+    for key in ("warnings", "messages"):
+        if pred.get(key):
+            html += f"<p><b>{esc(key)}:</b></p>" + bullet_list(map(str, pred[key]))
+    return html
 
 
 def _timings_html(data: StudyData) -> str:
@@ -211,6 +241,8 @@ def _missing(data: StudyData, figures: list[Figure], findings: list[Finding]) ->
 
 def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.html`` for ``study_dir`` (default: inside it) and return its path."""
+    if not Path(study_dir).is_dir():  # a typo must not produce an empty report in a fresh folder
+        raise FileNotFoundError(f"study folder not found: {study_dir}")
     data = load_study(study_dir)
     findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
     figures = build_figures(data)

@@ -1,0 +1,250 @@
+"""Study configuration: which runs to train and how to analyse, evaluate and compare them.
+
+A study is a grid (method × seed) of training runs on one model size, plus the settings of the later stages.
+It is written as YAML, usually starting from a named preset shipped in ``rankscope/study_presets/``:
+
+    base: demo            # optional: start from a preset, then override
+    methods: [full_rank, galore]
+    steps: 300
+
+Every section is a frozen dataclass; an unknown key anywhere is a :class:`UserError` that names the file
+and the field, so a typo never silently falls back to a default (style.md §3, "silently ignored arguments").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from rankscope.config import DataConfig, RunConfig, TrainConfig
+from rankscope.errors import UserError
+
+PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m")
+ALL_METHODS: tuple[str, ...] = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
+LAUNCHERS: tuple[str, ...] = ("local", "torchrun", "submitit")
+# TrainConfig fields the study sets itself; a ``train:`` section may not set them (one source of truth).
+_STUDY_OWNED_TRAIN = ("steps", "warmup_steps", "micro_batch_size", "grad_accum", "seed", "eval_every",
+                      "eval_tokens", "save_every", "save_steps")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """Stage 2: ``rankscope.diagnostics.analyze.analyze`` over every run and checkpoint."""
+
+    metrics: tuple[str, ...] | None = None  # metric ids or group names (None: the 16 headline metrics)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-group overrides, e.g. landscape_random
+    n_tokens: int = 65536  # shared evaluation budget in non-pad tokens (diagnostics.md §1)
+    mode: str = "default"  # default | faithful (the release's quirks)
+    device: str = "cpu"  # device the diagnostics run on
+
+
+@dataclass(frozen=True)
+class DownstreamSettings:
+    """Stage 3: offline downstream tasks scored on each run's final checkpoint."""
+
+    tasks: tuple[str, ...] | None = None  # task names (None: every offline task)
+    max_items: int = 300  # items per task (0: all)
+    bootstrap_iters: int = 1000  # bootstrap resamples for the accuracy CIs
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Stage 4: log-PPL vs log-PPL + metrics predictors of downstream accuracy."""
+
+    features: tuple[str, ...] | None = None  # metric columns (None: the predictor's default set)
+    bootstrap_iters: int = 1000
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """How each training job is started: in a subprocess, under torchrun, or as a submitit (Slurm) job."""
+
+    kind: str = "local"  # local | torchrun | submitit
+    nproc: int = 1  # processes (GPUs) per training job; > 1 runs torchrun (also inside submitit jobs)
+    cluster: str | None = None  # submitit cluster: None (auto: slurm if available) | slurm | local | debug
+    folder: str = ""  # submitit log folder (default: <study>/submitit)
+    options: dict[str, Any] = field(default_factory=dict)  # submitit parameters, e.g. slurm_partition, timeout_min
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAUNCHERS:
+            raise UserError(f"launcher.kind={self.kind!r} is not valid; choose one of: {', '.join(LAUNCHERS)}")
+        if self.nproc < 1:
+            raise UserError(f"launcher.nproc must be >= 1, got {self.nproc}")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """One study: the runs (method × seed on one model) and the settings of every later stage."""
+
+    name: str = "study"
+    preset: str = ""  # the preset this config came from (informational, written to study.json)
+    model: str = "tiny"  # model preset: smoke | tiny | 60m | 130m | 350m | 1b
+    vocab_size: int = 0  # override the model preset's vocabulary (0: preset value)
+    methods: tuple[str, ...] = ALL_METHODS
+    seeds: tuple[int, ...] = (0,)  # runs with the same seed share their initial weights
+    steps: int = 150  # optimizer updates per run
+    warmup_steps: int = -1  # -1: 10 % of steps
+    checkpoints: int = 5  # evenly spaced checkpoints (the last at ``steps``), unless checkpoint_steps is set
+    checkpoint_steps: tuple[int, ...] = ()  # explicit checkpoint steps (overrides ``checkpoints``)
+    micro_batch_size: int = 8  # sequences per forward pass on each process
+    grad_accum: int = 1  # micro-batches per update on each process (ignored when global_batch is set)
+    global_batch: int = 0  # sequences per update over all processes (0: micro_batch_size × grad_accum × nproc)
+    eval_every: int = 0  # validation every N updates (0: at each checkpoint)
+    eval_tokens: int = 65536  # validation budget in non-pad tokens
+    train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields (precision, device, ...)
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
+    data: DataConfig = field(default_factory=DataConfig)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    downstream: DownstreamSettings = field(default_factory=DownstreamSettings)
+    predict: PredictSettings = field(default_factory=PredictSettings)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise UserError("study: methods must list at least one method")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"study: seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        unknown = sorted(set(self.method_options) - set(self.methods))
+        if unknown:
+            raise UserError(f"study: method_options for method(s) {unknown} not in methods {list(self.methods)}")
+        owned = sorted(set(self.train) & set(_STUDY_OWNED_TRAIN))
+        if owned:
+            raise UserError(f"study: train.{owned[0]} is a top-level study field; set it there, not under train")
+        if self.checkpoints < 1 and not self.checkpoint_steps:
+            raise UserError("study: checkpoints must be >= 1")
+        bad = [s for s in self.checkpoint_steps if not 0 < s <= self.steps]
+        if bad:
+            raise UserError(f"study: checkpoint_steps {bad} are outside 1..steps={self.steps}")
+
+    # --- derived values ------------------------------------------------------------------------
+    @property
+    def save_steps(self) -> tuple[int, ...]:
+        """Checkpoint steps: explicit ones, or ``checkpoints`` evenly spaced ending at ``steps``.
+
+        The paper's schedule (10 checkpoints, every 1K/2K/6K at 10K/20K/60K steps) is this rule with 10.
+        """
+        if self.checkpoint_steps:
+            return tuple(sorted(set(self.checkpoint_steps) | {self.steps}))
+        n = min(self.checkpoints, self.steps)
+        return tuple(sorted({round(self.steps * i / n) for i in range(1, n + 1)}))
+
+    def accumulation(self) -> int:
+        """Micro-batches per update on each process, from the global batch when one is given."""
+        if not self.global_batch:
+            return self.grad_accum
+        per_update = self.micro_batch_size * self.launcher.nproc
+        if self.global_batch % per_update:
+            raise UserError(f"study: global_batch={self.global_batch} is not a multiple of micro_batch_size × "
+                            f"nproc = {self.micro_batch_size} × {self.launcher.nproc}")
+        return self.global_batch // per_update
+
+    def run_name(self, method: str, seed: int) -> str:
+        return f"{method}_s{seed}"
+
+    def to_run_configs(self, out_dir: str | Path) -> list[RunConfig]:
+        """One RunConfig per method × seed, written under ``<out_dir>/runs``.
+
+        Only the method and its options differ between runs of a seed, so every run of a seed starts from
+        the same base weights (the loop seeds the base model before the method's transform). LR and the
+        other method hyperparameters are the method's study defaults for ``model`` unless overridden.
+        """
+        runs_dir = str((Path(out_dir) / "runs").resolve())
+        save = self.save_steps
+        train_base = {**self.train, "steps": self.steps, "warmup_steps": self.warmup_steps,
+                      "micro_batch_size": self.micro_batch_size, "grad_accum": self.accumulation(),
+                      "eval_every": self.eval_every if self.eval_every else save[0], "eval_tokens": self.eval_tokens,
+                      "save_every": 0, "save_steps": save}
+        out = []
+        for seed in self.seeds:
+            for method in self.methods:
+                d = {"name": self.run_name(method, seed), "out_dir": runs_dir, "model": self.model,
+                     "vocab_size": self.vocab_size, "method": method,
+                     "method_options": dict(self.method_options.get(method, {})),
+                     "data": asdict(self.data), "train": {**train_base, "seed": seed}}
+                cfg = RunConfig.from_dict(d, source=f"study {self.name}: run {d['name']}")
+                out.append(cfg)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved study (study.json), with the derived values the report shows."""
+        d = asdict(self)
+        d["checkpoint_steps"] = list(self.save_steps)
+        d["grad_accum"] = self.accumulation()
+        return d
+
+
+# --- loading --------------------------------------------------------------------------------------
+_SECTIONS = {"data": DataConfig, "analysis": AnalysisSettings, "downstream": DownstreamSettings,
+             "predict": PredictSettings, "launcher": LauncherConfig}
+
+
+def _build(cls, values: Any, where: str):
+    if not isinstance(values, dict):
+        raise UserError(f"{where} must be a mapping, got {type(values).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(f"{where}: unknown field {unknown[0]!r}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
+                        + f"; valid fields: {', '.join(sorted(known))}")
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise UserError(f"{where}: {exc}") from None
+
+
+def study_from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
+    """Build a StudyConfig; errors name ``source`` and the offending field (e.g. ``analysis.n_tokns``)."""
+    d = dict(d)
+    for key, cls in _SECTIONS.items():
+        if key in d:
+            d[key] = _build(cls, d[key] or {}, f"{source}: {key}")
+    return _build(StudyConfig, d, source)
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise UserError(f"unknown study preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return Path(str(resources.files("rankscope") / "study_presets" / f"{name}.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    from rankscope.config import load_config_file
+
+    return load_config_file(path)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of mappings (``over`` wins); lists are replaced, not concatenated."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    raw = _read_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    base_path = preset_path(base) if base in PRESETS else (path.parent / base)
+    if base_path.resolve() in seen:
+        raise UserError(f"{path}: 'base: {base}' forms a cycle")
+    merged = _merge(_resolve(base_path, (*seen, path.resolve())), raw)
+    merged.setdefault("preset", base if base in PRESETS else "")
+    return merged
+
+
+def load_study_config(preset_or_path: str | Path) -> StudyConfig:
+    """A preset name (``demo``) or a YAML/JSON file (which may start from one with ``base: NAME``)."""
+    text = str(preset_or_path)
+    path = preset_path(text) if text in PRESETS else Path(text)
+    if text not in PRESETS and not path.is_file():
+        raise UserError(f"{text!r} is neither a study preset ({', '.join(PRESETS)}) nor an existing config file")
+    d = _resolve(path)
+    if text in PRESETS:
+        d.setdefault("preset", text)
+    return study_from_dict(d, source=str(path))

@@ -1,0 +1,85 @@
+"""Starting training jobs: a local subprocess (optionally torchrun) or a submitit job (Slurm, local, debug).
+
+Every training job runs in its own process, so a crash, an out-of-memory kill or a bad method option ends
+that job only; the study records the error and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rankscope.study.config import LauncherConfig
+from rankscope.study.jobs import Job, child_env
+
+# Called with (job, state, seconds, error) when a job finishes; the runner updates status and progress.
+Report = Callable[[Job, str, float, str], None]
+
+
+def tail(text: str, lines: int = 12) -> str:
+    """The last lines of a log: where a training error message is."""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run_local(job: Job, log_path: Path) -> tuple[bool, str]:
+    """Run one job's command, logging to ``log_path``; returns (ok, error text)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command)}\n".encode())
+        log.flush()
+        # Same process group as the study: killing the study (Ctrl-C, SIGKILL of the group) ends the job
+        # too, so no orphan keeps writing to a run folder the next invocation resumes.
+        code = subprocess.call(list(job.command), stdout=log, stderr=subprocess.STDOUT, env=child_env())
+    if code == 0:
+        return True, ""
+    return False, f"exit code {code}; log {log_path}:\n{tail(log_path.read_text(errors='replace'))}"
+
+
+def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Callable[[Job], None]) -> None:
+    """One job at a time (a CPU study shares its cores; a GPU job already uses all local GPUs)."""
+    for job in jobs:
+        before(job)
+        t0 = time.perf_counter()
+        ok, err = run_local(job, logs / f"{job.run}.log")
+        report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
+
+
+def make_executor(launcher: LauncherConfig, folder: Path):
+    """A submitit AutoExecutor; ``cluster=None`` picks Slurm when available, else local processes."""
+    try:
+        import submitit
+    except ImportError:
+        from rankscope.errors import UserError
+
+        raise UserError("launcher.kind=submitit needs submitit: pip install 'rankscope[cluster]'") from None
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=launcher.cluster)
+    params = dict(launcher.options)
+    if launcher.nproc > 1:  # one task per node; torchrun inside the job starts the per-GPU processes
+        params.setdefault("gpus_per_node", launcher.nproc)
+        params.setdefault("tasks_per_node", 1)
+    params.setdefault("name", "rankscope")
+    if params:
+        executor.update_parameters(**params)
+    return executor
+
+
+def run_jobs_submitit(jobs: Sequence[Job], launcher: LauncherConfig, folder: Path, report: Report,
+                      before: Callable[[Job], None]) -> None:
+    """Submit every job at once (the cluster runs them in parallel), then wait for each in order."""
+    import submitit
+
+    executor = make_executor(launcher, folder)
+    submitted = []
+    for job in jobs:
+        fn = submitit.helpers.CommandFunction(list(job.command), verbose=False, env=child_env())
+        submitted.append((job, executor.submit(fn), time.perf_counter()))
+    for job, handle, t0 in submitted:
+        before(job)
+        try:
+            handle.result()
+            report(job, "done", time.perf_counter() - t0, "")
+        except Exception as exc:  # noqa: BLE001 - a failed job is recorded; the others go on
+            report(job, "failed", time.perf_counter() - t0,
+                   f"submitit job {handle.job_id}: {tail(str(exc))} (logs in {folder})")

@@ -1,0 +1,133 @@
+"""Stages 2–5 of a study: analyze, eval, predict, report. Each stage reads the previous stages' files.
+
+Each stage is skipped when an input key (its settings plus what it reads: run fingerprints and checkpoint
+steps, or the hashes of input tables) matches the key stored with its outputs, so re-running a study does
+only what is new. Stage modules are imported lazily: a missing or broken module fails its stage only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rankscope.config import RunConfig
+from rankscope.study.config import StudyConfig
+from rankscope.study.jobs import write_json_atomic
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+
+def _run_keys(runs: Sequence[RunConfig], final_only: bool) -> list[Any]:
+    from rankscope.training.checkpoint import list_checkpoints
+
+    keys = []
+    for cfg in runs:
+        steps = list_checkpoints(cfg.run_dir)
+        keys.append([cfg.name, cfg.fingerprint(), steps[-1:] if final_only else steps])
+    return keys
+
+
+class Stamp:
+    """``results/stamps/<stage>.json``: the input key of the outputs currently on disk."""
+
+    def __init__(self, results: Path, stage: str, key: Any, outputs: Sequence[Path]) -> None:
+        self.path = results / "stamps" / f"{stage}.json"
+        self.key, self.outputs = _digest(key), list(outputs)
+
+    def fresh(self) -> bool:
+        try:
+            stored = json.loads(self.path.read_text()).get("key")
+        except (OSError, ValueError):
+            return False
+        return stored == self.key and all(p.is_file() for p in self.outputs)
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"key": self.key, "outputs": [p.name for p in self.outputs]})
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def analysis_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
+    return Stamp(results, "analyze", [asdict(cfg.analysis), _run_keys(runs, final_only=False)],
+                 [results / "diagnostics.parquet"])
+
+
+def run_analyze(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path, progress: bool) -> None:
+    """Diagnostics over every checkpoint of every run, with one cache shared by all re-runs."""
+    from rankscope.diagnostics.analyze import analyze
+
+    a = cfg.analysis
+    analyze([r.run_dir for r in runs], metrics=list(a.metrics) if a.metrics else None, out=results, mode=a.mode,
+            n_tokens=a.n_tokens, settings={k: dict(v) for k, v in a.settings.items()}, device=a.device,
+            progress=progress)
+
+
+def eval_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
+    return Stamp(results, "eval", [asdict(cfg.downstream), _run_keys(runs, final_only=True)],
+                 [results / "downstream.parquet"])
+
+
+def run_eval(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
+    """Offline downstream tasks on each run's final checkpoint."""
+    from rankscope.downstream.evaluate import evaluate_runs
+
+    d = cfg.downstream
+    evaluate_runs([r.run_dir for r in runs], steps="final", tasks=list(d.tasks) if d.tasks else None,
+                  max_items=d.max_items or None, out=results / "downstream", bootstrap_iters=d.bootstrap_iters,
+                  device=d.device)
+
+
+def final_ppl(run_dir: Path) -> float | None:
+    """Validation perplexity of the run's last eval line in metrics.jsonl."""
+    ppl = None
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("kind") == "eval" and rec.get("val_ppl") is not None:
+                ppl = float(rec["val_ppl"])
+    return ppl
+
+
+def predict_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
+    inputs = [_file_hash(results / "diagnostics.parquet"), _file_hash(results / "downstream.parquet")]
+    return Stamp(results, "predict", [asdict(cfg.predict), inputs, [r.name for r in runs]],
+                 [results / "prediction.json"])
+
+
+def run_predict(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
+    """Fit log-PPL vs log-PPL + metrics predictors over the finished runs (needs >= 4 of them)."""
+    import pandas as pd
+
+    from rankscope.diagnostics.table import read_table
+    from rankscope.downstream.predict import predict_from_tables
+
+    meta = [{"run": r.name, "method": r.method, "seed": r.train.seed, "scale": r.model,
+             "ppl": final_ppl(r.run_dir)} for r in runs]
+    pd.DataFrame(meta).to_csv(results / "runs.csv", index=False)
+    diag = read_table(results / "diagnostics.parquet")
+    down = read_table(results / "downstream.parquet")
+    p = cfg.predict
+    result = predict_from_tables(diag, down, meta, list(p.features) if p.features else None,
+                                 bootstrap_iters=p.bootstrap_iters, seed=0)
+    result.write(results)
+
+
+def run_report(out_dir: Path) -> Path:
+    from rankscope.report.render import render_report
+
+    return render_report(out_dir)
