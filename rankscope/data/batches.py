@@ -231,6 +231,11 @@ def eval_batch(cfg: RunConfig, n_tokens: int, split: str | None = None, seed: in
             if counted >= n_tokens:
                 break
         inputs, labels = seqs.get(np.array(chosen))
+        if counted < n_tokens:
+            import warnings
+
+            warnings.warn(f"the {split} split holds only {counted} evaluation tokens (< the {n_tokens} asked for); "
+                          f"using all of them", stacklevel=2)
     return EvalBatch(inputs, labels, micro_batch)
 
 

@@ -23,26 +23,41 @@ def tail(text: str, lines: int = 12) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run_local(job: Job, log_path: Path) -> tuple[bool, str]:
-    """Run one job's command, logging to ``log_path``; returns (ok, error text)."""
+def run_local(job: Job, log_path: Path, poll: Callable[[], None] | None = None) -> tuple[bool, str]:
+    """Run one job's command, logging to ``log_path``; ``poll`` is called about once a second while it runs.
+
+    Returns (ok, error text)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command)}\n".encode())
         log.flush()
         # Same process group as the study: killing the study (Ctrl-C, SIGKILL of the group) ends the job
         # too, so no orphan keeps writing to a run folder the next invocation resumes.
-        code = subprocess.call(list(job.command), stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        proc = subprocess.Popen(list(job.command), stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    if poll is not None:
+                        poll()
+        except BaseException:  # Ctrl-C or an error in the study: do not leave the job running alone
+            proc.kill()
+            proc.wait()
+            raise
     if code == 0:
         return True, ""
     return False, f"exit code {code}; log {log_path}:\n{tail(log_path.read_text(errors='replace'))}"
 
 
-def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Callable[[Job], None]) -> None:
+def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Callable[[Job], None],
+                   poll: Callable[[Job], None] | None = None) -> None:
     """One job at a time (a CPU study shares its cores; a GPU job already uses all local GPUs)."""
     for job in jobs:
         before(job)
         t0 = time.perf_counter()
-        ok, err = run_local(job, logs / f"{job.run}.log")
+        ok, err = run_local(job, logs / f"{job.run}.log", (lambda j=job: poll(j)) if poll else None)
         report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
 
 

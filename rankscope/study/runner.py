@@ -1,0 +1,204 @@
+"""``run_study``: train every method × seed, then analyze, eval, predict and report, resumably.
+
+    from rankscope.study import load_study_config, run_study
+    run_study(load_study_config("smoke"), "out/smoke")
+
+Study folder (the report's contract):
+
+    <out>/study.json  status.json  report.html
+    <out>/runs/<method>_s<seed>.json    the run config each training job is started with
+    <out>/runs/<method>_s<seed>/        run folders
+    <out>/logs/                         one log per training job and per failed stage
+    <out>/results/                      diagnostics.parquet, downstream.parquet, prediction.*, timings.json
+
+Re-running skips finished runs, resumes interrupted ones from their last checkpoint (bit-exact), and
+repeats a later stage only when its inputs changed. A failing job is recorded and the rest go on; the
+caller gets ``StudyResult.failed`` to set the exit code once everything else is done.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rankscope.config import RunConfig
+from rankscope.study import stages
+from rankscope.study.config import StudyConfig
+from rankscope.study.jobs import STAGES, Job, StatusBook, run_finished, train_command, write_json_atomic
+from rankscope.study.launch import run_jobs_local, run_jobs_submitit
+from rankscope.study.progress import StudyProgress, last_logged_step
+
+
+@dataclass
+class StudyResult:
+    out_dir: Path
+    jobs: list[Job]
+    timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[Job]:
+        return [j for j in self.jobs if j.state == "failed"]
+
+
+def plan(cfg: StudyConfig, out_dir: Path) -> tuple[list[RunConfig], list[Job]]:
+    """The study's runs and jobs, in execution order (training first, one job per run)."""
+    runs = cfg.to_run_configs(out_dir)
+    jobs = [Job(f"train:{r.name}", "train", r.name, train_command(_config_path(out_dir, r), cfg.launcher))
+            for r in runs]
+    jobs += [Job(stage, stage) for stage in STAGES[1:]]
+    return runs, jobs
+
+
+def _config_path(out_dir: Path, run: RunConfig) -> Path:
+    return (out_dir / "runs" / f"{run.name}.json").resolve()
+
+
+def describe_plan(cfg: StudyConfig, out_dir: Path, jobs: list[Job]) -> str:
+    """What ``--dry-run`` prints: every job and the exact command of each training job."""
+    results = out_dir / "results"
+    a, d = cfg.analysis, cfg.downstream
+    in_process = {
+        "analyze": f"in process: rankscope.diagnostics.analyze.analyze(<{cfg.name} runs>, metrics="
+                   f"{list(a.metrics) if a.metrics else 'headline'}, n_tokens={a.n_tokens}, out={results})",
+        "eval": f"in process: rankscope.downstream.evaluate.evaluate_runs(<{cfg.name} runs>, steps='final', "
+                f"max_items={d.max_items}, out={results / 'downstream'})",
+        "predict": f"in process: rankscope.downstream.predict.predict_from_tables(...) -> {results}/prediction.json",
+        "report": f"in process: rankscope.report.render.render_report({out_dir}) -> {out_dir / 'report.html'}",
+    }
+    lines = [f"study {cfg.name} ({cfg.preset or 'custom'}): {len(cfg.methods)} method(s) × {len(cfg.seeds)} "
+             f"seed(s) on model {cfg.model}, {cfg.steps} steps, checkpoints {list(cfg.save_steps)}, "
+             f"launcher {cfg.launcher.kind}"]
+    for job in jobs:
+        lines.append(job.describe() + (f"\n    {in_process[job.stage]}" if job.stage in in_process else ""))
+    return "\n".join(lines)
+
+
+def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, progress: bool = True) -> StudyResult:
+    """Run (or with ``dry_run`` only print) the whole study into ``out_dir``."""
+    out_dir = Path(out_dir)
+    runs, jobs = plan(cfg, out_dir)
+    if dry_run:
+        print(describe_plan(cfg, out_dir, jobs))
+        return StudyResult(out_dir, jobs)
+    results = out_dir / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "study.json", cfg.to_dict())
+    for r in runs:
+        write_json_atomic(_config_path(out_dir, r), r.to_dict())
+    book = StatusBook(out_dir / "status.json", jobs)
+    book.write()
+    with StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
+        _train_stage(cfg, out_dir, runs, jobs, book, bar)
+        finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
+        _later_stages(cfg, out_dir, finished, book, bar)
+    result = StudyResult(out_dir, list(book.jobs.values()), _write_timings(results, book))
+    report = out_dir / "report.html"
+    result.report = report if report.is_file() and book.jobs["report"].state == "done" else None
+    if progress:
+        for job in result.failed:
+            print(f"FAILED {job.id}: {job.error.splitlines()[0] if job.error else ''}")
+        print(f"report: {result.report}" if result.report else "report: not written (see status.json)")
+    return result
+
+
+def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: list[Job], book: StatusBook,
+                 bar: StudyProgress) -> None:
+    by_name = {r.name: r for r in runs}
+    todo = []
+    for job in (j for j in jobs if j.stage == "train"):
+        run = by_name[job.run]
+        if run_finished(run):
+            book.update(job, "skipped", book.previous_seconds(job.id))
+            bar.start("train", f"{job.run} (finished, skipped)", run.train.steps)
+            bar.finish_job()
+        else:
+            todo.append(job)
+
+    def before(job: Job) -> None:
+        book.update(job, "running")
+        bar.start("train", job.run, by_name[job.run].train.steps)
+
+    def poll(job: Job) -> None:
+        bar.advance_to(last_logged_step(by_name[job.run].run_dir))
+
+    def report(job: Job, state: str, seconds: float, error: str) -> None:
+        book.update(job, state, seconds, error)
+        bar.finish_job()
+        if state == "failed":
+            bar.log(f"[red]train {job.run} failed[/red]: {error.splitlines()[-1] if error else ''}")
+
+    if not todo:
+        return
+    if cfg.launcher.kind == "submitit":
+        folder = Path(cfg.launcher.folder) if cfg.launcher.folder else out_dir / "submitit"
+        run_jobs_submitit(todo, cfg.launcher, folder, report, before)
+    else:
+        run_jobs_local(todo, out_dir / "logs", report, before, poll)
+
+
+def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: StatusBook,
+                  bar: StudyProgress) -> None:
+    results = out_dir / "results"
+    not_trained = [j.run for j in book.jobs.values() if j.stage == "train" and j.state == "failed"]
+    steps: list[tuple[str, Callable[[], stages.Stamp | None], Callable[[], object], tuple[str, ...]]] = [
+        ("analyze", lambda: stages.analysis_stamp(cfg, runs, results),
+         lambda: stages.run_analyze(cfg, runs, results, progress=False), ()),
+        ("eval", lambda: stages.eval_stamp(cfg, runs, results), lambda: stages.run_eval(cfg, runs, results), ()),
+        ("predict", lambda: stages.predict_stamp(cfg, runs, results), lambda: stages.run_predict(cfg, runs, results),
+         ("analyze", "eval")),
+    ]
+    for stage, make_stamp, work, needs in steps:
+        job = book.jobs[stage]
+        bar.start(stage, f"{len(runs)} run(s)", bar.stage_units(stage))
+        blocked = [n for n in needs if book.jobs[n].state not in ("done", "skipped")]
+        if not runs or blocked:
+            why = f"needs {', '.join(blocked)}, which failed" if blocked else "no run finished training"
+            book.update(job, "failed", 0.0, f"not run: {why}")
+        else:
+            _run_stage(job, make_stamp(), work, book, out_dir)
+        bar.finish_job()
+    if not_trained:
+        note = f"runs {', '.join(not_trained)} failed to train and are left out"
+        for stage in ("analyze", "eval", "predict"):
+            job = book.jobs[stage]
+            if job.state in ("done", "skipped") and note not in job.error:
+                book.update(job, job.state, None, note)
+    _write_timings(results, book)
+    bar.start("report", "report.html", bar.stage_units("report"))
+    _run_stage(book.jobs["report"], None, lambda: stages.run_report(out_dir), book, out_dir)
+    bar.finish_job()
+
+
+def _run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,
+               out_dir: Path) -> None:
+    """Run one in-process stage unless its stamp is fresh; any exception fails this stage only."""
+    if stamp is not None and stamp.fresh():
+        book.update(job, "skipped", book.previous_seconds(job.id))
+        return
+    book.update(job, "running")
+    t0 = time.perf_counter()
+    try:
+        if stamp is not None:
+            stamp.clear()  # outputs are about to change: never leave an old key beside new files
+        work()
+    except Exception as exc:  # noqa: BLE001 - a failed stage is recorded; the report lists it
+        log = out_dir / "logs" / f"{job.stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        book.update(job, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc} (traceback: {log})")
+        return
+    if stamp is not None:
+        stamp.save()
+    book.update(job, "done", time.perf_counter() - t0)
+
+
+def _write_timings(results: Path, book: StatusBook) -> dict[str, float]:
+    """Seconds per stage of the work behind the current results (skipped jobs keep their earlier cost)."""
+    timings = book.stage_seconds()
+    timings["total"] = round(sum(timings.values()), 3)
+    write_json_atomic(results / "timings.json", timings)
+    return timings
