@@ -192,8 +192,9 @@ def system_info() -> dict[str, Any]:
 
 
 # --- GEMM ceiling (performance.md §1) -----------------------------------------------------------------------
-def gemm_ceiling(shapes: dict[str, tuple[int, int, int]], calls: int = 20, warmup: int = 3) -> dict[str, Any]:
-    """Best-of-``calls`` fp32 GFLOP/s of ``torch.mm(A[M,K], B[K,N], out=C)`` per named shape.
+def gemm_ceiling(shapes: dict[str, tuple[int, int, int]], calls: int = 20, warmup: int = 3,
+                 min_block_s: float = 0.5) -> dict[str, Any]:
+    """Best-of-``calls`` (at least; more until the block lasts ``min_block_s``) fp32 GFLOP/s of ``torch.mm(A[M,K], B[K,N], out=C)`` per named shape.
 
     Contention is recorded per shape block (one call is shorter than the /proc/stat resolution).
     """
@@ -204,15 +205,15 @@ def gemm_ceiling(shapes: dict[str, tuple[int, int, int]], calls: int = 20, warmu
         a, b, c = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
         for _ in range(warmup):
             torch.mm(a, b, out=c)
-        times = []
-        with Interval() as block:
-            for _ in range(calls):
+        times: list[float] = []
+        with Interval() as block:  # at least min_block_s long, so the /proc/stat share means something
+            while len(times) < calls or sum(times) < min_block_s:
                 t0 = time.perf_counter()
                 torch.mm(a, b, out=c)
                 times.append(time.perf_counter() - t0)
         flops = 2.0 * m * k * n
         out[name] = {"shape": [m, k, n], "gflops_best": flops / min(times) / 1e9,
-                     "gflops_median": flops / statistics.median(times) / 1e9, "calls": calls,
+                     "gflops_median": flops / statistics.median(times) / 1e9, "calls": len(times),
                      "contention": block.contention}
     return out
 

@@ -211,6 +211,8 @@ def main() -> None:
     result["workload"] = {"targets": len(targets), "target_params": sum(p.numel() for p in targets),
                           "extra_params": sum(p.numel() for p in extras), "rank": rank, "batch": args.batch}
     result["projectors"] = bench_projectors([p.grad for p in targets], rank, args.repeats, args.warmup)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))  # partial results survive an interrupted run
     opts = build_optimizers(args.preset, model, targets, extras)
     result["steps"] = bench_steps(opts, args.repeats, args.warmup)
     ratios: dict[str, float] = {}

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rankscope.models.llama import LlamaLM, ModelConfig
+from rankscope.models.llama import LlamaLM, ModelConfig  # noqa: E402 - after the sys.path insert
 
 CFG = ModelConfig(vocab_size=32000, d_model=256, n_layers=4, n_heads=4, d_ff=688, max_seq_len=256)
 CKA_LAYERS = ["model.embed_tokens"] + [f"model.layers.{i}" for i in range(4)]  # 5 layers, as T5
@@ -126,9 +126,8 @@ def bench_spectra(calls: int, rounds: int) -> dict:
             for name, fn in cands.items():  # interleaved call by call
                 samples[name].append(timed(fn))
     res = {k: summarise(v) for k, v in samples.items()}
-    ratio = lambda a, b, s: res[a][s] / res[b][s]
     res["ratios"] = {
-        f"{a}/{b}_{s}": ratio(a, b, s)
+        f"{a}/{b}_{s}": res[a][s] / res[b][s]
         for a, b in [("rankscope_fp32", "svdvals_fp32"), ("rankscope_fp64", "svdvals_fp64"),
                      ("weightwatcher_analyze", "rankscope_fp32"), ("weightwatcher_analyze", "rankscope_fp64"),
                      ("rankscope_dw_fp32", "svdvals_dw_fp32")]

@@ -120,7 +120,7 @@ def bare_run(preset: str, batch: int, seq: int, warmup: int, steps: int) -> dict
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        out.append({"step": i + 1, "wall": iv.wall, "loss": float(loss), "contention": iv.contention})
+        out.append({"step": i + 1, "wall": iv.wall, "loss": float(loss.detach()), "contention": iv.contention})
     return {"steps": out}
 
 

@@ -44,19 +44,21 @@ def _stream(x, y, chunk=37, cross=False):
 
 def _kernel_cka(x, y, debiased=False) -> float:
     """Reference: n×n Gram matrices, centring matrix H (biased) or the unbiased HSIC estimator."""
-    k, l = x @ x.T, y @ y.T
+    k, g = x @ x.T, y @ y.T
     n = k.shape[0]
     if not debiased:
         h = torch.eye(n, dtype=x.dtype) - 1.0 / n
-        hsic = lambda p, q: torch.trace(p @ h @ q @ h)
+
+        def hsic(p, q):
+            return torch.trace(p @ h @ q @ h)
     else:
-        k, l = k - torch.diag(torch.diag(k)), l - torch.diag(torch.diag(l))
+        k, g = k - torch.diag(torch.diag(k)), g - torch.diag(torch.diag(g))
         one = torch.ones(n, 1, dtype=x.dtype)
 
         def hsic(p, q):
             t = torch.trace(p @ q) + (one.T @ p @ one) * (one.T @ q @ one) / ((n - 1) * (n - 2))
             return ((t - 2.0 / (n - 2) * (one.T @ p @ q @ one)) / (n * (n - 3))).squeeze()
-    return float(hsic(k, l) / torch.sqrt(hsic(k, k) * hsic(l, l)))
+    return float(hsic(k, g) / torch.sqrt(hsic(k, k) * hsic(g, g)))
 
 
 def test_cka_of_itself_is_one():

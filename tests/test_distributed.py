@@ -23,7 +23,7 @@ def _torchrun(tmp_path, name: str, extra: list[str]) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
 def test_two_processes_match_one(tmp_path, make_smoke_config, mode):
     single = make_smoke_config("single", steps=4, micro_batch_size=2, grad_accum=2)
     train(single, progress=False)

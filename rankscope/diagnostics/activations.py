@@ -37,7 +37,9 @@ class SimilarityAccumulator:
         self._s: dict[str, list] | None = None
 
     def _init(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
-        z = lambda *shape: torch.zeros(*shape, dtype=self.dtype, device=xs[0].device)
+        def z(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=self.dtype, device=xs[0].device)
+
         lx, ly = len(xs), len(ys)
         if not self.cross and lx != ly:
             raise ValueError(f"cross=False needs as many X layers as Y layers, got {lx} and {ly}")

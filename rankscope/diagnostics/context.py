@@ -27,7 +27,7 @@ class EvalBatch:
     labels: torch.Tensor  # [B, T] int64, -100 where not counted (pads)
     micro_batch: int = 16  # sequences per forward pass
 
-    @property
+    @cached_property
     def n_tokens(self) -> int:
         return int((self.labels != -100).sum())
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ class Row:
     note: str = ""  # e.g. "excluded: no dense form"
 
     def to_record(self) -> dict[str, Any]:
-        rec = asdict(self)
+        rec = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict() would deep-copy settings
         rec["settings_hash"] = settings_hash(self.settings)
         rec["settings"] = json.dumps(self.settings, sort_keys=True, default=str)
         return rec

@@ -9,6 +9,7 @@ refresh, merge-and-reset) are the method's hooks (rankscope/methods/base.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -157,7 +158,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         for micro in range(t.grad_accum):
             ids, labels = batches.get(step, micro)
             sync = micro == t.grad_accum - 1 or not isinstance(train_model, nn.parallel.DistributedDataParallel)
-            with (train_model.no_sync() if not sync else _null()), dist.autocast_context(t.precision, info.device):
+            with (train_model.no_sync() if not sync else contextlib.nullcontext()), dist.autocast_context(t.precision, info.device):
                 loss = lm_loss(train_model(ids.to(info.device, non_blocking=True)), labels.to(info.device)) / t.grad_accum
             loss.backward()
             step_loss += loss.detach().float()
@@ -203,14 +204,6 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     log.close()
     dist.teardown()
     return TrainResult(run_dir, done if t.steps > start_step else start_step, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

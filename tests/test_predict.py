@@ -1,0 +1,105 @@
+"""Downstream predictor on synthetic studies where the truth is known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rankscope.downstream import predict_cv as cv
+from rankscope.downstream.predict import predict, predict_from_tables
+from rankscope.errors import UserError
+
+METHODS = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
+
+
+def synthetic(signal: float, n_per_method: int = 3, seed: int = 0) -> pd.DataFrame:
+    """y depends on metric m1 (weight ``signal``) and, when signal = 0, on log-PPL only; m2 is noise."""
+    rng = np.random.default_rng(seed)
+    n = len(METHODS) * n_per_method
+    log_ppl = rng.normal(3.0, 0.1, n)
+    m1, m2 = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    y = 0.5 + signal * m1 + (0.0 if signal else -0.5) * (log_ppl - 3.0) + rng.normal(0, 0.01, n)
+    return pd.DataFrame({"run": [f"r{i}" for i in range(n)], "method": np.repeat(METHODS, n_per_method),
+                         "seed": 0, "ppl": np.exp(log_ppl), "y": y, "m1": m1, "m2": m2})
+
+
+def test_metric_signal_is_recovered_with_ci_above_zero():
+    res = predict(synthetic(0.05), bootstrap_iters=150, seed=0)
+    for scheme in ("loo", "lomo"):
+        s = res.schemes[scheme]
+        assert s["extended"]["r2"] > s["baseline"]["r2"] + 0.3
+        gain, lo, hi = res.gain(scheme)
+        assert lo > 0, (scheme, gain, lo, hi)
+        assert s["extended"]["mae"] < s["baseline"]["mae"]
+    assert max(res.weights, key=lambda k: abs(res.weights[k])) == "m1"
+
+
+def test_no_gain_when_accuracy_follows_perplexity_only():
+    res = predict(synthetic(0.0), bootstrap_iters=150, seed=0)
+    s = res.schemes["loo"]
+    assert s["baseline"]["r2"] > 0.8
+    gain, lo, hi = res.gain("loo")
+    assert gain < 0.05 and lo < 0 < hi or hi <= 0.05  # no claimed improvement
+
+
+def test_warnings_messages_and_outputs(tmp_path):
+    table = synthetic(0.05).rename(columns={"m1": "w_erank", "m2": "rand_sharpness"})  # headline names
+    table["imib"] = np.where(table["method"] == "cola", np.nan, 1.0 + np.arange(len(table)))
+    res = predict(table, bootstrap_iters=20)
+    assert res.features == ["rand_sharpness", "w_erank"] and any("imib" in m and "cola" in m for m in res.messages)
+    assert any("exploratory" in w for w in res.warnings)
+    paths = res.write(tmp_path)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["n"] == 18 and set(doc["schemes"]) == {"loo", "lomo"} and "ci" in doc["schemes"]["loo"]
+    assert paths["png"].stat().st_size > 1000
+    csv = pd.read_csv(paths["csv"])
+    assert {"pred_baseline_loo", "pred_extended_lomo", "y"} <= set(csv.columns)
+    with pytest.raises(UserError, match="not columns"):
+        predict(table, ["nope"], bootstrap_iters=5)
+
+
+def test_predict_from_long_tables():
+    wide = synthetic(0.05)
+    diag = []
+    for _, r in wide.iterrows():
+        for step, scale in ((100, 0.5), (200, 1.0)):  # only the final step may be used
+            diag += [{"run": r["run"], "method": r["method"], "step": step, "metric": "m1", "value": r["m1"] * scale,
+                      "scope": "model", "name": ""},
+                     {"run": r["run"], "method": r["method"], "step": step, "metric": "val_loss",
+                      "value": np.log(r["ppl"]), "scope": "model", "name": ""},
+                     {"run": r["run"], "method": r["method"], "step": step, "metric": "m1", "value": 99.0,
+                      "scope": "layer", "name": "0"}]
+    down = [{"run": r["run"], "method": r["method"], "step": 200, "metric": "avg_acc", "value": r["y"],
+             "scope": "model", "name": "average"} for _, r in wide.iterrows()]
+    res = predict_from_tables(pd.DataFrame(diag), pd.DataFrame(down), wide[["run", "method", "seed"]],
+                              bootstrap_iters=10)
+    assert res.features == ["m1"]
+    np.testing.assert_allclose(res.table["m1"], wide["m1"])
+    np.testing.assert_allclose(res.table["ppl"], wide["ppl"])
+    with pytest.raises(UserError, match="no perplexity or no downstream"):
+        predict_from_tables(pd.DataFrame(diag), pd.DataFrame(down[:-1]), wide[["run", "method"]], bootstrap_iters=5)
+
+
+def test_inner_loo_closed_form_matches_refitting():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(12, 3)), rng.normal(size=12)
+    xs = (x - x.mean(0)) / x.std(0)
+    alpha = 0.3
+    b0, coef = cv.ridge_fit(xs, y, alpha)
+    xc = xs - xs.mean(0)
+    u, s, _ = np.linalg.svd(xc, full_matrices=False)
+    shrink = s**2 / (s**2 + alpha * len(y))
+    h = 1 / len(y) + (u**2) @ shrink
+    closed = (y - (b0 + xs @ coef)) / (1 - h)
+    brute = []
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        # Same penalty in absolute terms (alpha * n), fitted without row i on the same standardisation.
+        xk = xs[keep]
+        xkc = xk - xk.mean(0)
+        c = np.linalg.solve(xkc.T @ xkc + alpha * len(y) * np.eye(3), xkc.T @ (y[keep] - y[keep].mean()))
+        brute.append(y[i] - (y[keep].mean() + (xs[i] - xk.mean(0)) @ c))
+    np.testing.assert_allclose(closed, brute, rtol=1e-8)
