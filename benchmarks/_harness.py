@@ -27,8 +27,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 CLEAN_LIMIT = 0.05  # performance.md §8.3: intervals where others used > 5 % of the machine are flagged
 
@@ -55,7 +56,7 @@ def n_cpus() -> int:
 class Interval:
     """``with Interval() as iv: ...`` then ``iv.wall`` (s) and ``iv.contention`` (share of machine CPU)."""
 
-    def __enter__(self) -> "Interval":
+    def __enter__(self) -> Interval:
         self.busy0, self.own0 = machine_busy_seconds(), own_cpu_seconds()
         self.t0 = time.perf_counter()
         return self
@@ -93,7 +94,7 @@ class ContentionSampler:
         while not self._stop.wait(self.period):
             self._sample()
 
-    def __enter__(self) -> "ContentionSampler":
+    def __enter__(self) -> ContentionSampler:
         self._sample()
         self._thread.start()
         return self

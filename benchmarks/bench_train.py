@@ -45,8 +45,15 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _harness import (CLEAN_LIMIT, ContentionSampler, Interval, gemm_ceiling, summarize,  # noqa: E402
-                      system_info, write_json)
+from _harness import (  # noqa: E402
+    CLEAN_LIMIT,
+    ContentionSampler,
+    Interval,
+    gemm_ceiling,
+    summarize,
+    system_info,
+    write_json,
+)
 
 from rankscope.config import DataConfig, RunConfig, TrainConfig  # noqa: E402
 from rankscope.models.llama import LlamaLM, flops_per_token, target_shapes  # noqa: E402
@@ -135,8 +142,10 @@ def profile(preset: str, batch: int, seq: int, warmup: int, steps: int, out_path
     import io
     import pstats
 
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as tprofile
+
     import rankscope.training.loop as loop
-    from torch.profiler import ProfilerActivity, profile as tprofile
 
     report = io.StringIO()
     for impl in ("bare", "trainer"):
@@ -147,16 +156,19 @@ def profile(preset: str, batch: int, seq: int, warmup: int, steps: int, out_path
             base = loop.MetricsLog
 
             class Hooked(base):  # type: ignore[misc, valid-type]
+                # bound now (this iteration's profilers), not looked up when write() runs
+                _prof, _pyprof, _t = prof, pyprof, t
+
                 def write(self, kind, step, **values):
                     if kind == "train" and step == warmup + steps:
-                        pyprof.disable()
-                        prof.stop()
-                        t["end"] = time.perf_counter()
+                        self._pyprof.disable()
+                        self._prof.stop()
+                        self._t["end"] = time.perf_counter()
                     super().write(kind, step, **values)
                     if kind == "train" and step == warmup:
-                        t["start"] = time.perf_counter()
-                        prof.start()
-                        pyprof.enable()
+                        self._t["start"] = time.perf_counter()
+                        self._prof.start()
+                        self._pyprof.enable()
 
             loop.MetricsLog = Hooked
             tmp = tempfile.mkdtemp(prefix="rankscope_bench_prof_")
@@ -190,6 +202,7 @@ def profile(preset: str, batch: int, seq: int, warmup: int, steps: int, out_path
         pstats.Stats(pyprof, stream=s).sort_stats("cumulative").print_stats(40)
         report.write(s.getvalue())
         gc.collect()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(report.getvalue())
     print(f"profile written to {out_path}")
 

@@ -244,3 +244,15 @@ def test_evaluate_runs_writes_table(make_smoke_config):
     assert (cfg.run_dir.parent / "combined.csv").is_file()
     with pytest.raises(UserError, match="no checkpoint at step"):
         evaluate_runs([cfg.run_dir], steps=[999])
+
+
+@pytest.mark.slow
+def test_hub_tasks_offline_become_user_error():
+    pytest.importorskip("lm_eval")
+    from rankscope.data.tokenizer import load_tokenizer
+    from rankscope.downstream.lm_eval_adapter import run_lm_eval
+    from rankscope.models import LlamaLM, model_config
+
+    with pytest.raises(UserError, match="internet"):
+        run_lm_eval(LlamaLM(model_config("smoke")), load_tokenizer("embedded"), ["piqa"], online=True, seeds=[42],
+                    max_items=5)

@@ -103,3 +103,13 @@ def test_inner_loo_closed_form_matches_refitting():
         c = np.linalg.solve(xkc.T @ xkc + alpha * len(y) * np.eye(3), xkc.T @ (y[keep] - y[keep].mean()))
         brute.append(y[i] - (y[keep].mean() + (xs[i] - xk.mean(0)) @ c))
     np.testing.assert_allclose(closed, brute, rtol=1e-8)
+
+
+def test_cmd_predict_reads_a_table_dir(tmp_path):
+    from rankscope.downstream.commands import cmd_predict
+
+    synthetic(0.05).to_csv(tmp_path / "prediction_table.csv", index=False)
+    out = cmd_predict(tmp_path, out=tmp_path / "out", bootstrap_iters=10)
+    assert json.loads(out.read_text())["features"] == ["m1", "m2"]
+    with pytest.raises(UserError, match="no diagnostics.parquet"):
+        cmd_predict(tmp_path / "out")

@@ -52,12 +52,11 @@ def _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online) -> None:
     for run_dir in map(Path, run_dirs):
         cfg = read_run_config(run_dir)
         model, _ = load_model(run_dir)
-        names = list(tasks) if tasks else None
-        if online:
-            from rankscope.downstream.tasks import task_names
+        from rankscope.downstream.tasks import task_info, task_names
 
-            names = (names or task_names(kind=None)) + list(HUB_TASKS)
-            names = [n for n in names if n != "genre"]
+        names = [n for n in (list(tasks) if tasks else task_names()) if task_info(n)["kind"] != "probe"]
+        if online:
+            names += list(HUB_TASKS)
         results = run_lm_eval(model, load_tokenizer(cfg.data.tokenizer), names, online=online, max_items=cap,
                               seed=seed, bootstrap_iters=bootstrap_iters)
         path = run_dir / "results" / "lm_eval.json"

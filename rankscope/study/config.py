@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rankscope.config import DataConfig, RunConfig, TrainConfig
+from rankscope.config import DataConfig, RunConfig
 from rankscope.errors import UserError
 
 PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m")
@@ -92,7 +92,7 @@ class StudyConfig:
     micro_batch_size: int = 8  # sequences per forward pass on each process
     grad_accum: int = 1  # micro-batches per update on each process (ignored when global_batch is set)
     global_batch: int = 0  # sequences per update over all processes (0: micro_batch_size × grad_accum × nproc)
-    eval_every: int = 0  # validation every N updates (0: at each checkpoint)
+    eval_every: int = 0  # validation every N updates (0: every first-checkpoint step, i.e. at each even checkpoint)
     eval_tokens: int = 65536  # validation budget in non-pad tokens
     train: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields (precision, device, ...)
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
@@ -107,9 +107,13 @@ class StudyConfig:
             raise UserError("study: methods must list at least one method")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"study: seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
-        unknown = sorted(set(self.method_options) - set(self.methods))
+        # Options for a registered method outside `methods` are allowed (a config narrowing a preset's
+        # methods keeps the preset's options); a name that is no method at all is a typo.
+        from rankscope.methods.registry import available
+
+        unknown = sorted(set(self.method_options) - set(available()))
         if unknown:
-            raise UserError(f"study: method_options for method(s) {unknown} not in methods {list(self.methods)}")
+            raise UserError(f"study: method_options for unknown method(s) {unknown}; methods: {', '.join(available())}")
         owned = sorted(set(self.train) & set(_STUDY_OWNED_TRAIN))
         if owned:
             raise UserError(f"study: train.{owned[0]} is a top-level study field; set it there, not under train")
@@ -199,6 +203,12 @@ def _build(cls, values: Any, where: str):
 def study_from_dict(d: dict[str, Any], source: str = "study config") -> StudyConfig:
     """Build a StudyConfig; errors name ``source`` and the offending field (e.g. ``analysis.n_tokns``)."""
     d = dict(d)
+    from rankscope.config import TrainConfig
+
+    train_fields = {f.name for f in fields(TrainConfig)}
+    bad = sorted(set(d.get("train") or {}) - train_fields)
+    if bad:
+        raise UserError(f"{source}: train: unknown field {bad[0]!r}; valid fields: {', '.join(sorted(train_fields))}")
     for key, cls in _SECTIONS.items():
         if key in d:
             d[key] = _build(cls, d[key] or {}, f"{source}: {key}")

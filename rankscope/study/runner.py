@@ -18,6 +18,9 @@ caller gets ``StudyResult.failed`` to set the exit code once everything else is 
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -47,6 +50,8 @@ class StudyResult:
 def plan(cfg: StudyConfig, out_dir: Path) -> tuple[list[RunConfig], list[Job]]:
     """The study's runs and jobs, in execution order (training first, one job per run)."""
     runs = cfg.to_run_configs(out_dir)
+    for r in runs:  # fail fast on a bad method option, not hours later when that job starts
+        r.build_method()
     jobs = [Job(f"train:{r.name}", "train", r.name, train_command(_config_path(out_dir, r), cfg.launcher))
             for r in runs]
     jobs += [Job(stage, stage) for stage in STAGES[1:]]
@@ -91,7 +96,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
         write_json_atomic(_config_path(out_dir, r), r.to_dict())
     book = StatusBook(out_dir / "status.json", jobs)
     book.write()
-    with StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
+    with _terminate_as_exit(), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
         _train_stage(cfg, out_dir, runs, jobs, book, bar)
         finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
         _later_stages(cfg, out_dir, finished, book, bar)
@@ -103,6 +108,23 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
             print(f"FAILED {job.id}: {job.error.splitlines()[0] if job.error else ''}")
         print(f"report: {result.report}" if result.report else "report: not written (see status.json)")
     return result
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (e.g. a scheduler or `kill`) unwinds like Ctrl-C, so the running job is stopped, not orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: list[Job], book: StatusBook,

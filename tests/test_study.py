@@ -1,0 +1,210 @@
+"""``rankscope study``: presets, run configs, dry run, skip-on-rerun, failure isolation, submitit, kill/resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rankscope.errors import UserError
+from rankscope.study import PRESETS, load_study_config, run_study
+from rankscope.study.config import ALL_METHODS
+from rankscope.training.checkpoint import list_checkpoints, step_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+# Later stages kept minimal where a test only checks the training stage's bookkeeping.
+CHEAP_STAGES = """
+analysis: {metrics: [w_erank], n_tokens: 128}
+downstream: {max_items: 5, bootstrap_iters: 10}
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _status(out: Path) -> dict[str, dict]:
+    return {j["id"]: j for j in json.loads((out / "status.json").read_text())["jobs"]}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_build_every_method(preset, tmp_path):
+    cfg = load_study_config(preset)
+    assert cfg.preset == preset and set(cfg.methods) == set(ALL_METHODS)
+    runs = cfg.to_run_configs(tmp_path)
+    for run in runs:
+        run.build_method()  # method options and schedule constraints (ReLoRA: steps % reset_every) hold
+        assert run.train.save_steps[-1] == cfg.steps and run.train.steps == cfg.steps
+    expected = {"smoke": 3, "demo": 5}.get(preset, 10)
+    assert len(cfg.save_steps) == expected
+    if preset.startswith("paper-"):
+        assert runs[0].data.dataset == "allenai/c4" and runs[0].data.packing == "pad"
+        assert runs[0].data.tokenizer == "t5-base" and runs[0].train.lr == -1
+        assert runs[0].train.micro_batch_size * runs[0].train.grad_accum == 512
+
+
+def test_unknown_keys_name_the_file_and_field(tmp_path):
+    nested = _write(tmp_path, "base: smoke\nanalysis: {n_tokns: 5}\n")
+    with pytest.raises(UserError, match=r"study\.yaml.*analysis.*n_tokns"):
+        load_study_config(nested)
+    top = _write(tmp_path, "base: smoke\nstepz: 5\n", "top.yaml")
+    with pytest.raises(UserError, match=r"top\.yaml.*stepz"):
+        load_study_config(top)
+    train = _write(tmp_path, "base: smoke\ntrain: {precison: fp32}\n", "train.yaml")
+    with pytest.raises(UserError, match=r"train\.yaml.*train.*precison"):
+        load_study_config(train)
+    with pytest.raises(UserError, match="unknown study preset|neither"):
+        load_study_config("no-such-preset")
+
+
+def test_base_preset_is_merged_and_overridden(tmp_path):
+    path = _write(tmp_path, "base: smoke\nmethods: [full_rank, galore]\nanalysis: {n_tokens: 128}\n")
+    cfg = load_study_config(path)
+    assert cfg.methods == ("full_rank", "galore") and cfg.preset == "smoke"
+    assert cfg.analysis.n_tokens == 128 and "landscape_random" in cfg.analysis.settings  # deep merge
+
+
+def test_run_configs_one_per_method_and_seed_sharing_init(tmp_path):
+    from rankscope.training.loop import build_model
+
+    cfg = load_study_config(_write(tmp_path, "base: smoke\nseeds: [0, 1]\n"))
+    runs = cfg.to_run_configs(tmp_path / "study")
+    assert [(r.method, r.train.seed) for r in runs] == [(m, s) for s in (0, 1) for m in ALL_METHODS]
+    assert len({r.name for r in runs}) == 12 and all(r.run_dir.parent == (tmp_path / "study" / "runs").resolve()
+                                                     for r in runs)
+    lrs = {r.method: r.method_config().lr for r in runs}
+    assert lrs["galore"] == 0.01 and lrs["full_rank"] == 1e-3  # the methods' study defaults, not one LR
+    prints = {(r.method, r.train.seed): build_model(r, r.build_method())[1] for r in runs if r.method in
+              ("full_rank", "cola")}
+    assert prints[("full_rank", 0)] == prints[("cola", 0)] != prints[("full_rank", 1)]
+
+
+def test_dry_run_prints_commands_and_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "study"
+    result = run_study(load_study_config("smoke"), out, dry_run=True, progress=False)
+    text = capsys.readouterr().out
+    train_lines = [line for line in text.splitlines() if "-m rankscope train --config" in line]
+    assert len(train_lines) == len(ALL_METHODS) and all("--resume" in line for line in train_lines)
+    assert all(f"{m}_s0.json" in text for m in ALL_METHODS)
+    assert not out.exists() and len(result.jobs) == len(ALL_METHODS) + 4
+
+
+def test_torchrun_command():
+    from rankscope.study.config import LauncherConfig
+    from rankscope.study.jobs import train_command
+
+    cmd = train_command(Path("/x/run.json"), LauncherConfig(kind="torchrun", nproc=2))
+    assert cmd[1:4] == ("-m", "torch.distributed.run", "--standalone") and "--nproc_per_node=2" in cmd
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """One full smoke study (every stage), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("smoke") / "study"
+    t0 = time.perf_counter()
+    result = run_study(load_study_config("smoke"), out, progress=False)
+    return out, result, time.perf_counter() - t0
+
+
+def test_smoke_study_writes_the_study_folder(smoke_study):
+    out, result, _ = smoke_study
+    assert not result.failed, [(j.id, j.error) for j in result.failed]
+    for name in ("study.json", "status.json", "report.html", "results/diagnostics.parquet",
+                 "results/downstream.parquet", "results/prediction.json", "results/timings.json"):
+        assert (out / name).is_file(), name
+    study = json.loads((out / "study.json").read_text())
+    assert study["checkpoint_steps"] == [3, 6, 9] and study["preset"] == "smoke"
+    for m in ALL_METHODS:
+        assert list_checkpoints(out / "runs" / f"{m}_s0") == [3, 6, 9]
+    timings = json.loads((out / "results" / "timings.json").read_text())
+    assert set(timings) >= {"train", "analyze", "eval", "predict", "report"} and timings["train"] > 0
+
+
+def test_rerun_skips_finished_work(smoke_study):
+    out, first, _ = smoke_study
+    weights = load_file(step_dir(out / "runs" / "galore_s0", 9) / "model.safetensors")
+    again = run_study(load_study_config("smoke"), out, progress=False)
+    states = {j["id"]: j["state"] for j in _status(out).values()}
+    assert all(states[f"train:{m}_s0"] == "skipped" for m in ALL_METHODS), states
+    assert states["analyze"] == states["eval"] == states["predict"] == "skipped" and states["report"] == "done"
+    assert again.timings["train"] == first.timings["train"]  # skipped jobs keep the cost of their results
+    after = load_file(step_dir(out / "runs" / "galore_s0", 9) / "model.safetensors")
+    assert all(torch.equal(weights[k], after[k]) for k in weights)
+
+
+def test_failing_job_is_reported_and_others_finish(tmp_path):
+    cfg = load_study_config(_write(tmp_path, "base: smoke\nmethods: [full_rank, galore]\n"
+                                   "method_options: {galore: {lr: 1.0e+30}}\n" + CHEAP_STAGES))
+    out = tmp_path / "study"
+    result = run_study(cfg, out, progress=False)
+    status = _status(out)
+    assert status["train:galore_s0"]["state"] == "failed"
+    assert "non-finite" in status["train:galore_s0"]["error"]
+    assert status["train:full_rank_s0"]["state"] == "done"
+    assert list_checkpoints(out / "runs" / "full_rank_s0")[-1] == 9
+    assert status["analyze"]["state"] == "done" and (out / "report.html").is_file()
+    assert {j.id for j in result.failed} >= {"train:galore_s0"}
+
+
+def test_bad_method_option_fails_before_any_job(tmp_path):
+    cfg = load_study_config(_write(tmp_path, "base: smoke\nmethod_options: {galore: {rnak: 4}}\n"))
+    with pytest.raises(UserError, match="rnak"):
+        run_study(cfg, tmp_path / "study", progress=False)
+    assert not (tmp_path / "study").exists()
+
+
+def test_submitit_local_executor_runs_a_training_job(tmp_path):
+    pytest.importorskip("submitit")
+    cfg = load_study_config(_write(tmp_path, "base: smoke\nmethods: [full_rank]\n"
+                                   "launcher: {kind: submitit, cluster: local, options: {timeout_min: 10}}\n"
+                                   + CHEAP_STAGES))
+    out = tmp_path / "study"
+    run_study(cfg, out, progress=False)
+    status = _status(out)
+    assert status["train:full_rank_s0"]["state"] == "done", status["train:full_rank_s0"]["error"]
+    assert list_checkpoints(out / "runs" / "full_rank_s0") == [3, 6, 9]
+    assert any((out / "submitit").iterdir())
+
+
+def _diagnostics(out: Path) -> pd.DataFrame:
+    d = pd.read_parquet(out / "results" / "diagnostics.parquet")
+    keys = ["run", "metric", "step", "step_b", "scope", "name", "space"]
+    return d.sort_values(keys, na_position="first").reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_to_the_same_results(smoke_study, tmp_path):
+    reference, _, _ = smoke_study
+    out = tmp_path / "study"
+    code = f"from rankscope.study.commands import cmd_study; cmd_study(preset='smoke', out={str(out)!r}, quiet=True)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "runs" / "full_rank_s0"
+    deadline = time.time() + 300
+    while not list_checkpoints(first) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the study finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its training job, mid-way
+    proc.wait()
+    assert not (out / "report.html").exists()
+    result = run_study(load_study_config("smoke"), out, progress=False)
+    assert not result.failed, [(j.id, j.error) for j in result.failed]
+    for m in ALL_METHODS:
+        a = load_file(step_dir(reference / "runs" / f"{m}_s0", 9) / "model.safetensors")
+        b = load_file(step_dir(out / "runs" / f"{m}_s0", 9) / "model.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), m
+    da, db = _diagnostics(reference), _diagnostics(out)
+    assert len(da) == len(db) and (da["metric"] == db["metric"]).all()
+    np.testing.assert_allclose(db["value"].to_numpy(float), da["value"].to_numpy(float), rtol=1e-6, atol=1e-9)
