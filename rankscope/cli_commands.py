@@ -91,7 +91,9 @@ def study(
     """The whole study: train every method and seed, analyze, evaluate, predict, and write report.html."""
     from rankscope.study.commands import cmd_study
 
-    cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet)
+    code = cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
