@@ -24,8 +24,16 @@ import numpy as np
 
 from rankscope.diagnostics.context import AnalysisContext
 from rankscope.diagnostics.perturb import (
-    center_index, limit_tokens, live_params, loss_line, make_grid, model_loss_fn, release_grid,
-    seeded_directions, svd_directions, svd_factors,
+    center_index,
+    limit_tokens,
+    live_params,
+    loss_line,
+    make_grid,
+    model_loss_fn,
+    release_grid,
+    seeded_directions,
+    svd_directions,
+    svd_factors,
 )
 from rankscope.diagnostics.registry import diagnostic
 from rankscope.diagnostics.table import Row

@@ -30,8 +30,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -149,7 +149,7 @@ class GaLoreAdamW(Optimizer):
         for i, s in enumerate(steps):
             by_k[int(s) + 1].append(i)
         for k, idx in by_k.items():
-            pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+            pick = lambda xs, idx=idx: [xs[i] for i in idx]  # noqa: E731
             _plain_adamw(pick(params), pick(grads), pick(exp_avgs), pick(exp_avg_sqs), pick(steps), lr=lr,
                          betas=betas, eps=eps / math.sqrt(1 - betas[1] ** k), weight_decay=0.0)
         if wd:
