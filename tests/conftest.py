@@ -33,3 +33,14 @@ def make_smoke_config(tmp_path):
         return smoke_config(tmp_path, name, method, steps, **train_kw)
 
     return factory
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices gain nothing from threads, and on a shared 2-core box 2 threads stall (performance.md §8)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,7 @@ from rankscope.models.llama import LlamaLM, ModelConfig
 TINY = ModelConfig(vocab_size=97, d_model=16, n_layers=2, n_heads=2, d_ff=24, max_seq_len=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core box 2 threads stall (performance.md §8)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -22,13 +22,7 @@ from rankscope.errors import UserError
 METRICS = ["w_erank", "dw_rel_fro", "act_cka"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core box 2 threads stall (performance.md §8)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make_run(root: Path, name: str, method: str, steps: list[int]) -> Path:

@@ -36,13 +36,7 @@ from rankscope.optim import projectors as proj
 from rankscope.optim.fira import FiraAdamW
 from rankscope.optim.galore import GaLoreAdamW
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread avoids OpenMP stragglers on a shared 2-core machine (performance.md §8)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SHAPES = {"tall": (40, 24), "wide": (24, 40), "square": (32, 32)}

@@ -19,13 +19,7 @@ from rankscope.models.llama import LlamaLM, ModelConfig
 SMALL = ModelConfig(vocab_size=300, d_model=64, n_layers=2, n_heads=2, d_ff=96, max_seq_len=32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices gain nothing from threads, and on a shared 2-core box 2 threads stall (performance.md §8)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _orthogonal(n: int, seed: int) -> torch.Tensor:
