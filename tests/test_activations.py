@@ -86,6 +86,17 @@ def test_streamed_equals_full_batch_and_kernel_form():
     assert abs(whole["act_cka"][0] - whole["act_cka_debiased"][0]) > 1e-6  # really two estimators
 
 
+def test_fp32_activations_with_a_large_mean_keep_fp64_accuracy():
+    """fp32 inputs get fp32 products but a shift by the first micro-batch's mean, so centring does not
+    cancel: with a mean 300× the spread, both estimators still match the fp64 kernel form to 1e-6."""
+    x, y = _features(seed=3), _features(seed=4)
+    x32, y32 = (x + 300.0).float(), (y - 300.0).float()
+    ref = [_kernel_cka(x32.double(), y32.double()), _kernel_cka(x32.double(), y32.double(), True)]
+    got = _stream(x32, y32)
+    assert got["act_cka"][0] == pytest.approx(ref[0], abs=1e-6)
+    assert got["act_cka_debiased"][0] == pytest.approx(ref[1], abs=1e-6)
+
+
 def test_cross_grid_matches_pairwise():
     xs = [_features(seed=s) for s in (1, 2)]
     ys = [_features(d=8, seed=s)[:, :8] for s in (3, 4, 5)]

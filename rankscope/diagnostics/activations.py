@@ -28,13 +28,21 @@ class SimilarityAccumulator:
 
     ``update(xs, ys)`` takes per-layer token matrices ([n, d] each, same n). With ``cross=False`` layer i of
     X is compared with layer i of Y (per-token L2/cosine too); with ``cross=True`` CKA is formed for every
-    (i, j) pair from one concatenated GEMM, as torch-cka's layer×layer matrix. Products run in ``dtype``
-    (fp64 by default: centring XᵀX − ΣxΣxᵀ/n cancels badly in fp32 when activations have a large mean).
+    (i, j) pair from one concatenated GEMM, as torch-cka's layer×layer matrix.
+
+    Precision: the sums live in ``dtype`` (fp64 by default), but each micro-batch's products are formed in
+    the activations' own precision (fp32; half types are promoted to fp32) after subtracting a fixed shift,
+    the first micro-batch's per-layer mean. Centring XᵀX − ΣxΣxᵀ/n cancels badly when activations carry a
+    large mean; after the shift the remaining mean is small, so fp32 products summed in fp64 keep fp64-level
+    accuracy at half the GEMM cost. Linear CKA and the unbiased HSIC are both invariant to a common shift of
+    all rows, so the results are unchanged; per-token L2 and cosine use the unshifted rows.
     """
 
     def __init__(self, cross: bool = False, dtype: torch.dtype = torch.float64) -> None:
         self.cross, self.dtype, self.n = cross, dtype, 0
         self._s: dict[str, list] | None = None
+        self._shift_x: list[torch.Tensor] = []
+        self._shift_y: list[torch.Tensor] = []
 
     def _init(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
         def z(*shape: int) -> torch.Tensor:
@@ -55,60 +63,72 @@ class SimilarityAccumulator:
             "l2": [z(()) for _ in xs], "nx": [z(()) for _ in xs], "cos": [z(()) for _ in xs],
         }
         self.lx, self.ly = lx, ly
+        self._shift_x = [x.mean(0) for x in xs]
+        self._shift_y = [y.mean(0) for y in ys]
 
     def _pairs(self) -> list[tuple[int, int]]:
         if self.cross:
             return [(i, j) for i in range(self.lx) for j in range(self.ly)]
         return [(i, i) for i in range(self.lx)]
 
+    @staticmethod
+    def _as_rows(t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(-1, t.shape[-1])
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+    def _token_distances(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
+        """Per-token L2 and cosine of matched layers, on the unshifted rows, in the sums' precision (O(n·d))."""
+        if self.lx != self.ly:
+            return
+        s = self._s
+        for i in range(self.lx):
+            if xs[i].shape[1] != ys[i].shape[1]:
+                continue
+            x, y = xs[i].to(self.dtype), ys[i].to(self.dtype)
+            nx, ny = x.norm(dim=1), y.norm(dim=1)
+            s["l2"][i] += (x - y).norm(dim=1).sum()
+            s["nx"][i] += nx.sum()
+            s["cos"][i] += ((x * y).sum(1) / (nx * ny).clamp_min(1e-12)).sum()
+
     @torch.no_grad()
     def update(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
         """Add tokens: ``xs[i]`` is [n, d_i] for X's layer i; masked rows must already be removed."""
-        xs = [x.reshape(-1, x.shape[-1]).to(self.dtype) for x in xs]
-        ys = [y.reshape(-1, y.shape[-1]).to(self.dtype) for y in ys]
+        xs = [self._as_rows(x) for x in xs]
+        ys = [self._as_rows(y) for y in ys]
+        if xs[0].shape[0] == 0:
+            return
         if self._s is None:
             self._init(xs, ys)
-        s = self._s
-        n = xs[0].shape[0]
-        if n == 0:
-            return
+        s, acc = self._s, self.dtype
+        self._token_distances(xs, ys)
+        xs = [x - m for x, m in zip(xs, self._shift_x)]
+        ys = [y - m for y, m in zip(ys, self._shift_y)]
         a = [x.square().sum(1) for x in xs]
         b = [y.square().sum(1) for y in ys]
-        for i, x in enumerate(xs):
-            s["sx"][i] += x.sum(0)
-            s["xx"][i] += x.T @ x
-            s["a"][i] += a[i].sum()
-            s["aa"][i] += a[i].square().sum()
-            s["xa"][i] += x.T @ a[i]
-        for j, y in enumerate(ys):
-            s["sy"][j] += y.sum(0)
-            s["yy"][j] += y.T @ y
-            s["b"][j] += b[j].sum()
-            s["bb"][j] += b[j].square().sum()
-            s["yb"][j] += y.T @ b[j]
+        a64, b64 = [v.to(acc) for v in a], [v.to(acc) for v in b]
+        for rows, norms, norms64, (k_sum, k_gram, k_sq, k_sq2, k_wsum) in (
+                (xs, a, a64, ("sx", "xx", "a", "aa", "xa")), (ys, b, b64, ("sy", "yy", "b", "bb", "yb"))):
+            for i, r in enumerate(rows):
+                s[k_sum][i] += r.sum(0).to(acc)
+                s[k_gram][i] += (r.T @ r).to(acc)
+                s[k_sq][i] += norms64[i].sum()
+                s[k_sq2][i] += norms64[i].square().sum()
+                s[k_wsum][i] += (r.T @ norms[i]).to(acc)
         if self.cross:  # one GEMM for every (i, j) block, then views
-            big = torch.cat(xs, 1).T @ torch.cat(ys, 1)
+            big = (torch.cat(xs, 1).T @ torch.cat(ys, 1)).to(acc)
             ox = [0] + torch.tensor([x.shape[1] for x in xs]).cumsum(0).tolist()
             oy = [0] + torch.tensor([y.shape[1] for y in ys]).cumsum(0).tolist()
             blocks = [big[ox[i]:ox[i + 1], oy[j]:oy[j + 1]] for i, j in self._pairs()]
         else:
-            blocks = [xs[i].T @ ys[i] for i, _ in self._pairs()]
+            blocks = [(xs[i].T @ ys[i]).to(acc) for i, _ in self._pairs()]
         for k, (i, j) in enumerate(self._pairs()):
-            s["ab"][k] += (a[i] * b[j]).sum()
-            for key, val in (("xy", blocks[k]), ("xb", xs[i].T @ b[j]), ("ya", ys[j].T @ a[i])):
+            s["ab"][k] += (a64[i] * b64[j]).sum()
+            for key, val in (("xy", blocks[k]), ("xb", (xs[i].T @ b[j]).to(acc)), ("ya", (ys[j].T @ a[i]).to(acc))):
                 if s[key][k] is None:
                     s[key][k] = val.clone()
                 else:
                     s[key][k].add_(val)
-        if self.lx == self.ly:  # per-token distances only for matched layers
-            for i in range(self.lx):
-                if xs[i].shape[1] != ys[i].shape[1]:
-                    continue
-                s["l2"][i] += (xs[i] - ys[i]).norm(dim=1).sum()
-                nx, ny = a[i].sqrt(), b[i].sqrt()
-                s["nx"][i] += nx.sum()
-                s["cos"][i] += ((xs[i] * ys[i]).sum(1) / (nx * ny).clamp_min(1e-12)).sum()
-        self.n += n
+        self.n += xs[0].shape[0]
 
     # ---------------------------------------------------------------------------------------- results
     def _hsic_unbiased(self, t_xy, ab, sx, sy, sxy_proj, xb, ya, a, b) -> torch.Tensor:
