@@ -34,8 +34,9 @@ demo: $(VENV)/.runtime
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium; browser tests will be skipped"
 
-# Everything CI runs: the default suite (~10 min), then the slow and browser tests, deliberately.
+# Everything CI runs: lint, the default suite (~10 min), then the slow and browser tests, deliberately.
 test: $(VENV)/.test chromium
+	$(BIN)/ruff check -q .
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser"
 	$(BIN)/python -m pytest -q -m "(slow or browser) and not gpu"
 

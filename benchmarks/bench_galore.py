@@ -26,8 +26,9 @@ import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -137,7 +138,7 @@ def set_gap(opt: Any, gap: int) -> None:
 
 def bench_steps(opts: dict[str, Any], repeats: int, warmup: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, opt in opts.items():  # first step: state init + one SVD/eigh refresh, not timed
+    for opt in opts.values():  # first step: state init + one SVD/eigh refresh, not timed
         opt.step()
     for kind, gap in (("ordinary", NEVER), ("refresh", 1)):
         samples: dict[str, list] = {name: [] for name in opts}
@@ -165,7 +166,7 @@ def bench_projectors(grads: list[torch.Tensor], rank: int, repeats: int, warmup:
     samples: dict[str, list] = {k: [] for k in variants}
     for rep in range(warmup + repeats):
         for name, kw in variants.items():
-            sample = timed(lambda: [proj.top_basis(g, rank, **kw) for g in grads])
+            sample = timed(lambda kw=kw: [proj.top_basis(g, rank, **kw) for g in grads])
             if rep >= warmup:
                 samples[name].append(sample)
     out = {}

@@ -71,7 +71,13 @@ def worker(impl: str, batch_size: int, seq_len: int) -> dict:
 
     out: dict = {"impl": impl}
     if impl == "native":
-        from rankscope.diagnostics.perturb import live_params, loss_line, make_grid, model_loss_fn, seeded_direction
+        from rankscope.diagnostics.perturb import (
+            live_params,
+            loss_line,
+            make_grid,
+            model_loss_fn,
+            seeded_direction,
+        )
 
         params = live_params(model)
         with Interval() as iv:

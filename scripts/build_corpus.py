@@ -13,8 +13,8 @@ brown_heldout_tagged.jsonl.xz (POS-tagged validation+test Brown files for downst
 from __future__ import annotations
 
 import argparse
-import hashlib
 import gzip
+import hashlib
 import json
 import lzma
 import subprocess

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from rankscope.config import DataConfig, RunConfig, TrainConfig
-from rankscope.data.batches import IGNORE, SequenceSet, TrainBatches, eval_batch, load_sequences, train_batches
+from rankscope.data.batches import (
+    IGNORE,
+    SequenceSet,
+    TrainBatches,
+    eval_batch,
+    load_sequences,
+    train_batches,
+)
 from rankscope.data.tokenizer import load_tokenizer
 from rankscope.errors import UserError
 

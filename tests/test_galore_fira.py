@@ -64,7 +64,7 @@ def run_pair(ours, theirs, w_ours, w_theirs, grads, check_state) -> None:
         ours.step()
         theirs.step()
         for a, b in zip(w_ours, w_theirs):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda s: f"step {k + 1}: {s}")
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=lambda s, k=k: f"step {k + 1}: {s}")
         check_state(k)
 
 

@@ -9,7 +9,14 @@ import torch
 
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch
 from rankscope.diagnostics.hessian import (
-    exact_hvp, fd_hvp, hessian, hutchinson_trace, loss_terms, model_loss_terms, power_iteration, start_vector,
+    exact_hvp,
+    fd_hvp,
+    hessian,
+    hutchinson_trace,
+    loss_terms,
+    model_loss_terms,
+    power_iteration,
+    start_vector,
 )
 from rankscope.models.llama import LlamaLM
 from rankscope.models.presets import model_config
@@ -17,12 +24,7 @@ from rankscope.models.presets import model_config
 EIGS = [5.0, 2.0, 1.0, 0.5, 0.25, 0.1, -0.05, 0.0]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quadratic_problem():

@@ -12,19 +12,18 @@ import torch
 
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch
 from rankscope.diagnostics.interpolation import (
-    barrier, ckpt_interpolation, imib, interpolate, interpolation_grid, shared_init,
+    barrier,
+    ckpt_interpolation,
+    imib,
+    interpolate,
+    interpolation_grid,
+    shared_init,
 )
 from rankscope.diagnostics.perturb import lerp_line
 from rankscope.models.llama import LlamaLM
 from rankscope.models.presets import model_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Run:

@@ -13,21 +13,21 @@ import torch
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch, RunHandle, mean_loss
 from rankscope.diagnostics.landscape import landscape_random, landscape_svd, line_stats, sharpness_per_curve
 from rankscope.diagnostics.perturb import (
-    filter_normalize_, live_params, loss_line, make_grid, model_loss_fn, release_grid, seeded_direction,
-    svd_directions, write_point,
+    filter_normalize_,
+    live_params,
+    loss_line,
+    make_grid,
+    model_loss_fn,
+    release_grid,
+    seeded_direction,
+    svd_directions,
+    write_point,
 )
 from rankscope.diagnostics.trajectory import trajectory, trajectory_pca
 from rankscope.models.llama import LlamaLM
 from rankscope.models.presets import model_config
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU kernels on a shared 2-core box: 1 thread avoids OpenMP straggler stalls (performance.md §8)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class MemoryRun(RunHandle):

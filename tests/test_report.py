@@ -18,7 +18,7 @@ import pytest
 
 from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_downstream import check_f6, check_f7
-from rankscope.report.fixtures import make_synthetic_study
+from rankscope.report.fixtures import make_synthetic_study, table_row
 from rankscope.report.load import TABLE_COLUMNS, normalise_table, pair_labels, prefer_rows
 from rankscope.report.plots import FIGURE_NAMES, landscape_curve_ids
 from rankscope.report.render import render_report
@@ -145,19 +145,8 @@ def _rows(*specs: tuple) -> pd.DataFrame:
     for spec in specs:
         run, method, step, metric, value, stderr, *rest = spec
         scope, name, note = (list(rest) + ["model", "", ""][len(rest) :])[:3]
-        rec = dict.fromkeys(TABLE_COLUMNS)
-        rec.update(
-            run=run,
-            method=method,
-            step=step,
-            metric=metric,
-            value=value,
-            stderr=stderr,
-            scope=scope,
-            name=name,
-            note=note,
-            mode="default",
-        )
+        rec = table_row(run=run, method=method, step=step, metric=metric, value=value, stderr=stderr,
+                        scope=scope, name=name, note=note, mode="default")
         recs.append(rec)
     return pd.DataFrame(recs, columns=TABLE_COLUMNS)
 

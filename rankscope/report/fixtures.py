@@ -27,27 +27,18 @@ N_LAYERS = 4
 TOKENS_PER_STEP = 2048
 
 
-def _row(run: str, method: str, seed: int, step: int, metric: str, value: float, **kw: Any) -> dict:
+def table_row(**fields: Any) -> dict:
+    """One diagnostics-table record: every column of ``TABLE_COLUMNS`` present, unset ones None."""
     rec = dict.fromkeys(TABLE_COLUMNS)
-    rec.update(
-        run=run,
-        method=method,
-        seed=seed,
-        step=step,
-        metric=metric,
-        value=value,
-        scope="model",
-        name="",
-        space="native" if method == "cola" else "dense",
-        mode="default",
-        scale="tiny",
-        n_tokens=65536,
-        settings_hash="synthetic0000",
-        settings="{}",
-        note="",
-    )
-    rec.update(kw)
+    rec.update(fields)
     return rec
+
+
+def _row(run: str, method: str, seed: int, step: int, metric: str, value: float, **kw: Any) -> dict:
+    defaults = dict(scope="model", name="", space="native" if method == "cola" else "dense", mode="default",
+                    scale="tiny", n_tokens=65536, settings_hash="synthetic0000", settings="{}", note="")
+    return table_row(**{**defaults, "run": run, "method": method, "seed": seed, "step": step,
+                        "metric": metric, "value": value, **kw})
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -20,6 +20,8 @@ from rankscope.report.load import RunInfo, StudyData, prefer_rows
 from rankscope.report.plots_common import (
     Figure,
     fig_to_uri,
+    label_axes,
+    method_bands,
     method_color,
     ordered,
     panels,
@@ -137,12 +139,8 @@ def landscape_curves(diag: pd.DataFrame) -> Figure:
         for _run, grp in rows.groupby("run"):  # centre each run's curve on its own α = 0 loss
             centre = grp.loc[grp["alpha"].abs().idxmin(), "value"]
             rows.loc[grp.index, "value"] = grp["value"] - centre
-        for method in ordered(rows["method"].unique()):
-            plot_band(ax, seed_band(rows[rows["method"] == method], "alpha"), "alpha", method, marker=".")
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("α")
-        ax.set_ylabel("L(α) − L(0)")
-        ax.grid(alpha=0.3)
+        method_bands(ax, rows, "alpha")
+        label_axes(ax, metric, "α", "L(α) − L(0)")
     axes[0].legend(fontsize=8)
     fig_.uri = fig_to_uri(fig)
     return fig_

@@ -94,6 +94,23 @@ def plot_band(
         ax.fill_between(band[x][ok], band["lo"][ok], band["hi"][ok], color=color, alpha=0.2, linewidth=0)
 
 
+def method_bands(ax: plt.Axes, rows: pd.DataFrame, x: str, marker: str | None = ".") -> None:
+    """One mean line with its 95 % seed band per method, in the canonical method order."""
+    for method in ordered(rows["method"].unique()):
+        plot_band(ax, seed_band(rows[rows["method"] == method], x), x, method, marker=marker)
+
+
+def label_axes(ax: plt.Axes, title: str = "", xlabel: str = "", ylabel: str = "") -> None:
+    """Title, axis labels and the light grid every line panel of the report uses."""
+    if title:
+        ax.set_title(title, fontsize=10)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
 def panels(
     n: int, width: float = 4.2, height: float = 3.2, sharey: bool = False
 ) -> tuple[plt.Figure, list[plt.Axes]]:

@@ -13,6 +13,8 @@ from rankscope.report.load import pair_labels
 from rankscope.report.plots_common import (
     Figure,
     fig_to_uri,
+    label_axes,
+    method_bands,
     model_rows,
     ordered,
     panels,
@@ -67,12 +69,9 @@ def ckpt_barriers(diag: pd.DataFrame) -> Figure:
         return fig_
     rows = rows.assign(at=rows["step_b"].fillna(rows["step"]))
     fig, (ax,) = panels(1, width=6.0)
-    for method in ordered(rows["method"].unique()):
-        plot_band(ax, seed_band(rows[rows["method"] == method], "at"), "at", method, marker="o")
+    method_bands(ax, rows, "at", marker="o")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("step (later checkpoint)")
-    ax.set_ylabel("ckpt_barrier")
-    ax.grid(alpha=0.3)
+    label_axes(ax, xlabel="step (later checkpoint)", ylabel="ckpt_barrier")
     ax.legend(fontsize=8)
     fig_.uri = fig_to_uri(fig)
     return fig_
@@ -96,11 +95,8 @@ def spectra(diag: pd.DataFrame) -> Figure:
         rows = rows.assign(
             at=rows["step_b"].fillna(rows["step"]) if metric.startswith("dw_") else rows["step"]
         )
-        for method in ordered(rows["method"].unique()):
-            plot_band(ax, seed_band(rows[rows["method"] == method], "at"), "at", method, marker=".")
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        method_bands(ax, rows, "at")
+        label_axes(ax, metric, "step")
     axes[0].legend(fontsize=8)
     fig_.uri = fig_to_uri(fig)
     return fig_
@@ -131,19 +127,9 @@ def activations(diag: pd.DataFrame) -> Figure:
             if at.empty:
                 continue
             shade = cmap(0.15 + 0.75 * k / max(1, len(steps) - 1))
-            plot_band(
-                ax,
-                seed_band(at, "layer"),
-                "layer",
-                method,
-                label=f"step {int(step)}",
-                color=shade,
-                marker=".",
-            )
-        ax.set_title(method, fontsize=10)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("act_cka")
-        ax.grid(alpha=0.3)
+            plot_band(ax, seed_band(at, "layer"), "layer", method, label=f"step {int(step)}", color=shade,
+                      marker=".")
+        label_axes(ax, method, "layer", "act_cka")
     axes[0].legend(fontsize=7)
     fig_.uri = fig_to_uri(fig)
     return fig_
