@@ -184,29 +184,6 @@ def test_failed_decomposition_retries_in_fp64_then_keeps_previous(monkeypatch, c
     assert "keeping the previous projector" in caplog.text
 
 
-def test_batched_refresh_equals_one_by_one_and_isolates_a_bad_gradient(monkeypatch):
-    """refresh_bases (one eigh per shape, chunked) = refresh_basis per matrix, statuses included."""
-    gen = torch.Generator().manual_seed(11)
-    grads = [gapped_matrix(30, 20, gen) for _ in range(3)] + [gapped_matrix(20, 30, gen), gapped_matrix(16, 12, gen)]
-    grads[1][2, 3] = float("nan")
-    previous = [None, torch.eye(20)[:, :4], None, None, None]
-    real_eigh, batch_sizes = torch.linalg.eigh, []
-
-    def counting(a, *args, **kw):
-        batch_sizes.append(a.shape[0] if a.ndim == 3 else 1)
-        return real_eigh(a, *args, **kw)
-
-    monkeypatch.setattr(proj, "BATCH_BYTES", 2 * 20 * 20 * 4)  # at most two 20×20 Gram matrices per call
-    monkeypatch.setattr(torch.linalg, "eigh", counting)
-    batched = proj.refresh_bases(grads, 4, previous)
-    assert max(batch_sizes) == 2  # the 20-wide shape really went through batched, chunked calls
-    for g, prev, (basis, status) in zip(grads, previous, batched, strict=True):
-        ref, ref_status = proj.refresh_basis(g, 4, prev)
-        assert status == ref_status
-        torch.testing.assert_close(basis, ref, atol=1e-5, rtol=0)
-    assert batched[1] == (previous[1], "nonfinite_grad")
-
-
 # --- optimizer behaviour ------------------------------------------------------------------------------
 def test_galore_update_within_one_window_has_rank_at_most_r():
     gen = torch.Generator().manual_seed(8)

@@ -37,7 +37,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.adam import adam as _adam_functional
 
-from rankscope.optim.projectors import PROJECTORS, project, projection_side, refresh_bases
+from rankscope.optim.projectors import PROJECTORS, project, projection_side, refresh_basis
 
 log = logging.getLogger(__name__)
 
@@ -163,45 +163,31 @@ class GaLoreAdamW(Optimizer):
             log.info("GaLore: rank %d clamped to min(m, n) = %d for a %dx%d matrix", r, min(m, n), m, n)
         return min(r, m, n)
 
-    def _refresh_due(self, due: list[tuple[torch.Tensor, dict[str, Any]]], group: dict[str, Any]) -> set[int]:
-        """New projectors for every parameter due a refresh this step (one batched call per shape).
-
-        Returns the ids of the parameters whose update must be skipped (no usable projector).
-        """
-        if not due:
-            return set()
-        results = refresh_bases(
-            [p.grad for p, _ in due], int(group["rank"]), [st.get("projector") for _, st in due],
-            group["projector"], canonical_signs=group["canonical_signs"], fp64=group["projector_fp64"],
-            names=[f"{tuple(p.shape)} at step {int(st['step'])}" for p, st in due],
+    def _refresh(self, p: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> bool:
+        """New projector into ``st``; False when this parameter's update must be skipped."""
+        basis, status = refresh_basis(
+            p.grad, self._rank(p, group), st.get("projector"), group["projector"],
+            canonical_signs=group["canonical_signs"], fp64=group["projector_fp64"],
+            name=f"{tuple(p.shape)} at step {int(st['step'])}",
         )
-        skipped = set()
-        for (p, st), (basis, status) in zip(due, results):
-            self._rank(p, group)  # logs a clamped rank once per shape
-            self.nonfinite_skips += status == "nonfinite_grad"
-            self.refresh_failures += status == "failed"
-            if status == "nonfinite_grad" or basis is None:
-                skipped.add(id(p))  # no usable projector for a finite step: skip, retry the refresh next step
-            else:
-                st["projector"] = basis.to(p.dtype)  # like the packages: the projector has the parameter's dtype
-        return skipped
+        self.nonfinite_skips += status == "nonfinite_grad"
+        self.refresh_failures += status == "failed"
+        if status == "nonfinite_grad" or basis is None:
+            return False  # no usable projector for a finite step: skip, retry the refresh next step
+        st["projector"] = basis.to(p.dtype)  # like the packages: the projector has the parameter's dtype
+        return True
 
     def _projected_step(self, group: dict[str, Any]) -> None:
-        live: list[tuple[torch.Tensor, dict[str, Any]]] = []
+        items: list[tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = []
         for p in group["params"]:
             if p.grad is None:
                 continue  # skipped: the counter does not advance (as in the packages)
             st = self.state[p]
             if "step" not in st:
                 st["step"] = torch.zeros((), dtype=torch.float32)
-            live.append((p, st))
-        gap = int(group["update_proj_gap"])
-        skipped = self._refresh_due([(p, st) for p, st in live
-                                     if "projector" not in st or int(st["step"]) % gap == 0], group)
-        items: list[tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = []
-        for p, st in live:
-            if id(p) in skipped:
-                continue
+            if "projector" not in st or int(st["step"]) % int(group["update_proj_gap"]) == 0:
+                if not self._refresh(p, st, group):
+                    continue
             compact = project(p.grad, st["projector"])
             if "exp_avg" not in st:
                 st["exp_avg"] = torch.zeros_like(compact)

@@ -51,8 +51,8 @@ def canonicalize_signs(basis: torch.Tensor) -> torch.Tensor:
     Why: moments are kept across refreshes, so an arbitrary sign flip of a basis vector from one
     decomposition to the next would flip the sign of the matching moment coordinates' meaning.
     """
-    idx = basis.abs().argmax(dim=-2, keepdim=True)  # per column; also works on a [batch, n, r] stack
-    signs = torch.sign(basis.gather(-2, idx))
+    idx = basis.abs().argmax(dim=0, keepdim=True)
+    signs = torch.sign(basis.gather(0, idx))
     signs[signs == 0] = 1
     return basis * signs
 
@@ -72,18 +72,13 @@ def _svd_tall(g: torch.Tensor, rank: int) -> torch.Tensor:
     return vh[:rank].t()
 
 
-def _small_gram(g: torch.Tensor) -> torch.Tensor:
-    """Gram matrix of the smaller side (n×n for the tall orientation A of G): AᵀA."""
-    a = _tall(g)
-    return a.t() @ a
-
-
 def _gram_eigh(g: torch.Tensor, rank: int) -> torch.Tensor:
+    a = _tall(g)
     # eigh sorts ascending: the top-r directions are the last r columns; reverse to match SVD order.
     # Only the eigenvectors are used: tiny negative eigenvalues (round-off of a PSD matrix) sit at the
     # bottom of the order, so they never reach the top r and need no clamping here (they are clamped
     # where singular values are derived from them, see gram_singular_values).
-    _, evecs = torch.linalg.eigh(_small_gram(g))
+    _, evecs = torch.linalg.eigh(a.t() @ a)
     return evecs[:, -rank:].flip(-1)
 
 
@@ -167,78 +162,6 @@ def refresh_basis(
         log.warning("GaLore projector %s: %s gave a non-finite basis in %s", name, backend, dtype)
     log.warning("GaLore projector %s: decomposition failed; keeping the previous projector", name)
     return previous, "failed"
-
-
-#: Largest stack of Gram matrices decomposed in one batched ``eigh`` call (bounds the extra memory).
-BATCH_BYTES = 256 * 2**20
-
-
-def refresh_bases(
-    grads: list[torch.Tensor],
-    rank: int,
-    previous: list[torch.Tensor | None],
-    backend: str = "gram_eigh",
-    *,
-    canonical_signs: bool = True,
-    fp64: bool = False,
-    names: list[str] | None = None,
-) -> list[tuple[torch.Tensor | None, str]]:
-    """:func:`refresh_basis` for many gradients at once, same results and failure policy.
-
-    With ``gram_eigh`` the Gram matrices of same-shaped gradients are decomposed by one batched ``eigh``
-    per shape (chunked to ``BATCH_BYTES``): on a 2-core CPU that is ~12 % faster than one call per matrix,
-    because LAPACK's eigh threads poorly and the batch spreads matrices over cores instead. A gradient whose
-    Gram is non-finite, or a batch whose ``eigh`` fails, goes through :func:`refresh_basis` one by one.
-    Other backends simply loop.
-    """
-    names = names or [""] * len(grads)
-    out: list[tuple[torch.Tensor | None, str] | None] = [None] * len(grads)
-    single = list(range(len(grads)))
-    if backend == "gram_eigh" and len(grads) > 1:
-        single = []
-        dtype = torch.float64 if fp64 else torch.float32
-        by_shape: dict[tuple, list[int]] = {}
-        for i, g in enumerate(grads):
-            by_shape.setdefault((tuple(_tall(g).shape), g.device), []).append(i)
-        for (shape, _), idx in by_shape.items():
-            per_chunk = max(1, BATCH_BYTES // (shape[1] ** 2 * dtype.itemsize))
-            for start in range(0, len(idx), per_chunk):
-                chunk = idx[start:start + per_chunk]
-                bases = _batched_gram_eigh([grads[i] for i in chunk], rank, dtype, canonical_signs)
-                for i, basis in zip(chunk, bases):
-                    if basis is None:
-                        single.append(i)
-                    else:
-                        out[i] = (basis, "ok")
-    for i in single:
-        out[i] = refresh_basis(grads[i], rank, previous[i], backend, canonical_signs=canonical_signs,
-                               fp64=fp64, name=names[i])
-    return out  # type: ignore[return-value]
-
-
-def _batched_gram_eigh(grads: list[torch.Tensor], rank: int, dtype: torch.dtype,
-                       canonical_signs: bool) -> list[torch.Tensor | None]:
-    """Top bases of same-shaped gradients from one batched eigh; None where the caller must go one by one."""
-    grams = torch.stack([_small_gram(g.to(dtype)) for g in grads])
-    finite = torch.isfinite(grams).flatten(1).all(1).tolist()  # one host sync for the whole batch
-    ok = [i for i, f in enumerate(finite) if f]
-    result: list[torch.Tensor | None] = [None] * len(grads)
-    if not ok:
-        return result
-    try:
-        _, evecs = torch.linalg.eigh(grams[ok] if len(ok) < len(grads) else grams)
-    except (RuntimeError, torch.linalg.LinAlgError) as exc:
-        log.warning("GaLore projector: batched eigh of %d matrices failed (%s); retrying one by one", len(ok), exc)
-        return result
-    r = min(rank, *grads[0].shape)
-    bases = evecs[..., -r:].flip(-1)
-    if canonical_signs:
-        bases = canonicalize_signs(bases)
-    good = torch.isfinite(bases).flatten(1).all(1).tolist()
-    for k, i in enumerate(ok):
-        if good[k]:
-            result[i] = bases[k].clone()  # own storage: a view would pin the batch and share it in checkpoints
-    return result
 
 
 def project(grad: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
