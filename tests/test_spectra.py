@@ -50,6 +50,12 @@ def test_analytic_spectrum_8x6():
     assert matrix_metrics(exact, torch.float64, alpha=False)["erank"] == pytest.approx(2**1.75, rel=1e-12)
 
 
+def test_wide_matrix_is_decomposed_as_its_transpose_with_the_same_metrics():
+    wide = _with_spectrum([4, 2, 1, 1, 0, 0], 8, 6).T  # 6×8: the SVD runs on the (faster) tall view
+    assert matrix_metrics(wide) == pytest.approx(matrix_metrics(wide.T.contiguous()), rel=1e-6, nan_ok=True)
+    assert matrix_metrics(wide)["rank"] == 4
+
+
 def test_identity_and_rank_one():
     eye = spectral_metrics(torch.linalg.svdvals(torch.eye(7)), (7, 7))
     assert eye["erank"] == pytest.approx(7) and eye["stable_rank"] == pytest.approx(7)

@@ -122,9 +122,14 @@ def power_law_alpha(s: torch.Tensor, n_min: int = 10, ww_compat: bool = False,
 
 def matrix_metrics(w: torch.Tensor, dtype: torch.dtype = torch.float32, tol_mode: str = "default",
                    alpha: bool = True, n_min: int = 10, ww_compat: bool = False) -> dict[str, float]:
-    """svdvals of one matrix (in ``dtype``) and every metric derived from it."""
-    s = torch.linalg.svdvals(w.detach().to(dtype))
+    """svdvals of one matrix (in ``dtype``) and every metric derived from it.
+
+    The SVD runs on the tall orientation (Wᵀ when m < n, a free view): same singular values, but MKL's
+    gesdd is ~2.4x slower on a wide matrix than on its transpose (down_proj 256×688: 17.6 vs 6.9 ms).
+    """
     eps = max(torch.finfo(dtype).eps, torch.finfo(w.dtype).eps) if w.is_floating_point() else None
+    a = w.detach().to(dtype)
+    s = torch.linalg.svdvals(a.mT if a.shape[-2] < a.shape[-1] else a)
     out = spectral_metrics(s, tuple(w.shape), tol_mode, eps)
     if alpha:
         out.update(power_law_alpha(s, n_min=n_min, ww_compat=ww_compat))
