@@ -222,6 +222,28 @@ def test_native_scorer_equals_lm_eval_on_local_tasks():
                 assert native[(task, metric)].value == pytest.approx(value), (task, metric)
 
 
+def test_hf_export_backend_equals_native_scorer():
+    """Dense weights exported to an HF folder and scored by lm-eval's own ``hf`` model (transformers
+    LlamaForCausalLM + the exported fast tokenizer) give the native scorer's accuracies."""
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    from rankscope.data.tokenizer import load_tokenizer
+    from rankscope.downstream.lm_eval_adapter import results_to_scores, run_lm_eval
+    from rankscope.models import LlamaLM, model_config
+
+    torch.manual_seed(2)
+    cfg = model_config("smoke")
+    model, tok = LlamaLM(cfg).eval(), load_tokenizer("embedded")
+    tasks = ["agreement", "cloze"]
+    harness = results_to_scores(run_lm_eval(model, tok, tasks, max_items=40, bootstrap_iters=10, backend="hf",
+                                            model_cfg=cfg)[0])
+    native = {(s.task, s.metric): s for s in evaluate_model(model, tok, tasks, max_items=40, bootstrap_iters=10)}
+    for task in tasks:
+        for metric, value in harness[task].items():
+            if not metric.endswith("_stderr"):
+                assert native[(task, metric)].value == pytest.approx(value), (task, metric)
+
+
 def test_hub_tasks_need_online_flag():
     pytest.importorskip("lm_eval")
     from rankscope.downstream.lm_eval_adapter import run_lm_eval

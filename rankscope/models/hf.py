@@ -38,7 +38,22 @@ def export_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str | P
     (out / "config.json").write_text(json.dumps(hf_config(cfg, eos_id=eos_id, bos_id=eos_id), indent=2))
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         (out / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
+        (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(Path(tokenizer_file), eos_id), indent=2))
     return out
+
+
+def tokenizer_config(tokenizer_file: Path, eos_id: int | None) -> dict:
+    """``tokenizer_config.json`` for ``AutoTokenizer``: the fast tokenizer class and its special tokens.
+
+    Without it transformers loads the tokenizer with no EOS/BOS, and lm-eval's ``hf`` model (which prefixes
+    an empty context with that token) fails. EOS doubles as BOS, as in training; no BOS is added to text.
+    """
+    added = json.loads(tokenizer_file.read_text()).get("added_tokens", [])
+    by_id = {t["id"]: t["content"] for t in added}
+    eos = by_id.get(eos_id) if eos_id is not None else None
+    pad = next((t["content"] for t in added if "pad" in t["content"]), None)
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
+            "eos_token": eos, "bos_token": eos, "pad_token": pad, "model_max_length": 1 << 30}
 
 
 def import_hf(folder: str | Path) -> LlamaLM:
