@@ -21,18 +21,19 @@ def _weights(run_dir, step):
 
 
 def test_resume_is_bit_exact(make_smoke_config):
-    straight = make_smoke_config("straight", steps=8, save_every=4)
+    """20 steps straight vs 10 + resume + 10: bit-identical weights, optimizer state and logged losses."""
+    straight = make_smoke_config("straight", steps=20, save_every=10)
     train(straight, progress=False)
-    split = make_smoke_config("split", steps=8, save_every=4)
-    first = train(split, progress=False, stop_after=4)
-    assert first.step == 4 and ckpt.list_checkpoints(split.run_dir) == [4]
+    split = make_smoke_config("split", steps=20, save_every=10)
+    first = train(split, progress=False, stop_after=10)
+    assert first.step == 10 and ckpt.list_checkpoints(split.run_dir) == [10]
     train(split, resume=True, progress=False)
-    a, b = _weights(straight.run_dir, 8), _weights(split.run_dir, 8)
+    a, b = _weights(straight.run_dir, 20), _weights(split.run_dir, 20)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    opt_a = load_file(ckpt.step_dir(straight.run_dir, 8) / "optimizer.safetensors")
-    opt_b = load_file(ckpt.step_dir(split.run_dir, 8) / "optimizer.safetensors")
+    opt_a = load_file(ckpt.step_dir(straight.run_dir, 20) / "optimizer.safetensors")
+    opt_b = load_file(ckpt.step_dir(split.run_dir, 20) / "optimizer.safetensors")
     assert all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
     # The metrics log of the resumed run equals the straight run's (loss values identical).
     def losses(run):
