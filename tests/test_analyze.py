@@ -84,6 +84,8 @@ def test_second_call_does_no_work_and_new_checkpoints_are_computed(tmp_path, cou
 
     second = analyze([full, cola], metrics=METRICS, out=out, batch=_batch(), progress=False)
     assert counted == {"spectra": 4, "update_spectra": 2, "activations": 4}  # all from the cache
+    timings = json.loads((out / "timings.json").read_text())["groups"]
+    assert timings["spectra"]["cached"] == 4 and timings["spectra"]["computed"] == 0
     key = ["run", "step", "metric", "scope", "name", "space"]
     pd_first, pd_second = (f.sort_values(key).reset_index(drop=True) for f in (first, second))
     assert pd_first[key].equals(pd_second[key])

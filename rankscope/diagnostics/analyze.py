@@ -17,8 +17,10 @@ an ``error: ...`` row and the rest go on.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
@@ -158,9 +160,11 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
         return shared["batch"]
 
     rows: list[Row] = []
+    timings: dict[str, dict[str, float]] = {}
     with _progress(progress) as bar:
         for name, diag in groups.items():
             tasks = schedule(diag, runs)
+            timing = timings.setdefault(name, {"seconds": 0.0, "computed": 0, "cached": 0})
             bar_id = bar.add_task(name, total=len(tasks)) if bar is not None else None
             for task in tasks:
                 where = f"{name} {task['run'].name}@{task['step']}" + (f"→{task['step_b']}" if task.get("step_b") else "")
@@ -169,6 +173,8 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                 key = task_key(name, mode=mode, n_tokens=n_tokens, seed=seed, settings=resolved[name],
                                runs=_key_runs(task))
                 got = cache.get(key)
+                timing["cached" if got is not None else "computed"] += 1
+                t0 = time.perf_counter()
                 if got is None:
                     try:
                         ctx = AnalysisContext(batch=eval_batch(), mode=mode, device=device, seed=seed, **task)
@@ -180,6 +186,7 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                     except Exception as exc:  # noqa: BLE001 - one bad checkpoint must not sink the study
                         log.warning("%s failed: %s: %s", where, type(exc).__name__, exc)
                         got = [_error_row(diag, task, mode, resolved[name], exc)]
+                timing["seconds"] += time.perf_counter() - t0
                 rows += got
                 if bar is not None:
                     bar.advance(bar_id)
@@ -187,4 +194,13 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                 r._cache.clear()  # at most one checkpoint per run held between groups
     frame = rows_to_frame(rows)
     write_table(frame, out / "diagnostics")
+    _write_timings(out / "timings.json", timings)
     return frame
+
+
+def _write_timings(path: Path, timings: dict[str, dict[str, float]]) -> None:
+    """Wall seconds per metric group of this call (cache hits cost ~0), so a slow group is easy to spot."""
+    for t in timings.values():
+        t["seconds"] = round(t["seconds"], 2)
+    path.write_text(json.dumps({"total_seconds": round(sum(t["seconds"] for t in timings.values()), 2),
+                                "groups": timings}, indent=2))
