@@ -132,6 +132,19 @@ def test_smoke_study_writes_the_study_folder(smoke_study):
     assert set(timings) >= {"train", "analyze", "eval", "predict", "report"} and timings["train"] > 0
 
 
+def test_smoke_study_runs_table_has_model_and_state_sizes(smoke_study):
+    """The report's runs table reads memory.json's summary: sizes present, ReLoRA trains a fraction."""
+    from rankscope.report.load import load_study
+
+    out, _, _ = smoke_study
+    runs = {r.method: r.memory["summary"] for r in load_study(out).runs}
+    assert set(runs) == set(ALL_METHODS)
+    for method, summary in runs.items():
+        assert summary["params"] > 0 and summary["trainable"] > 0 and summary["state_bytes"] > 0, method
+    assert runs["relora"]["trainable"] < runs["relora"]["params"]  # the frozen dense W is not trained
+    assert runs["galore"]["state_bytes"] < runs["full_rank"]["state_bytes"]  # compact moments
+
+
 def test_rerun_skips_finished_work(smoke_study):
     out, first, _ = smoke_study
     weights = load_file(step_dir(out / "runs" / "galore_s0", 9) / "model.safetensors")

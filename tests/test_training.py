@@ -57,6 +57,12 @@ def test_loss_falls_and_run_folder_layout(make_smoke_config):
     assert result.val_loss < math.log(8192) - 0.5  # well below the uniform-guess loss
     meta = json.loads((run / "meta.json").read_text())
     assert meta["init_fingerprint"] and meta["config_hash"] == cfg.fingerprint()
+    # The summary the report's runs table reads: full-rank AdamW keeps two fp32 moments per parameter.
+    summary = json.loads((run / "memory.json").read_text())["summary"]
+    n_params = sum(t.numel() for t in _weights(run, 30).values())
+    assert summary["params"] == summary["trainable"] == n_params
+    assert summary["state_elements"] == summary["theory_state_elements"] == 2 * n_params
+    assert summary["state_bytes"] == 4 * summary["state_elements"]
 
 
 def test_gradient_accumulation_equals_larger_batch(make_smoke_config):

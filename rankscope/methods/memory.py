@@ -80,3 +80,15 @@ def format_memory_table(rows: list[dict[str, Any]]) -> str:
         mib = "-" if r["bytes"] is None else f"{r['bytes'] / 2**20:.1f}"
         lines.append(f"{r['quantity']:<16}{el:>14}{th:>12}{rel:>10}{mib:>10}  {r['note']}")
     return "\n".join(lines)
+
+
+def memory_summary(rows: list[dict]) -> dict:
+    """The run-level figures the report's runs table shows, from the per-quantity memory rows."""
+    by = {r.get("quantity"): r for r in rows}
+
+    def get(quantity: str, field: str):
+        return by.get(quantity, {}).get(field)
+
+    return {"params": get("params", "elements"), "trainable": get("trainable", "elements"),
+            "state_elements": get("optimizer_state", "elements"), "state_bytes": get("optimizer_state", "bytes"),
+            "theory_state_elements": get("optimizer_state", "theory")}

@@ -175,6 +175,10 @@ def _load_run(folder: Path, missing: list[str]) -> RunInfo:
     config = _read_json(folder / "config.json", missing, what)
     meta = _read_json(folder / "meta.json", missing, what)
     memory = _read_json(folder / "memory.json", missing, what)
+    if memory.get("rows") and "params" not in (memory.get("summary") or {}):  # folders written by 0.1.0
+        from rankscope.methods.memory import memory_summary
+
+        memory["summary"] = memory_summary(memory["rows"])
     metrics = _read_jsonl(folder / "metrics.jsonl", missing, what)
     kind = metrics["kind"] if "kind" in metrics else pd.Series(dtype=str)
     train = metrics[kind == "train"].reset_index(drop=True) if len(metrics) else pd.DataFrame()

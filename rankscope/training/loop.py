@@ -263,20 +263,13 @@ def _restore(run_dir, step, model, optimizer, method, info, fsdp: bool) -> None:
 
 def _write_memory(run_dir, model, optimizer, method, cfg, print_table: bool) -> None:
     try:
-        from rankscope.methods.memory import format_memory_table, memory_table
+        from rankscope.methods.memory import format_memory_table, memory_summary, memory_table
     except ImportError:
         return
     rows = memory_table(model, optimizer, type(method), method.config, cfg.model_config())
-    ckpt.write_json_atomic(run_dir / "memory.json", {"rows": rows, "summary": _memory_summary(rows)})
+    ckpt.write_json_atomic(run_dir / "memory.json", {"rows": rows, "summary": memory_summary(rows)})
     if print_table:
         print(format_memory_table(rows))
-
-
-def _memory_summary(rows) -> dict:
-    if isinstance(rows, dict):
-        return rows
-    total = next((r for r in rows if r.get("category") in ("total", "summary")), None)
-    return total or (rows[-1] if rows else {})
 
 
 def _version() -> str:
