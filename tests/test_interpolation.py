@@ -32,6 +32,7 @@ class _Run:
     def __init__(self, name, models, dense=True, path="/nonexistent", method="full_rank"):
         self.name, self.method, self.scale, self.seed, self.path = name, method, "smoke", 0, path
         self.steps, self._models, self.has_dense_form = sorted(models), models, dense
+        self.memo = {}
 
     def native_model(self, step):
         return copy.deepcopy(self._models[step]).float().eval()
@@ -137,3 +138,24 @@ def test_imib_pairs_and_cola_exclusion(tmp_path):
     assert {r.metric for r in rows} == {"imib", "imib_rel", "imib_lin"}
     assert all(math.isnan(r.value) and r.note == "excluded: no dense form" for r in rows)
     assert rows[0].settings["shared_init"] == "unknown"
+
+
+def test_end_point_losses_are_reused_and_change_nothing():
+    """A second line ending at the same checkpoints takes its end points from the memo: same curve, two
+    forwards fewer (lerp is exact at α = 0 and 1, so the memo holds exactly what a forward would give)."""
+    from rankscope.diagnostics.interpolation import _end
+
+    a, b = smoke_model(0), smoke_model(1)
+    run_a, run_b = _Run("a", {1: a}), _Run("b", {1: b})
+    batch, alphas = token_batch(), interpolation_grid(5)
+    forwards = []
+    handle = a.register_forward_hook(lambda *args: forwards.append(1))
+    plain = interpolate(a, b.state_dict(), alphas, batch)
+    n_plain = len(forwards)
+    ends = (_end(run_a, 1, "dense", batch, "cpu"), _end(run_b, 1, "dense", batch, "cpu"))
+    interpolate(a, b.state_dict(), alphas, batch, ends=ends)  # fills the memo
+    forwards.clear()
+    again = interpolate(a, b.state_dict(), alphas, batch, ends=ends)
+    handle.remove()
+    assert len(forwards) == n_plain * 3 // 5  # 3 interior points of 5, each over the same chunks
+    assert np.array_equal(plain[2], again[2]) and plain[0] == again[0]

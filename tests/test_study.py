@@ -221,3 +221,27 @@ def test_killed_study_resumes_to_the_same_results(smoke_study, tmp_path):
     da, db = _diagnostics(reference), _diagnostics(out)
     assert len(da) == len(db) and (da["metric"] == db["metric"]).all()
     np.testing.assert_allclose(db["value"].to_numpy(float), da["value"].to_numpy(float), rtol=1e-6, atol=1e-9)
+
+
+def test_parallel_local_jobs_overlap_split_threads_and_report_failures(tmp_path):
+    """launcher.parallel = 2: two jobs run at once, each with cores // 2 threads; a failing job is reported
+    with its log tail and the queue goes on."""
+    import os
+    import sys
+
+    from rankscope.study.jobs import Job
+    from rankscope.study.launch import run_jobs_local
+
+    script = ("import json, os, sys, time; t = time.time(); time.sleep(1.5); "
+              "print(json.dumps([t, time.time(), os.environ.get('OMP_NUM_THREADS')])); sys.exit(int(sys.argv[1]))")
+    jobs = [Job(f"train:j{i}", "train", f"j{i}", (sys.executable, "-c", script, str(int(i == 1))))
+            for i in range(3)]
+    started, reported = [], {}
+    run_jobs_local(jobs, tmp_path, lambda job, state, sec, err: reported.update({job.run: (state, err)}),
+                   lambda job: started.append(job.run), parallel=2)
+    assert started == ["j0", "j1", "j2"]
+    assert reported["j0"][0] == reported["j2"][0] == "done"
+    assert reported["j1"][0] == "failed" and "exit code 1" in reported["j1"][1]
+    spans = {j: json.loads((tmp_path / f"{j}.log").read_text().strip().splitlines()[-1]) for j in ("j0", "j1")}
+    assert spans["j0"][0] < spans["j1"][1] and spans["j1"][0] < spans["j0"][1]  # the two ran at the same time
+    assert spans["j0"][2] == str(max(1, (os.cpu_count() or 1) // 2))

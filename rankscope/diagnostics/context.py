@@ -69,6 +69,9 @@ class RunHandle:
     seed: int
     steps: list[int]
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    # Small results worth keeping for the whole analyze call (per-sequence losses of a checkpoint on a
+    # token budget: every IMIB pair and consecutive-checkpoint line ends at one of them).
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, path: str | Path) -> RunHandle:

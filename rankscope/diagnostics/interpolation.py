@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,11 +77,32 @@ def barrier_stderr(alphas: np.ndarray, seq_sums: np.ndarray) -> tuple[float | No
 
 
 def interpolate(model: torch.nn.Module, theta_b: dict[str, torch.Tensor], alphas: np.ndarray, batch,
-                device: str = "cpu") -> tuple[Barrier, tuple, np.ndarray]:
-    """Barrier, its standard errors and the mean curve from ``model`` (θA, restored) to ``theta_b``."""
-    sums = lerp_line(live_params(model), theta_b, alphas, batch, model_loss_fn(model, device, per_sequence=True))
+                device: str = "cpu", ends: tuple[tuple[dict, Any], tuple[dict, Any]] | None = None,
+                ) -> tuple[Barrier, tuple, np.ndarray]:
+    """Barrier, its standard errors and the mean curve from ``model`` (θA, restored) to ``theta_b``.
+
+    ``ends`` = ((memo, key) for θA, (memo, key) for θB): per-sequence end-point losses are read from and
+    written to those memos, so a checkpoint that ends several lines (every IMIB pair it is in, two
+    consecutive-checkpoint lines) is evaluated once per analyze call.
+    """
+    known = {}
+    if ends is not None:
+        for index, (memo, key) in zip((0, len(alphas) - 1), ends):
+            if key in memo:
+                known[index] = memo[key]
+    sums = lerp_line(live_params(model), theta_b, alphas, batch, model_loss_fn(model, device, per_sequence=True),
+                     known=known)
+    if ends is not None:
+        for index, (memo, key) in zip((0, len(alphas) - 1), ends):
+            memo[key] = sums[index]
     curve = chunk_mean(sums)
     return barrier(alphas, curve), barrier_stderr(alphas, sums), curve
+
+
+def _end(run: RunHandle, step: int, space: str, batch, device: str) -> tuple[dict, tuple]:
+    """(memo, key) of one checkpoint's per-sequence losses on ``batch`` (identified by storage and shape)."""
+    ids = batch.input_ids
+    return run.memo, ("seq_loss", step, space, ids.data_ptr(), tuple(ids.shape), batch.micro_batch, str(device))
 
 
 def _rows(ctx: AnalysisContext, names: tuple[str, str, str, str], b: Barrier, se: tuple,
@@ -120,7 +142,8 @@ def ckpt_interpolation(ctx: AnalysisContext, n_points: int = 21, max_tokens: int
     else:
         model, space = ctx.run.dense_model(ctx.step), "dense"
         theta_b = ctx.run.dense_state(ctx.step_b)
-    b, se, curve = interpolate(model, theta_b, alphas, batch, ctx.device)
+    ends = (_end(ctx.run, ctx.step, space, batch, ctx.device), _end(ctx.run, ctx.step_b, space, batch, ctx.device))
+    b, se, curve = interpolate(model, theta_b, alphas, batch, ctx.device, ends)
     settings = dict(n_points=n_points, max_tokens=max_tokens)
     return _rows(ctx, ("ckpt_barrier", "ckpt_barrier_rel", "ckpt_barrier_lin", "ckpt_curve"),
                  b, se, alphas, curve, space=space, settings=settings, n_tokens=batch.n_tokens)
@@ -159,6 +182,7 @@ def imib(ctx: AnalysisContext, n_points: int = 21, max_tokens: int | None = 1024
         return [ctx.row(m, float("nan"), note="excluded: no dense form", **kw) for m in ("imib", "imib_rel", "imib_lin")]
     alphas, batch = interpolation_grid(n_points), limit_tokens(ctx.batch, max_tokens)
     model = ctx.run.dense_model(ctx.step)
-    b, se, curve = interpolate(model, other.dense_state(ctx.step), alphas, batch, ctx.device)
+    ends = (_end(ctx.run, ctx.step, "dense", batch, ctx.device), _end(other, ctx.step, "dense", batch, ctx.device))
+    b, se, curve = interpolate(model, other.dense_state(ctx.step), alphas, batch, ctx.device, ends)
     return _rows(ctx, ("imib", "imib_rel", "imib_lin", "imib_curve"), b, se, alphas, curve,
                  n_tokens=batch.n_tokens, **kw)

@@ -224,14 +224,23 @@ def loss_line(
 
 def lerp_line(
     params: Params, theta_b: Mapping[str, torch.Tensor], alphas: Sequence[float], batch: Any, loss_fn: LossFn,
+    known: Mapping[int, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """L(lerp(θA, θB, α)) with θA = the live params: array [n_alphas, *loss shape]. Restored afterwards."""
+    """L(lerp(θA, θB, α)) with θA = the live params: array [n_alphas, *loss shape]. Restored afterwards.
+
+    ``known`` maps grid indices to losses already computed elsewhere (the end points θA and θB, which are
+    checkpoints: lerp is exact at α = 0 and 1, so the same forward would give the same numbers).
+    """
     missing = sorted(set(params) - set(theta_b))
     if missing:
         raise KeyError(f"interpolation end point lacks tensors: {missing[:5]}")
+    known = known or {}
     out = []
     with perturbed(params) as theta_a:
-        for a in alphas:
+        for i, a in enumerate(alphas):
+            if i in known:
+                out.append(np.asarray(known[i], dtype=np.float64))
+                continue
             write_lerp(params, theta_a, theta_b, a)
             out.append(np.asarray(loss_fn(params, batch), dtype=np.float64))
     return np.asarray(out, dtype=np.float64)

@@ -64,6 +64,7 @@ class LauncherConfig:
 
     kind: str = "local"  # local | torchrun | submitit
     nproc: int = 1  # processes (GPUs) per training job; > 1 runs torchrun (also inside submitit jobs)
+    parallel: int = 1  # local/torchrun: training jobs run at once; each gets cpu_count // parallel threads
     cluster: str | None = None  # submitit cluster: None (auto: slurm if available) | slurm | local | debug
     folder: str = ""  # submitit log folder (default: <study>/submitit)
     options: dict[str, Any] = field(default_factory=dict)  # submitit parameters, e.g. slurm_partition, timeout_min
@@ -73,6 +74,8 @@ class LauncherConfig:
             raise UserError(f"launcher.kind={self.kind!r} is not valid; choose one of: {', '.join(LAUNCHERS)}")
         if self.nproc < 1:
             raise UserError(f"launcher.nproc must be >= 1, got {self.nproc}")
+        if self.parallel < 1:
+            raise UserError(f"launcher.parallel must be >= 1, got {self.parallel}")
 
 
 @dataclass(frozen=True)

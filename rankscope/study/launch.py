@@ -6,6 +6,7 @@ that job only; the study records the error and goes on with the others.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -23,42 +24,92 @@ def tail(text: str, lines: int = 12) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def run_local(job: Job, log_path: Path, poll: Callable[[], None] | None = None) -> tuple[bool, str]:
-    """Run one job's command, logging to ``log_path``; ``poll`` is called about once a second while it runs.
-
-    Returns (ok, error text)."""
+def _start(job: Job, log_path: Path, env: dict[str, str]):
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command)}\n".encode())
-        log.flush()
-        # Same process group as the study: killing the study (Ctrl-C, SIGKILL of the group) ends the job
-        # too, so no orphan keeps writing to a run folder the next invocation resumes.
-        proc = subprocess.Popen(list(job.command), stdout=log, stderr=subprocess.STDOUT, env=child_env())
-        try:
-            while True:
-                try:
-                    code = proc.wait(timeout=1.0)
-                    break
-                except subprocess.TimeoutExpired:
-                    if poll is not None:
-                        poll()
-        except BaseException:  # Ctrl-C or an error in the study: do not leave the job running alone
-            proc.kill()
-            proc.wait()
-            raise
+    log = open(log_path, "ab")  # noqa: SIM115 - closed by _finish
+    log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command)}\n".encode())
+    log.flush()
+    # Same process group as the study: killing the study (Ctrl-C, SIGKILL of the group) ends the job
+    # too, so no orphan keeps writing to a run folder the next invocation resumes.
+    return subprocess.Popen(list(job.command), stdout=log, stderr=subprocess.STDOUT, env=env), log
+
+
+def _finish(code: int, log, log_path: Path) -> tuple[bool, str]:
+    log.close()
     if code == 0:
         return True, ""
     return False, f"exit code {code}; log {log_path}:\n{tail(log_path.read_text(errors='replace'))}"
 
 
+def thread_env(parallel: int) -> dict[str, str]:
+    """Job environment; with ``parallel`` > 1 jobs share the cores, so each gets cores // parallel threads.
+
+    Two 1-thread tiny trainings side by side move ~25 % more tokens per second than one 2-thread training
+    on a 2-core CPU (small GEMMs thread poorly), which is why the CPU demo runs two at a time.
+    """
+    env = child_env()
+    if parallel > 1:
+        threads = str(max(1, (os.cpu_count() or 1) // parallel))
+        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+    return env
+
+
+def run_local(job: Job, log_path: Path, poll: Callable[[], None] | None = None) -> tuple[bool, str]:
+    """Run one job's command, logging to ``log_path``; ``poll`` is called about once a second while it runs.
+
+    Returns (ok, error text)."""
+    proc, log = _start(job, log_path, child_env())
+    try:
+        while True:
+            try:
+                code = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if poll is not None:
+                    poll()
+    except BaseException:  # Ctrl-C or an error in the study: do not leave the job running alone
+        proc.kill()
+        proc.wait()
+        log.close()
+        raise
+    return _finish(code, log, log_path)
+
+
 def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Callable[[Job], None],
-                   poll: Callable[[Job], None] | None = None) -> None:
-    """One job at a time (a CPU study shares its cores; a GPU job already uses all local GPUs)."""
-    for job in jobs:
-        before(job)
-        t0 = time.perf_counter()
-        ok, err = run_local(job, logs / f"{job.run}.log", (lambda j=job: poll(j)) if poll else None)
-        report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
+                   poll: Callable[[Job], None] | None = None, parallel: int = 1) -> None:
+    """``parallel`` jobs at a time (default one: a CPU study shares its cores, a GPU job uses all local
+    GPUs). One loop in this thread starts, polls and reaps the processes, so callbacks never race."""
+    if parallel <= 1:
+        for job in jobs:
+            before(job)
+            t0 = time.perf_counter()
+            ok, err = run_local(job, logs / f"{job.run}.log", (lambda j=job: poll(j)) if poll else None)
+            report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
+        return
+    env, queue, running = thread_env(parallel), list(jobs), []
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                job = queue.pop(0)
+                before(job)
+                running.append((job, *_start(job, logs / f"{job.run}.log", env), time.perf_counter()))
+            time.sleep(1.0)
+            for entry in list(running):
+                job, proc, log, t0 = entry
+                code = proc.poll()
+                if code is None:
+                    if poll is not None:
+                        poll(job)
+                    continue
+                running.remove(entry)
+                ok, err = _finish(code, log, logs / f"{job.run}.log")
+                report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
+    except BaseException:  # Ctrl-C or an error in the study: stop every job this loop started
+        for _, proc, log, _ in running:
+            proc.kill()
+            proc.wait()
+            log.close()
+        raise
 
 
 def make_executor(launcher: LauncherConfig, folder: Path):

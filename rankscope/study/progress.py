@@ -33,7 +33,8 @@ def last_logged_step(run_dir: Path) -> int:
 
 
 class StudyProgress:
-    """A rich progress bar (or nothing when disabled); ``advance_to`` moves within the current job."""
+    """A rich progress bar (or nothing when disabled). Jobs are keyed by name so that several can run at
+    once (parallel local training); ``advance_to`` moves within a running job."""
 
     def __init__(self, enabled: bool, train_units: int) -> None:
         self.enabled = enabled
@@ -42,7 +43,7 @@ class StudyProgress:
         self._bar = None
         self._task = None
         self._done = 0.0  # units of finished jobs
-        self._job_units = 0.0
+        self._running: dict[str, list] = {}  # job -> [stage, units, units done]
 
     def __enter__(self) -> StudyProgress:
         if self.enabled:
@@ -59,16 +60,34 @@ class StudyProgress:
             self._bar.__exit__(*exc)
 
     def start(self, stage: str, job: str, units: float) -> None:
-        self._job_units = units
-        self._show(f"[{stage}] {job}", self._done)
+        self._running[job] = [stage, units, 0.0]
+        self._refresh()
 
-    def advance_to(self, units_in_job: float) -> None:
-        self._show(None, self._done + min(units_in_job, self._job_units))
+    def advance_to(self, units_in_job: float, job: str | None = None) -> None:
+        entry = self._entry(job)
+        if entry is not None:
+            entry[2] = min(units_in_job, entry[1])
+            self._refresh()
 
-    def finish_job(self) -> None:
-        self._done += self._job_units
-        self._job_units = 0.0
-        self._show(None, self._done)
+    def finish_job(self, job: str | None = None) -> None:
+        key = job if job is not None else next(reversed(self._running), None)
+        entry = self._running.pop(key, None) if key is not None else None
+        if entry is not None:
+            self._done += entry[1]
+        self._refresh()
+
+    def _entry(self, job: str | None) -> list | None:
+        if job is None:
+            return self._running[next(reversed(self._running))] if self._running else None
+        return self._running.get(job)
+
+    def _refresh(self) -> None:
+        completed = self._done + sum(e[2] for e in self._running.values())
+        if self._running:
+            stage = next(iter(self._running.values()))[0]
+            self._show(f"[{stage}] " + ", ".join(self._running), completed)
+        else:
+            self._show(None, completed)
 
     def stage_units(self, stage: str) -> float:
         return self.train_units * STAGE_WEIGHT.get(stage, 0.0)

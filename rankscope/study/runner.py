@@ -136,7 +136,7 @@ def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: l
         if run_finished(run):
             book.update(job, "skipped", book.previous_seconds(job.id))
             bar.start("train", f"{job.run} (finished, skipped)", run.train.steps)
-            bar.finish_job()
+            bar.finish_job(f"{job.run} (finished, skipped)")
         else:
             todo.append(job)
 
@@ -145,11 +145,11 @@ def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: l
         bar.start("train", job.run, by_name[job.run].train.steps)
 
     def poll(job: Job) -> None:
-        bar.advance_to(last_logged_step(by_name[job.run].run_dir))
+        bar.advance_to(last_logged_step(by_name[job.run].run_dir), job.run)
 
     def report(job: Job, state: str, seconds: float, error: str) -> None:
         book.update(job, state, seconds, error)
-        bar.finish_job()
+        bar.finish_job(job.run)
         if state == "failed":
             bar.log(f"[red]train {job.run} failed[/red]: {error.splitlines()[-1] if error else ''}")
 
@@ -159,7 +159,7 @@ def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: l
         folder = Path(cfg.launcher.folder) if cfg.launcher.folder else out_dir / "submitit"
         run_jobs_submitit(todo, cfg.launcher, folder, report, before)
     else:
-        run_jobs_local(todo, out_dir / "logs", report, before, poll)
+        run_jobs_local(todo, out_dir / "logs", report, before, poll, parallel=cfg.launcher.parallel)
 
 
 def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: StatusBook,
