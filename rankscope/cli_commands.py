@@ -33,7 +33,8 @@ def analyze(
     out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Folder for diagnostics.parquet/csv and the cache."),
     metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="Metric ids or groups (default: the 16 headline metrics)."),
     mode: str = typer.Option("default", help="default (corrected) | faithful (the release's conventions)."),
-    n_tokens: int = typer.Option(65536, help="Held-out token budget shared by every point, direction and checkpoint."),
+    n_tokens: int = typer.Option(4096, help="Held-out token budget shared by every point, direction and checkpoint "
+                                 "(the study used 65536)."),
     settings: Optional[str] = typer.Option(None, help="JSON per-group settings, e.g. '{\"landscape_random\": {\"n_directions\": 8}}'."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),

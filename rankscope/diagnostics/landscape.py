@@ -6,9 +6,13 @@ L_j(α) = L(θ0 + α d_j); L̄ = mean_j L_j; V(α) = var_j L_j(α) (ddof 1: the 
 * Average variance = mean over all grid points of V(α) (V(0) = 0 is included; a constant factor).
 * Centre gap = L̄(0) − min L̄ (> 0 means θ0 is not the minimum of the averaged line).
 
-Defaults are sized for the CPU demo (6 runs × 5 checkpoints of the tiny preset in minutes on 2 cores):
-4 random directions and 512 evaluation tokens per point; sharpness is a loss *difference* on the same
-tokens, so token noise largely cancels. The paper-scale setting is ``n_directions=100`` and a 65k budget.
+Defaults are sized so that every headline metric of 6 runs × 5 checkpoints of the tiny preset takes under
+5 minutes on 2 cores: 4 random directions (standard error across them reported), 7 grid points, top-3 SVD
+components and 512 evaluation tokens per point; sharpness is a loss *difference* on the same tokens, so
+token noise largely cancels. S depends on the grid (½·mean α_k²·dᵀHd), so compare values computed with
+the same grid; the settings are stored with every row. The study's setting is ``n_directions=100``,
+``n_points=25``, K = 10 and a 65k-token budget (pass them with ``--settings``; faithful mode uses the
+release's grids).
 
 Curves go into the table as ``*_curve`` rows (scope ``curve``, ``name`` = α as text, value = mean loss,
 stderr across directions), which the report can plot directly.
@@ -133,10 +137,10 @@ def curve_rows(ctx: AnalysisContext, metric: str, alphas: np.ndarray, mean: np.n
 @diagnostic(
     "landscape_random", kind="checkpoint", axis="landscape",
     metrics=("rand_sharpness", "rand_variance", "rand_center_gap", "rand_curve"),
-    n_directions=4, half_width=0.003, n_points=25, filter_normalize=False, perturb_1d=True, max_tokens=512,
+    n_directions=4, half_width=0.003, n_points=7, filter_normalize=False, perturb_1d=True, max_tokens=512,
 )
 def landscape_random(
-    ctx: AnalysisContext, n_directions: int = 4, half_width: float = 0.003, n_points: int = 25,
+    ctx: AnalysisContext, n_directions: int = 4, half_width: float = 0.003, n_points: int = 7,
     filter_normalize: bool = False, perturb_1d: bool = True, max_tokens: int | None = 512,
 ) -> list[Row]:
     """Sharpness and variance along ``n_directions`` seeded N(0,1) directions on every named parameter.
@@ -196,14 +200,14 @@ def _svd_landscape(ctx: AnalysisContext, prefix: str, sigma_weighted: bool, k: i
 @diagnostic(
     "landscape_svd", kind="checkpoint", axis="landscape",
     metrics=("pca_top1_sharpness", "pca_topk_sharpness", "pca_topk_variance", "pca_top1_curve", "pca_topk_curve"),
-    k=10, half_width=0.25, n_points=11, one_d="frozen", max_tokens=512,
+    k=3, half_width=0.25, n_points=7, one_d="frozen", max_tokens=512,
 )
-def landscape_svd(ctx: AnalysisContext, k: int = 10, half_width: float = 0.25, n_points: int = 11,
+def landscape_svd(ctx: AnalysisContext, k: int = 3, half_width: float = 0.25, n_points: int = 7,
                   one_d: str = "frozen", max_tokens: int | None = 512) -> list[Row]:
     """The release's "PCA" landscape: every 2-D matrix moves along its own k-th rank-1 SVD component.
 
-    Default: dense weights, 1-D tensors frozen, grid ±0.25 with 11 points (the release: 101 points, step
-    0.005, and 1-D tensors scaled by (1+α); both in faithful mode).
+    Default: dense weights, 1-D tensors frozen, top-3 components, grid ±0.25 with 7 points (the release:
+    K = 10, 101 points, step 0.005, and 1-D tensors scaled by (1+α); grid and scaling in faithful mode).
     """
     return _svd_landscape(ctx, "pca", False, k, half_width, n_points, one_d, max_tokens)
 
@@ -212,9 +216,9 @@ def landscape_svd(ctx: AnalysisContext, k: int = 10, half_width: float = 0.25, n
     "landscape_svd_sigma", kind="checkpoint", axis="landscape",
     metrics=("pca_sigma_top1_sharpness", "pca_sigma_topk_sharpness", "pca_sigma_topk_variance",
              "pca_sigma_top1_curve", "pca_sigma_topk_curve"),
-    k=10, half_width=0.05, n_points=11, max_tokens=512,
+    k=3, half_width=0.05, n_points=7, max_tokens=512,
 )
-def landscape_svd_sigma(ctx: AnalysisContext, k: int = 10, half_width: float = 0.05, n_points: int = 11,
+def landscape_svd_sigma(ctx: AnalysisContext, k: int = 3, half_width: float = 0.05, n_points: int = 7,
                         max_tokens: int | None = 512) -> list[Row]:
     """Sigma-weighted variant d = σ_k u_k v_kᵀ. Faithful mode uses the release's 26-point grid, which
     lacks α = 0: its middle point (α = +0.002) then serves as the centre, as in the release."""

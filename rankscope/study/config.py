@@ -35,7 +35,7 @@ class AnalysisSettings:
 
     metrics: tuple[str, ...] | None = None  # metric ids or group names (None: the 16 headline metrics)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-group overrides, e.g. landscape_random
-    n_tokens: int = 65536  # shared evaluation budget in non-pad tokens (diagnostics.md §1)
+    n_tokens: int = 4096  # shared evaluation budget in non-pad tokens (the study: 65536, set by paper presets)
     mode: str = "default"  # default | faithful (the release's quirks)
     device: str = "cpu"  # device the diagnostics run on
 
