@@ -38,6 +38,8 @@ def analyze(
     settings: Optional[str] = typer.Option(None, help="JSON per-group settings, e.g. '{\"landscape_random\": {\"n_directions\": 8}}'."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
+    workers: int = typer.Option(1, help="CPU worker processes (each gets cores // workers threads); 2 is ~25 % "
+                                "faster than 1 on a 2-core machine."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Compute the study's diagnostics for every checkpoint of the given runs (cached per checkpoint)."""
@@ -45,7 +47,7 @@ def analyze(
 
     frame = run_analyze(run_dirs, metrics=metrics or None, out=out, mode=mode, n_tokens=n_tokens,
                         settings=_json_option(settings, "--settings"), device=device, progress=not quiet,
-                        use_cache=not no_cache)
+                        use_cache=not no_cache, workers=workers)
     typer.echo(f"{len(frame)} rows -> {out / 'diagnostics.parquet'}")
 
 

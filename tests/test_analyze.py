@@ -84,7 +84,7 @@ def test_second_call_does_no_work_and_new_checkpoints_are_computed(tmp_path, cou
 
     second = analyze([full, cola], metrics=METRICS, out=out, batch=_batch(), progress=False)
     assert counted == {"spectra": 4, "update_spectra": 2, "activations": 4}  # all from the cache
-    timings = json.loads((out / "timings.json").read_text())["groups"]
+    timings = json.loads((out / "analysis_timings.json").read_text())["groups"]
     assert timings["spectra"]["cached"] == 4 and timings["spectra"]["computed"] == 0
     key = ["run", "step", "metric", "scope", "name", "space"]
     pd_first, pd_second = (f.sort_values(key).reset_index(drop=True) for f in (first, second))
@@ -156,3 +156,20 @@ def test_end_to_end_with_trained_smoke_runs(tmp_path):
     cka = df[(df.metric == "act_cka") & (df.scope == "model")]
     assert len(cka) == 4 and cka.value.between(0, 1 + 1e-9).all()
     assert set(df[df.metric == "dw_rel_fro"].step_b.dropna()) == {4}
+
+
+def test_worker_processes_give_the_same_table(tmp_path):
+    """workers=2 (spawned processes, one thread each) computes exactly what the in-process path does,
+    including an interpolation group whose end-point memo only lives inside a worker."""
+    full = _make_run(tmp_path / "runs", "full", "full_rank", [1, 2])
+    relora = _make_run(tmp_path / "runs", "relora", "relora", [1, 2])
+    metrics = ["w_erank", "act_cka", "imib", "ckpt_barrier"]
+    settings = {"imib": {"n_points": 3}, "ckpt_interpolation": {"n_points": 3}}
+    one = analyze([full, relora], metrics=metrics, out=tmp_path / "a", batch=_batch(), progress=False,
+                  settings=settings)
+    two = analyze([full, relora], metrics=metrics, out=tmp_path / "b", batch=_batch(), progress=False,
+                  settings=settings, workers=2)
+    assert not one.note.astype(str).str.startswith("error").any()
+    key = ["run", "step", "metric", "scope", "name", "space"]
+    assert one[key].equals(two[key])  # same rows in the same order
+    assert one.value.fillna(-1).tolist() == pytest.approx(two.value.fillna(-1).tolist(), rel=1e-12, abs=1e-12)

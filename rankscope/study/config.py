@@ -38,6 +38,7 @@ class AnalysisSettings:
     n_tokens: int = 4096  # shared evaluation budget in non-pad tokens (the study: 65536, set by paper presets)
     mode: str = "default"  # default | faithful (the release's quirks)
     device: str = "cpu"  # device the diagnostics run on
+    workers: int = 1  # CPU worker processes for analysis (each gets cpu_count // workers threads)
 
 
 @dataclass(frozen=True)

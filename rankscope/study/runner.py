@@ -19,6 +19,7 @@ caller gets ``StudyResult.failed`` to set the exit code once everything else is 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -97,10 +98,13 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     book = StatusBook(out_dir / "status.json", jobs)
     book.write()
     with _terminate_as_exit(), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
+        t0 = time.perf_counter()
         _train_stage(cfg, out_dir, runs, jobs, book, bar)
+        ran = any(j.stage == "train" and j.state in ("done", "failed") for j in book.jobs.values())
+        train_wall = time.perf_counter() - t0 if ran else None
         finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
-        _later_stages(cfg, out_dir, finished, book, bar)
-    result = StudyResult(out_dir, list(book.jobs.values()), _write_timings(results, book))
+        _later_stages(cfg, out_dir, finished, book, bar, train_wall)
+    result = StudyResult(out_dir, list(book.jobs.values()), _write_timings(results, book, train_wall))
     report = out_dir / "report.html"
     result.report = report if report.is_file() and book.jobs["report"].state == "done" else None
     if progress:
@@ -163,7 +167,7 @@ def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: l
 
 
 def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: StatusBook,
-                  bar: StudyProgress) -> None:
+                  bar: StudyProgress, train_wall: float | None = None) -> None:
     results = out_dir / "results"
     not_trained = [j.run for j in book.jobs.values() if j.stage == "train" and j.state == "failed"]
     steps: list[tuple[str, Callable[[], stages.Stamp | None], Callable[[], object], tuple[str, ...]]] = [
@@ -189,7 +193,7 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
             job = book.jobs[stage]
             if job.state in ("done", "skipped") and note not in job.error:
                 book.update(job, job.state, None, note)
-    _write_timings(results, book)
+    _write_timings(results, book, train_wall)
     bar.start("report", "report.html", bar.stage_units("report"))
     _run_stage(book.jobs["report"], None, lambda: stages.run_report(out_dir), book, out_dir)
     bar.finish_job()
@@ -218,9 +222,22 @@ def _run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object],
     book.update(job, "done", time.perf_counter() - t0)
 
 
-def _write_timings(results: Path, book: StatusBook) -> dict[str, float]:
-    """Seconds per stage of the work behind the current results (skipped jobs keep their earlier cost)."""
+def _write_timings(results: Path, book: StatusBook, train_wall: float | None = None) -> dict[str, float]:
+    """Wall seconds per stage of the work behind the current results (skipped jobs keep their earlier cost).
+
+    ``train`` is the stage's wall time; with ``launcher.parallel`` > 1 it is less than ``train_jobs``, the
+    sum of the jobs' own times. A re-run that trained nothing keeps the recorded wall time.
+    """
+    path = results / "timings.json"
     timings = book.stage_seconds()
+    jobs_sum = timings["train"]
+    if train_wall is None:
+        try:
+            train_wall = float(json.loads(path.read_text()).get("train", jobs_sum))
+        except (OSError, ValueError):
+            train_wall = jobs_sum
+    timings["train"] = round(min(train_wall, jobs_sum) if jobs_sum else train_wall, 3)
     timings["total"] = round(sum(timings.values()), 3)
-    write_json_atomic(results / "timings.json", timings)
+    timings["train_jobs"] = jobs_sum
+    write_json_atomic(path, timings)
     return timings

@@ -70,7 +70,7 @@ def run_analyze(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path, prog
     a = cfg.analysis
     analyze([r.run_dir for r in runs], metrics=list(a.metrics) if a.metrics else None, out=results, mode=a.mode,
             n_tokens=a.n_tokens, settings={k: dict(v) for k, v in a.settings.items()}, device=a.device,
-            progress=progress)
+            progress=progress, workers=a.workers)
 
 
 def eval_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
