@@ -171,6 +171,9 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
 
     rows: list[Row] = []
     timings: dict[str, dict[str, float]] = {}
+    if workers > 1 and not str(device).startswith("cpu"):
+        log.info("analyze: workers=%d ignored on %s (worker processes are for CPU analysis)", workers, device)
+        workers = 1
     pool = _Pool(workers)
     with _progress(progress) as bar, pool:
         for name, diag in groups.items():
