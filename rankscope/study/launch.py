@@ -6,6 +6,7 @@ that job only; the study records the error and goes on with the others.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -54,46 +55,20 @@ def thread_env(parallel: int) -> dict[str, str]:
     return env
 
 
-def run_local(job: Job, log_path: Path, poll: Callable[[], None] | None = None) -> tuple[bool, str]:
-    """Run one job's command, logging to ``log_path``; ``poll`` is called about once a second while it runs.
-
-    Returns (ok, error text)."""
-    proc, log = _start(job, log_path, child_env())
-    try:
-        while True:
-            try:
-                code = proc.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                if poll is not None:
-                    poll()
-    except BaseException:  # Ctrl-C or an error in the study: do not leave the job running alone
-        proc.kill()
-        proc.wait()
-        log.close()
-        raise
-    return _finish(code, log, log_path)
-
-
 def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Callable[[Job], None],
                    poll: Callable[[Job], None] | None = None, parallel: int = 1) -> None:
     """``parallel`` jobs at a time (default one: a CPU study shares its cores, a GPU job uses all local
-    GPUs). One loop in this thread starts, polls and reaps the processes, so callbacks never race."""
-    if parallel <= 1:
-        for job in jobs:
-            before(job)
-            t0 = time.perf_counter()
-            ok, err = run_local(job, logs / f"{job.run}.log", (lambda j=job: poll(j)) if poll else None)
-            report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
-        return
+    GPUs). One loop in this thread starts, polls (about once a second) and reaps the processes, so the
+    callbacks never race."""
     env, queue, running = thread_env(parallel), list(jobs), []
     try:
         while queue or running:
-            while queue and len(running) < parallel:
+            while queue and len(running) < max(1, parallel):
                 job = queue.pop(0)
                 before(job)
                 running.append((job, *_start(job, logs / f"{job.run}.log", env), time.perf_counter()))
-            time.sleep(1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # wake as soon as the oldest job ends
+                running[0][1].wait(timeout=1.0)
             for entry in list(running):
                 job, proc, log, t0 = entry
                 code = proc.poll()
