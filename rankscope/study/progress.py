@@ -63,23 +63,17 @@ class StudyProgress:
         self._running[job] = [stage, units, 0.0]
         self._refresh()
 
-    def advance_to(self, units_in_job: float, job: str | None = None) -> None:
-        entry = self._entry(job)
+    def advance_to(self, units_in_job: float, job: str) -> None:
+        entry = self._running.get(job)
         if entry is not None:
             entry[2] = min(units_in_job, entry[1])
             self._refresh()
 
-    def finish_job(self, job: str | None = None) -> None:
-        key = job if job is not None else next(reversed(self._running), None)
-        entry = self._running.pop(key, None) if key is not None else None
+    def finish_job(self, job: str) -> None:
+        entry = self._running.pop(job, None)
         if entry is not None:
             self._done += entry[1]
         self._refresh()
-
-    def _entry(self, job: str | None) -> list | None:
-        if job is None:
-            return self._running[next(reversed(self._running))] if self._running else None
-        return self._running.get(job)
 
     def _refresh(self) -> None:
         completed = self._done + sum(e[2] for e in self._running.values())

@@ -179,14 +179,15 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
     ]
     for stage, make_stamp, work, needs in steps:
         job = book.jobs[stage]
-        bar.start(stage, f"{len(runs)} run(s)", bar.stage_units(stage))
+        what = f"{len(runs)} run(s)"
+        bar.start(stage, what, bar.stage_units(stage))
         blocked = [n for n in needs if book.jobs[n].state not in ("done", "skipped")]
         if not runs or blocked:
             why = f"needs {', '.join(blocked)}, which failed" if blocked else "no run finished training"
             book.update(job, "failed", 0.0, f"not run: {why}")
         else:
             _run_stage(job, make_stamp(), work, book, out_dir)
-        bar.finish_job()
+        bar.finish_job(what)
     if not_trained:
         note = f"runs {', '.join(not_trained)} failed to train and are left out"
         for stage in ("analyze", "eval", "predict"):
@@ -196,7 +197,7 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
     _write_timings(results, book, train_wall)
     bar.start("report", "report.html", bar.stage_units("report"))
     _run_stage(book.jobs["report"], None, lambda: stages.run_report(out_dir), book, out_dir)
-    bar.finish_job()
+    bar.finish_job("report.html")
 
 
 def _run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,
