@@ -15,6 +15,7 @@ L_A, L_B are the α = 0 and α = 1 curve points, and the argmax α is in the row
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,15 @@ def interpolate(model: torch.nn.Module, theta_b: dict[str, torch.Tensor], alphas
 
 
 def _end(run: RunHandle, step: int, space: str, batch, device: str) -> tuple[dict, tuple]:
-    """(memo, key) of one checkpoint's per-sequence losses on ``batch`` (identified by storage and shape)."""
-    ids = batch.input_ids
-    return run.memo, ("seq_loss", step, space, ids.data_ptr(), tuple(ids.shape), batch.micro_batch, str(device))
+    """(memo, key) of one checkpoint's per-sequence losses on ``batch``.
+
+    The batch is identified by its content (a hash of ids and labels), not its storage address, which a
+    later batch could reuse once this one is freed.
+    """
+    digest = hashlib.sha1(batch.input_ids.cpu().numpy().tobytes())
+    digest.update(batch.labels.cpu().numpy().tobytes())
+    key = ("seq_loss", step, space, tuple(batch.input_ids.shape), digest.hexdigest(), batch.micro_batch, str(device))
+    return run.memo, key
 
 
 def _rows(ctx: AnalysisContext, names: tuple[str, str, str, str], b: Barrier, se: tuple,
