@@ -56,6 +56,7 @@ def evaluate(
     run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
     steps: str = typer.Option("final", help="final | all | comma-separated steps."),
     tasks: Optional[list[str]] = typer.Option(None, "--task", help="Offline task names (default: all)."),
+    # = downstream.evaluate.DEFAULT_MAX_ITEMS (a literal so `--help` needs no torch import; a test ties them)
     max_items: int = typer.Option(300, help="Items per task (0: all), sampled with a fixed seed."),
     out: Optional[Path] = typer.Option(None, help="Also write a combined downstream table here."),
     lm_eval: bool = typer.Option(False, "--lm-eval", help="Cross-check through lm-evaluation-harness."),

@@ -76,3 +76,14 @@ def test_help_lists_every_subcommand():
     proc = _cli("--help")
     for cmd in ("train", "analyze", "eval", "predict", "study", "report", "methods", "export-hf"):
         assert cmd in proc.stdout
+
+
+def test_eval_max_items_default_is_the_api_default():
+    import inspect
+
+    from rankscope import cli_commands
+    from rankscope.downstream.commands import cmd_eval
+    from rankscope.downstream.evaluate import DEFAULT_MAX_ITEMS
+
+    cli_default = inspect.signature(cli_commands.evaluate).parameters["max_items"].default.default
+    assert cli_default == inspect.signature(cmd_eval).parameters["max_items"].default == DEFAULT_MAX_ITEMS

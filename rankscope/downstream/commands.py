@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from rankscope.downstream.evaluate import DEFAULT_MAX_ITEMS
 from rankscope.errors import UserError
 
 
 def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequence[str] | None = None,
-             max_items: int | None = 200, out: str | Path | None = None, seed: int = 0,
+             max_items: int | None = DEFAULT_MAX_ITEMS, out: str | Path | None = None, seed: int = 0,
              bootstrap_iters: int = 1000, lm_eval: bool = False, online: bool = False,
              device: str = "cpu") -> pd.DataFrame:
     """Score runs on the offline tasks (native scorer; ``lm_eval=True`` cross-checks through lm-eval).
