@@ -58,6 +58,7 @@ from _harness import (  # noqa: E402
 from rankscope.config import DataConfig, RunConfig, TrainConfig  # noqa: E402
 from rankscope.models.llama import LlamaLM, flops_per_token, target_shapes  # noqa: E402
 from rankscope.models.presets import model_config  # noqa: E402
+from rankscope.training.allocator import retain_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "train.json"
 LONG_RUN = 10_000  # cfg.train.steps: far past stop_after, so no end-of-run eval or checkpoint is triggered
@@ -77,11 +78,15 @@ def ceiling_shapes(preset: str, tokens: int) -> dict[str, tuple[int, int, int]]:
 
 
 # --- the two implementations --------------------------------------------------------------------------------
+RETAIN = True  # set from --malloc in main(): the trainer's allocator setting (both loops share the process)
+
+
 def run_cfg(preset: str, batch: int, seq: int, out_dir: str, name: str) -> RunConfig:
     return RunConfig(
         name=name, out_dir=out_dir, model=preset, method="full_rank", data=DataConfig(seq_len=seq),
         train=TrainConfig(steps=LONG_RUN, micro_batch_size=batch, log_every=1, eval_every=0, eval_tokens=seq,
-                          save_every=0, precision="fp32", device="cpu", seed=0),
+                          save_every=0, precision="fp32", device="cpu", seed=0,
+                          retain_cpu_memory=RETAIN),
     )
 
 
@@ -252,7 +257,14 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=20, help="GEMM calls per shape for the ceiling")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--profile", metavar="PRESET", help="only profile both loops on PRESET, write a text report")
+    ap.add_argument("--malloc", choices=("retain", "system"), default="retain",
+                    help="retain: the trainer's default glibc setting (training/allocator.py), applied to the whole "
+                         "process so both loops get it; system: glibc defaults for both")
     args = ap.parse_args()
+    global RETAIN
+    RETAIN = args.malloc == "retain"
+    if RETAIN and not retain_freed_memory():
+        print("note: not glibc, --malloc retain has no effect")
     torch.set_num_threads(args.threads)
     tokens = args.batch * args.seq
 
@@ -262,6 +274,7 @@ def main() -> None:
         return
 
     info = system_info()
+    info["malloc"] = ("glibc mallopt: no mmap, no trim (training/allocator.py)" if RETAIN else "glibc defaults")
     print(json.dumps(info, indent=1))
     shapes: dict[str, tuple[int, int, int]] = {}
     for p in args.presets:
@@ -319,7 +332,8 @@ def main() -> None:
         "command": " ".join([".venv/bin/python"] + sys.argv),
         "settings": {"presets": args.presets, "batch": args.batch, "seq": args.seq, "warmup": args.warmup,
                      "steps": args.steps, "repeats": args.repeats, "threads": args.threads, "calls": args.calls,
-                     "method": "full_rank (fused AdamW)", "precision": "fp32", "clean_limit": CLEAN_LIMIT},
+                     "method": "full_rank (fused AdamW)", "precision": "fp32", "clean_limit": CLEAN_LIMIT,
+                     "malloc": args.malloc},
         "system": {**info, "loadavg_end": list(__import__("os").getloadavg()), "wall_seconds": time.time() - t_start},
         "gemm_ceiling": ceiling,
         "results": results,

@@ -62,6 +62,7 @@ class TrainConfig:
     faithful_release: bool = False  # reproduce the released reference code's quirks (methods.md §3)
     eval_loss: str = "token_mean"  # token_mean | batch_mean | batch_mean_n_plus_1 (release quirk Q6)
     max_bad_steps: int = 0  # non-finite losses tolerated before the run stops (0: stop at the first)
+    retain_cpu_memory: bool = True  # CPU: glibc keeps freed pages for the next step (no re-faulting; training/allocator.py)
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16-autocast", "bf16-pure"))
@@ -136,7 +137,8 @@ class RunConfig:
         """Hash of everything that changes the training trajectory (not where it is written or logged)."""
         d = self.to_dict()
         d.pop("name"), d.pop("out_dir")
-        for k in ("eval_every", "eval_tokens", "save_every", "save_steps", "log_every", "device", "eval_loss"):
+        for k in ("eval_every", "eval_tokens", "save_every", "save_steps", "log_every", "device", "eval_loss",
+                  "retain_cpu_memory"):
             d["train"].pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

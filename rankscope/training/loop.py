@@ -25,6 +25,7 @@ from rankscope.methods.base import Method
 from rankscope.models.llama import LlamaLM, lm_loss, lm_loss_sums
 from rankscope.training import checkpoint as ckpt
 from rankscope.training import dist
+from rankscope.training.allocator import retain_freed_memory
 from rankscope.training.logging import MetricsLog
 from rankscope.training.run_folder import prepare_run_folder, write_meta
 
@@ -108,6 +109,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
 
     t = cfg.train
     info = dist.setup(t.device)
+    if info.device.type == "cpu" and t.retain_cpu_memory:
+        retain_freed_memory()
     model_cfg = cfg.model_config()
     method = cfg.build_method()
     if t.dist == "fsdp" and info.distributed and not method.supports_fsdp:
