@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rankscope.diagnostics import spectra as spectra_mod
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch, RunHandle
 from rankscope.diagnostics.registry import all_diagnostics, group_of_metric
 from rankscope.diagnostics.spectra import matrix_metrics, power_law_alpha, spectral_metrics
@@ -54,6 +55,19 @@ def test_wide_matrix_is_decomposed_as_its_transpose_with_the_same_metrics():
     wide = _with_spectrum([4, 2, 1, 1, 0, 0], 8, 6).T  # 6×8: the SVD runs on the (faster) tall view
     assert matrix_metrics(wide) == pytest.approx(matrix_metrics(wide.T.contiguous()), rel=1e-6, nan_ok=True)
     assert matrix_metrics(wide)["rank"] == 4
+
+
+@pytest.mark.parametrize("m", [32 * 8 * 16 + 37, 32 * 8 * 16])  # block remainder / none (n = 8: blocks of 128)
+def test_very_tall_matrix_blocked_qr_keeps_the_exact_spectrum(m):
+    sv = [5.0, 3.0, 1.0, 0.5, 1e-2, 0, 0, 0]  # rank 5 (1e-2 is above the 2.5e-3 tolerance), exact zeros
+    tall = _with_spectrum(sv, m, 8)
+    assert torch.get_num_threads() == 1 and m >= spectra_mod.TSQR_MIN_ASPECT * 8  # the blocked path runs
+    got = spectra_mod.singular_values(tall)
+    assert got.shape == (8,)
+    assert torch.allclose(got.double(), torch.tensor(sv, dtype=torch.float64), atol=5e-6)
+    assert torch.allclose(spectra_mod.singular_values(tall.T), got)  # wide input: its transpose
+    metrics = matrix_metrics(tall, alpha=False)
+    assert metrics["rank"] == 5 and metrics["fro"] == pytest.approx(math.sqrt(sum(s * s for s in sv)), rel=1e-6)
 
 
 def test_identity_and_rank_one():

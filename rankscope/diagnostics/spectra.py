@@ -120,16 +120,38 @@ def power_law_alpha(s: torch.Tensor, n_min: int = 10, ww_compat: bool = False,
                 "alpha_n_tail": float(n_tail[best]), "alpha_ks": float(ks[best])}
 
 
+#: Blocked QR first (TSQR) for matrices at least this many times taller than wide, in blocks of
+#: TSQR_BLOCK·n rows. Measured on 1 thread (docs/benchmarks.md): 32000×256 159 → 129 ms, 32000×512 601 →
+#: 443 ms, same accuracy as svdvals (both Householder); on 2 threads gesdd's own QR parallelises better
+#: (83 vs 94 ms), so the blocked path is taken only when torch runs single-threaded (analysis workers).
+TSQR_MIN_ASPECT = 32
+TSQR_BLOCK = 16
+
+
+def singular_values(a: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.svdvals`` of a matrix (descending), computed on its cheapest equivalent.
+
+    The SVD runs on the tall orientation (Aᵀ when m < n, a free view): same singular values, but MKL's
+    gesdd is ~2.4x slower on a wide matrix than on its transpose (down_proj 256×688: 17.6 vs 6.9 ms).
+    A very tall A (embeddings, lm_head: 32000×d) on one CPU thread is first reduced to the stacked R
+    factors of cache-sized row blocks, which have A's singular values: A = blockdiag(Q_i)·[R_1; ...; R_k].
+    """
+    if a.shape[-2] < a.shape[-1]:
+        a = a.mT
+    m, n = a.shape
+    if a.device.type == "cpu" and torch.get_num_threads() == 1 and m >= TSQR_MIN_ASPECT * n:
+        block = TSQR_BLOCK * n
+        k = m // block
+        r = torch.linalg.qr(a[: k * block].reshape(k, block, n), mode="r").R
+        a = torch.cat([r.reshape(k * n, n), a[k * block:]])
+    return torch.linalg.svdvals(a)
+
+
 def matrix_metrics(w: torch.Tensor, dtype: torch.dtype = torch.float32, tol_mode: str = "default",
                    alpha: bool = True, n_min: int = 10, ww_compat: bool = False) -> dict[str, float]:
-    """svdvals of one matrix (in ``dtype``) and every metric derived from it.
-
-    The SVD runs on the tall orientation (Wᵀ when m < n, a free view): same singular values, but MKL's
-    gesdd is ~2.4x slower on a wide matrix than on its transpose (down_proj 256×688: 17.6 vs 6.9 ms).
-    """
+    """Singular values of one matrix (in ``dtype``, :func:`singular_values`) and every metric derived from it."""
     eps = max(torch.finfo(dtype).eps, torch.finfo(w.dtype).eps) if w.is_floating_point() else None
-    a = w.detach().to(dtype)
-    s = torch.linalg.svdvals(a.mT if a.shape[-2] < a.shape[-1] else a)
+    s = singular_values(w.detach().to(dtype))
     out = spectral_metrics(s, tuple(w.shape), tol_mode, eps)
     if alpha:
         out.update(power_law_alpha(s, n_min=n_min, ww_compat=ww_compat))

@@ -44,34 +44,41 @@ class FiraAdamW(GaLoreAdamW):
 
     def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor,
                       direction: torch.Tensor, step_size: float, group: dict[str, Any]) -> None:
-        residual = self._residual(p.grad, st["projector"], compact, direction, group)
-        self._limit(residual, st, group["limiter_gamma"])
+        raw, phi, dim = self._residual(p.grad, st["projector"], compact, direction, group)
+        coeff = self._limit(raw, phi, dim, st, group["limiter_gamma"])
         super()._apply_update(p, st, compact, direction, step_size, group)  # α·B(N)
-        p.add_(residual, alpha=-step_size)
+        p.addcmul_(raw, coeff, value=-step_size)  # S = (φ/c) ⊙ raw, never materialised
 
     @staticmethod
     def _residual(grad: torch.Tensor, basis: torch.Tensor, compact: torch.Tensor, direction: torch.Tensor,
-                  group: dict[str, Any]) -> torch.Tensor:
-        """S = φ ⊙ (G − β·B(R)), β = α (release) or 1 (paper), as one GEMM into a fresh m×n tensor."""
+                  group: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """G − β·B(R) (β = α in the release, 1 in the paper) as one GEMM, and φ with the axis it varies along.
+
+        φ is one factor per row (right side: R, N are m×r) or per column (left side: r×n), returned with
+        keepdim so that it broadcasts against the m×n residual.
+        """
         beta = group["scale"] if group["residual_alpha_scaled"] else 1.0
-        if projection_side(grad.shape) == "right":  # R, N are m×r: one factor per row
-            residual = torch.addmm(grad, compact, basis.t(), alpha=-beta)
-            dim = 1
-        else:  # R, N are r×n: one factor per column
-            residual = torch.addmm(grad, basis, compact, alpha=-beta)
-            dim = 0
+        if projection_side(grad.shape) == "right":
+            raw, dim = torch.addmm(grad, compact, basis.t(), alpha=-beta), 1
+        else:
+            raw, dim = torch.addmm(grad, basis, compact, alpha=-beta), 0
         phi = torch.linalg.vector_norm(direction, dim=dim, keepdim=True) / (
             torch.linalg.vector_norm(compact, dim=dim, keepdim=True) + PHI_EPS
         )
-        return residual.mul_(phi)
+        return raw, phi, dim
 
     @staticmethod
-    def _limit(residual: torch.Tensor, st: dict[str, Any], gamma: float) -> None:
-        """Norm-growth limiter in place; tensor ops only (no host sync)."""
-        norm = torch.linalg.vector_norm(residual)
+    def _limit(raw: torch.Tensor, phi: torch.Tensor, dim: int, st: dict[str, Any], gamma: float) -> torch.Tensor:
+        """Norm-growth limiter; returns the per-row/column factor φ/c that turns ``raw`` into S.
+
+        ‖S‖ = ‖φ ⊙ raw‖ comes from the norms of raw along φ's axis (φ is constant there), so the scaled
+        residual is never written out: one read pass instead of scale, norm and divide passes. Tensor ops
+        only (no host sync).
+        """
+        norm = torch.linalg.vector_norm(phi * torch.linalg.vector_norm(raw, dim=dim, keepdim=True))
         if "zeta" not in st:
             st["zeta"] = norm
-            return
+            return phi
         c = torch.clamp(norm / (st["zeta"] + ZETA_EPS), min=gamma) / gamma
-        residual.div_(c)
         st["zeta"] = norm / c
+        return phi / c
