@@ -14,7 +14,9 @@ One run measures, on 2 threads (performance.md §8 protocol):
    ``model(x)`` → fp32 cross-entropy → ``backward`` → ``step`` → ``zero_grad(set_to_none=True)``;
 3. warm-up ``--warmup`` steps, then ``--steps`` timed steps, per implementation and repeat; ``--repeats``
    repeats with the order alternating (trainer, bare / bare, trainer / ...);
-4. contention per step: other processes' share of the machine's CPU (``/proc/stat`` minus own CPU time);
+4. the allocator: by default the whole process runs with the trainer's glibc setting (``rankscope/allocator.py``,
+   freed pages kept for the next step); ``--malloc system`` runs both loops on glibc's defaults;
+5. contention per step: other processes' share of the machine's CPU (``/proc/stat`` minus own CPU time);
    steps above 5 % are flagged and left out of the minimum (if every step is flagged the minimum over all
    steps is reported and marked so).
 
@@ -55,10 +57,10 @@ from _harness import (  # noqa: E402
     write_json,
 )
 
+from rankscope.allocator import retain_freed_memory  # noqa: E402
 from rankscope.config import DataConfig, RunConfig, TrainConfig  # noqa: E402
 from rankscope.models.llama import LlamaLM, flops_per_token, target_shapes  # noqa: E402
 from rankscope.models.presets import model_config  # noqa: E402
-from rankscope.training.allocator import retain_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "train.json"
 LONG_RUN = 10_000  # cfg.train.steps: far past stop_after, so no end-of-run eval or checkpoint is triggered
@@ -258,7 +260,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--profile", metavar="PRESET", help="only profile both loops on PRESET, write a text report")
     ap.add_argument("--malloc", choices=("retain", "system"), default="retain",
-                    help="retain: the trainer's default glibc setting (training/allocator.py), applied to the whole "
+                    help="retain: the trainer's default glibc setting (rankscope/allocator.py), applied to the whole "
                          "process so both loops get it; system: glibc defaults for both")
     args = ap.parse_args()
     global RETAIN
@@ -274,7 +276,7 @@ def main() -> None:
         return
 
     info = system_info()
-    info["malloc"] = ("glibc mallopt: no mmap, no trim (training/allocator.py)" if RETAIN else "glibc defaults")
+    info["malloc"] = ("glibc mallopt: no mmap, no trim (rankscope/allocator.py)" if RETAIN else "glibc defaults")
     print(json.dumps(info, indent=1))
     shapes: dict[str, tuple[int, int, int]] = {}
     for p in args.presets:

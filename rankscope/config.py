@@ -62,7 +62,7 @@ class TrainConfig:
     faithful_release: bool = False  # reproduce the released reference code's quirks (methods.md §3)
     eval_loss: str = "token_mean"  # token_mean | batch_mean | batch_mean_n_plus_1 (release quirk Q6)
     max_bad_steps: int = 0  # non-finite losses tolerated before the run stops (0: stop at the first)
-    retain_cpu_memory: bool = True  # CPU: glibc keeps freed pages for the next step (no re-faulting; training/allocator.py)
+    retain_cpu_memory: bool = True  # CPU: glibc keeps freed pages for the next step (no re-faulting; rankscope/allocator.py)
 
     def __post_init__(self) -> None:
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16-autocast", "bf16-pure"))

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallo
 # minor page faults of the later rounds (glibc's memalign padding may grow the heap for a round or two first).
 PROBE = textwrap.dedent("""
     import resource, sys, torch
-    from rankscope.training.allocator import retain_freed_memory
+    from rankscope.allocator import retain_freed_memory
     applied = retain_freed_memory() if sys.argv[1] == "retain" else False
     def faults_per_round():
         out = []
@@ -43,6 +43,6 @@ def test_retained_memory_is_reused_without_page_faults():
 
 
 def test_retain_is_idempotent():
-    from rankscope.training.allocator import retain_freed_memory
+    from rankscope.allocator import retain_freed_memory
 
     assert retain_freed_memory() == retain_freed_memory()

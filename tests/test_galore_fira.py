@@ -220,33 +220,6 @@ def test_nonfinite_gradient_keeps_projector_and_skips(cls, caplog):
     assert bool(torch.isfinite(w).all()) and not torch.equal(opt.state[w]["projector"], before_p)
 
 
-@pytest.mark.parametrize("cls", [GaLoreAdamW, FiraAdamW])
-def test_concurrent_refresh_equals_serial_bit_for_bit(cls, monkeypatch):
-    """Two decompositions at once (the CPU default) give the serial bases, skips and counters exactly."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # 'auto' = 2 workers, without real threads
-    gen = torch.Generator().manual_seed(12)
-    shapes = [(40, 24), (24, 40), (32, 32), (48, 16)]
-    init = [torch.randn(s, generator=gen) for s in shapes]
-    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(7)]
-    grads[3][1][0, 0] = float("nan")  # counter 3 is a refresh: this parameter is skipped, the others not
-
-    def run(workers):
-        ps = [nn.Parameter(t.clone()) for t in init]
-        opt = cls([{"params": ps, "rank": 5, "update_proj_gap": 3}], lr=0.01, refresh_workers=workers)
-        assert opt._workers([(p, {}) for p in ps]) == (workers or 2)
-        for step_grads in grads:
-            for p, g in zip(ps, step_grads):
-                p.grad = g.clone()
-            opt.step()
-        return ps, opt
-
-    (ps_a, opt_a), (ps_b, opt_b) = run(1), run(None)
-    assert opt_a.nonfinite_skips == opt_b.nonfinite_skips == 1
-    for a, b in zip(ps_a, ps_b):
-        assert torch.equal(a, b) and torch.equal(opt_a.state[a]["projector"], opt_b.state[b]["projector"])
-        assert int(opt_a.state[a]["step"]) == int(opt_b.state[b]["step"])
-
-
 @pytest.mark.parametrize("form", ["torch", "folded"])
 @pytest.mark.parametrize("cls", [GaLoreAdamW, FiraAdamW])
 def test_state_dict_round_trip_is_bit_exact(cls, form):

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from rankscope.allocator import retain_freed_memory
 from rankscope.diagnostics.cache import RowCache, task_key
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch, RunHandle
 from rankscope.diagnostics.registry import Diagnostic, all_diagnostics, group_of_metric
@@ -171,6 +172,8 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
 
     rows: list[Row] = []
     timings: dict[str, dict[str, float]] = {}
+    if str(device).startswith("cpu"):
+        retain_freed_memory()  # forwards free and re-allocate the same logits buffers at every point
     if workers > 1 and not str(device).startswith("cpu"):
         log.info("analyze: workers=%d ignored on %s (worker processes are for CPU analysis)", workers, device)
         workers = 1
@@ -228,6 +231,7 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    retain_freed_memory()
 
 
 class _Pool:

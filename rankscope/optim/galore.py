@@ -31,7 +31,6 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -81,7 +80,6 @@ class GaLoreAdamW(Optimizer):
         projector: str = "gram_eigh",
         canonical_signs: bool = True,
         projector_fp64: bool = False,
-        refresh_workers: int | None = None,
         **extra_defaults: Any,
     ) -> None:
         if adam_form not in ADAM_FORMS:
@@ -95,7 +93,6 @@ class GaLoreAdamW(Optimizer):
         self.nonfinite_skips = 0  # parameter updates skipped because of a non-finite gradient at a refresh
         self.refresh_failures = 0  # refreshes whose decomposition failed in fp32 and fp64
         self._clamp_logged: set[tuple[int, int, int]] = set()
-        self.refresh_workers = refresh_workers  # concurrent decompositions at a refresh (None: 2 on CPU)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -166,56 +163,31 @@ class GaLoreAdamW(Optimizer):
             log.info("GaLore: rank %d clamped to min(m, n) = %d for a %dx%d matrix", r, min(m, n), m, n)
         return min(r, m, n)
 
-    def _refresh_due(self, due: list[tuple[torch.Tensor, dict[str, Any]]], group: dict[str, Any]) -> set[int]:
-        """New projectors for ``due`` (into their states); returns ids of parameters whose update is skipped.
-
-        The decompositions are independent, so on CPU two run at once (``refresh_workers``): LAPACK's eigh
-        is mostly latency-bound tridiagonalisation that a second thread barely speeds up, while two eighs
-        side by side do (60m, 2 threads: 19 → 15 ms per 512×512 eigh; the bases are bit-identical to the
-        serial ones).
-        """
-        jobs = [(p.grad, self._rank(p, group), st.get("projector"), f"{tuple(p.shape)} at step {int(st['step'])}")
-                for p, st in due]
-
-        def decompose(job: tuple) -> tuple[torch.Tensor | None, str]:
-            grad, rank, previous, name = job
-            return refresh_basis(grad, rank, previous, group["projector"], canonical_signs=group["canonical_signs"],
-                                 fp64=group["projector_fp64"], name=name)
-
-        workers = self._workers(due)
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(pool.map(decompose, jobs))
-        else:
-            results = [decompose(job) for job in jobs]
-        skipped = set()
-        for (p, st), (basis, status) in zip(due, results):
-            self.nonfinite_skips += status == "nonfinite_grad"
-            self.refresh_failures += status == "failed"
-            if status == "nonfinite_grad" or basis is None:
-                skipped.add(id(p))  # no usable projector for a finite step: skip, retry the refresh next step
-            else:
-                st["projector"] = basis.to(p.dtype)  # like the packages: the projector has the parameter's dtype
-        return skipped
-
-    def _workers(self, due: list[tuple[torch.Tensor, dict[str, Any]]]) -> int:
-        if len(due) < 2 or any(p.device.type != "cpu" for p, _ in due):
-            return 1
-        auto = min(2, torch.get_num_threads())  # a process given one thread keeps to one
-        return max(1, auto if self.refresh_workers is None else self.refresh_workers)
+    def _refresh(self, p: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> bool:
+        """New projector into ``st``; False when this parameter's update must be skipped."""
+        basis, status = refresh_basis(
+            p.grad, self._rank(p, group), st.get("projector"), group["projector"],
+            canonical_signs=group["canonical_signs"], fp64=group["projector_fp64"],
+            name=f"{tuple(p.shape)} at step {int(st['step'])}",
+        )
+        self.nonfinite_skips += status == "nonfinite_grad"
+        self.refresh_failures += status == "failed"
+        if status == "nonfinite_grad" or basis is None:
+            return False  # no usable projector for a finite step: skip, retry the refresh next step
+        st["projector"] = basis.to(p.dtype)  # like the packages: the projector has the parameter's dtype
+        return True
 
     def _projected_step(self, group: dict[str, Any]) -> None:
-        live = [(p, self.state[p]) for p in group["params"] if p.grad is not None]  # no grad: counter stays
-        for _, st in live:
+        items: list[tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue  # skipped: the counter does not advance (as in the packages)
+            st = self.state[p]
             if "step" not in st:
                 st["step"] = torch.zeros((), dtype=torch.float32)
-        gap = int(group["update_proj_gap"])
-        skipped = self._refresh_due(
-            [(p, st) for p, st in live if "projector" not in st or int(st["step"]) % gap == 0], group)
-        items: list[tuple[torch.Tensor, dict[str, Any], torch.Tensor]] = []
-        for p, st in live:
-            if id(p) in skipped:
-                continue
+            if "projector" not in st or int(st["step"]) % int(group["update_proj_gap"]) == 0:
+                if not self._refresh(p, st, group):
+                    continue
             compact = project(p.grad, st["projector"])
             if "exp_avg" not in st:
                 st["exp_avg"] = torch.zeros_like(compact)

@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rankscope.allocator import retain_freed_memory
 from rankscope.config import RunConfig
 from rankscope.errors import UserError
 from rankscope.methods.base import Method
 from rankscope.models.llama import LlamaLM, lm_loss, lm_loss_sums
 from rankscope.training import checkpoint as ckpt
 from rankscope.training import dist
-from rankscope.training.allocator import retain_freed_memory
 from rankscope.training.logging import MetricsLog
 from rankscope.training.run_folder import prepare_run_folder, write_meta
 
