@@ -124,7 +124,9 @@ def test_fira_matches_fira_package(shape, wd, alpha, scaled):
         compare_moments(ours, theirs, mine[:1], ref[:1])
         zeta_ours, zeta_ref = ours.state[mine[0]]["zeta"], theirs.state[ref[0]]["scaling_grad"]
         zeta_ref = torch.as_tensor(zeta_ref, dtype=torch.float32)
-        torch.testing.assert_close(zeta_ours, zeta_ref, rtol=1e-5, atol=0)
+        # ours derives ‖S‖ from ‖g‖² − (2β − β²)‖r‖² (S is never formed); with ~2 % of the energy outside
+        # the subspace that difference cancels to ~1e-5 relative, so ζ gets a looser bound than the weights
+        torch.testing.assert_close(zeta_ours, zeta_ref, rtol=1e-4, atol=0)
 
     run_pair(ours, theirs, mine, ref, scripted(shape, seed=4), check)
 
@@ -151,6 +153,20 @@ def test_canonical_signs_are_deterministic():
         torch.testing.assert_close(b, bases[0], atol=1e-4, rtol=0)
     top = bases[0].gather(0, bases[0].abs().argmax(0, keepdim=True))
     assert bool((top > 0).all())
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.25])
+@pytest.mark.parametrize("shape", [(40, 24), (24, 40)])
+def test_fira_residual_norms_equal_the_formed_residual(shape, beta):
+    """‖g − β·B(r)‖ along φ's axis from ‖g‖ and ‖r‖ alone equals the norm of the explicitly formed residual."""
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(13))
+    basis = proj.top_basis(g, 5)
+    compact = proj.project(g, basis)
+    side = proj.projection_side(g.shape)
+    dim = 1 if side == "right" else 0
+    formed = g - beta * proj.project_back(compact, basis, side)
+    got = FiraAdamW._residual_norms(g, compact, beta, dim)
+    torch.testing.assert_close(got, torch.linalg.vector_norm(formed, dim=dim, keepdim=True), rtol=1e-5, atol=1e-6)
 
 
 def test_gram_singular_values_clamped():

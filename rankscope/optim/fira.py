@@ -8,7 +8,8 @@ tensors-only state) is inherited from :class:`GaLoreAdamW`; this file only adds 
   at α = 0.25 it leaves 75 % of the in-subspace gradient in the residual);
 * norm-growth limiter with γ (1.01): first update ζ = ‖S‖; later c = max(‖S‖/(ζ+1e-8), γ)/γ, S ← S/c,
   ζ ← ‖S_before‖/c. ζ is one scalar tensor per matrix, state key ``zeta``;
-* W ← W − η·(α·B(N) + S): the residual gets the bias-corrected step but no α.
+* W ← W − η·(α·B(N) + S): the residual gets the bias-corrected step but no α. S is never formed: the
+  update is rearranged into one back-projection GEMM plus one pass over G (see ``_apply_update``).
 """
 
 from __future__ import annotations
@@ -44,38 +45,47 @@ class FiraAdamW(GaLoreAdamW):
 
     def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor,
                       direction: torch.Tensor, step_size: float, group: dict[str, Any]) -> None:
-        raw, phi, dim = self._residual(p.grad, st["projector"], compact, direction, group)
-        coeff = self._limit(raw, phi, dim, st, group["limiter_gamma"])
-        super()._apply_update(p, st, compact, direction, step_size, group)  # α·B(N)
-        p.addcmul_(raw, coeff, value=-step_size)  # S = (φ/c) ⊙ raw, never materialised
+        """W ← W − η·(α·B(N) + S) with S = (φ/c) ⊙ (G − β·B(R)), rearranged so that S is never formed.
 
-    @staticmethod
-    def _residual(grad: torch.Tensor, basis: torch.Tensor, compact: torch.Tensor, direction: torch.Tensor,
-                  group: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """G − β·B(R) (β = α in the release, 1 in the paper) as one GEMM, and φ with the axis it varies along.
-
-        φ is one factor per row (right side: R, N are m×r) or per column (left side: r×n), returned with
-        keepdim so that it broadcasts against the m×n residual.
+        φ scales rows (right side) or columns (left side), and such scalings commute with the
+        back-projection (diag(φ)·R·Bᵀ = (diag(φ)·R)·Bᵀ; likewise on the left), so
+        α·B(N) + S = B(α·N − β·(φ/c)⊙R) + (φ/c)⊙G: GaLore's one back-projection GEMM with a modified
+        compact matrix, plus one fused pass over G. That saves the m×r×n GEMM and the m×n temporary of
+        G − β·B(R). The limiter's ‖S‖ comes from :meth:`_residual_norms` without forming S either.
         """
         beta = group["scale"] if group["residual_alpha_scaled"] else 1.0
-        if projection_side(grad.shape) == "right":
-            raw, dim = torch.addmm(grad, compact, basis.t(), alpha=-beta), 1
-        else:
-            raw, dim = torch.addmm(grad, basis, compact, alpha=-beta), 0
+        dim = 1 if projection_side(p.shape) == "right" else 0  # φ is per row (right side) or per column
         phi = torch.linalg.vector_norm(direction, dim=dim, keepdim=True) / (
             torch.linalg.vector_norm(compact, dim=dim, keepdim=True) + PHI_EPS
         )
-        return raw, phi, dim
+        norm = torch.linalg.vector_norm(phi * self._residual_norms(p.grad, compact, beta, dim))
+        coeff = self._limit(norm, phi, st, group["limiter_gamma"])  # φ/c
+        mixed = torch.addcmul(direction * group["scale"], compact, coeff, value=-beta)  # α·N − β·(φ/c)⊙R
+        basis = st["projector"]
+        if dim == 1:
+            p.addmm_(mixed, basis.t(), alpha=-step_size)  # −η·B(mixed)
+        else:
+            p.addmm_(basis, mixed, alpha=-step_size)
+        p.addcmul_(p.grad, coeff, value=-step_size)  # −η·(φ/c)⊙G
 
     @staticmethod
-    def _limit(raw: torch.Tensor, phi: torch.Tensor, dim: int, st: dict[str, Any], gamma: float) -> torch.Tensor:
-        """Norm-growth limiter; returns the per-row/column factor φ/c that turns ``raw`` into S.
+    def _residual_norms(grad: torch.Tensor, compact: torch.Tensor, beta: float, dim: int) -> torch.Tensor:
+        """Norms of G − β·B(R) along φ's axis, from G's and R's norms alone (no m×n work beyond one read).
 
-        ‖S‖ = ‖φ ⊙ raw‖ comes from the norms of raw along φ's axis (φ is constant there), so the scaled
-        residual is never written out: one read pass instead of scale, norm and divide passes. Tensor ops
-        only (no host sync).
+        With R = G·B (rows; Bᵀ·G for columns) and orthonormal B: ‖g − β·g·B·Bᵀ‖² = ‖g‖² − (2β − β²)·‖r‖².
+        Summed in float64 and clamped at 0, since the difference cancels when g lies almost in the subspace.
         """
-        norm = torch.linalg.vector_norm(phi * torch.linalg.vector_norm(raw, dim=dim, keepdim=True))
+        g2 = torch.linalg.vector_norm(grad, dim=dim, keepdim=True, dtype=torch.float64).square()
+        r2 = torch.linalg.vector_norm(compact, dim=dim, keepdim=True, dtype=torch.float64).square()
+        return (g2 - (2 * beta - beta * beta) * r2).clamp_min(0).sqrt().to(grad.dtype)
+
+    @staticmethod
+    def _limit(norm: torch.Tensor, phi: torch.Tensor, st: dict[str, Any], gamma: float) -> torch.Tensor:
+        """Norm-growth limiter on ‖S‖ = ``norm``; returns the factor φ/c that scales the residual.
+
+        First update: ζ = ‖S‖. Later: c = max(‖S‖/(ζ+1e-8), γ)/γ and ζ ← ‖S‖/c. Tensor ops only (no host
+        sync).
+        """
         if "zeta" not in st:
             st["zeta"] = norm
             return phi
