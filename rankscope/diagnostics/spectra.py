@@ -124,7 +124,8 @@ def power_law_alpha(s: torch.Tensor, n_min: int = 10, ww_compat: bool = False,
 #: TSQR_BLOCK·n rows. Measured on 1 thread (docs/benchmarks.md): 32000×256 159 → 129 ms, 32000×512 601 →
 #: 443 ms, same accuracy as svdvals (both Householder); on 2 threads gesdd's own QR parallelises better
 #: (83 vs 94 ms), so the blocked path is taken only when torch runs single-threaded (analysis workers).
-TSQR_MIN_ASPECT = 32
+#: With only two blocks it does not pay (8192×256: 34 vs 37 ms), hence the aspect floor of 48.
+TSQR_MIN_ASPECT = 48
 TSQR_BLOCK = 16
 
 
