@@ -9,7 +9,7 @@ same pages (0 faults, 0.03 s system time), at the price of a peak RSS that stays
 (+0.4 GiB at 60m).
 
 This is ``mallopt``, the documented glibc knob: no preloaded library, nothing to install. On other C libraries
-(musl, macOS) or when the symbol is missing it does nothing and says so.
+(musl, macOS) or when the symbol is missing it does nothing and returns False.
 """
 
 from __future__ import annotations

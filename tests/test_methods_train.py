@@ -15,8 +15,8 @@ from rankscope.training.loop import train
 
 METHODS = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
 # Small periods so that the resumed half crosses each method's periodic event: GaLore/Fira refresh at
-# counters 0, 3, 6 (6 = the first update after the resume), ReLoRA merges after updates 5 and 9.
-OPTIONS = {"galore": {"update_proj_gap": 3}, "fira": {"update_proj_gap": 3},
+# counters 0, 5, 10, 15 (10 = the first update after the resume), ReLoRA merges after updates 5, 9, 13, 17.
+OPTIONS = {"galore": {"update_proj_gap": 5}, "fira": {"update_proj_gap": 5},
            "relora": {"reset_every": 4, "rewarm": 1}}
 
 
@@ -45,15 +45,17 @@ def test_two_steps_train_and_checkpoint(make_smoke_config, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_resume_is_bit_exact(make_smoke_config, method):
-    """12 updates straight vs 6 + resume + 6: every tensor file of the last checkpoint and every logged loss."""
-    straight = config(make_smoke_config, f"{method}_straight", method, steps=12, save_every=6)
+    """20 updates straight vs 10 + resume + 10: every tensor file of the last checkpoint (weights, optimizer
+    and method state, RNG) and every logged loss are bit-identical."""
+    straight = config(make_smoke_config, f"{method}_straight", method, steps=20, save_every=10)
     train(straight, progress=False)
-    split = config(make_smoke_config, f"{method}_split", method, steps=12, save_every=6)
-    train(split, progress=False, stop_after=6)
-    assert ckpt.list_checkpoints(split.run_dir) == [6]
+    split = config(make_smoke_config, f"{method}_split", method, steps=20, save_every=10)
+    first = train(split, progress=False, stop_after=10)
+    assert first.step == 10 and ckpt.list_checkpoints(split.run_dir) == [10]
     train(split, resume=True, progress=False)
-    a_dir, b_dir = ckpt.step_dir(straight.run_dir, 12), ckpt.step_dir(split.run_dir, 12)
+    a_dir, b_dir = ckpt.step_dir(straight.run_dir, 20), ckpt.step_dir(split.run_dir, 20)
     names = sorted(p.name for p in a_dir.glob("*.safetensors"))
+    assert {"model.safetensors", "optimizer.safetensors"} <= set(names)
     assert names == sorted(p.name for p in b_dir.glob("*.safetensors"))
     for name in names:
         a, b = load_file(a_dir / name), load_file(b_dir / name)

@@ -172,9 +172,10 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
 
     rows: list[Row] = []
     timings: dict[str, dict[str, float]] = {}
-    if str(device).startswith("cpu"):
+    on_cpu = str(device).startswith("cpu")
+    if on_cpu:
         retain_freed_memory()  # forwards free and re-allocate the same logits buffers at every point
-    if workers > 1 and not str(device).startswith("cpu"):
+    if workers > 1 and not on_cpu:
         log.info("analyze: workers=%d ignored on %s (worker processes are for CPU analysis)", workers, device)
         workers = 1
     pool = _Pool(workers)
