@@ -44,3 +44,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def folder_snapshot():
+    """``folder_snapshot(path)`` -> {relative path: size:sha256}; see tests/helpers_fs.py."""
+    from helpers_fs import snapshot
+
+    return snapshot
