@@ -13,11 +13,19 @@ from safetensors.torch import load_file
 from rankscope.training import checkpoint as ckpt
 from rankscope.training.loop import train
 
-METHODS = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
+from rankscope.methods.registry import available
+
+METHODS = tuple(available())  # every registered method, so a new one is covered for free
 # Small periods so that the resumed half crosses each method's periodic event: GaLore/Fira refresh at
-# counters 0, 5, 10, 15 (10 = the first update after the resume), ReLoRA merges after updates 5, 9, 13, 17.
+# counters 0, 5, 10, 15 (10 = the first update after the resume), ReLoRA merges after updates 5, 9, 13, 17;
+# Low-Rank re-factorises, SPAM/Stable-SPAM reset (SPAM also redraws its sparse supports) and LORO takes its
+# exact step and refreshes its moments after updates 4, 8, 12, 16, 20.
 OPTIONS = {"galore": {"update_proj_gap": 5}, "fira": {"update_proj_gap": 5},
-           "relora": {"reset_every": 4, "rewarm": 1}}
+           "relora": {"reset_every": 4, "rewarm": 1},
+           "low_rank": {"refactor_every": 4, "reset_moments": True},
+           "spam": {"reset_every": 4, "warmup": 2, "clip_after": 1, "density": 0.5},
+           "stable_spam": {"reset_every": 4},
+           "loro": {"exact_every": 4, "rewarm": 1}}
 
 
 def config(make_smoke_config, name, method, steps, **kw):
