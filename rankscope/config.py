@@ -61,7 +61,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (slow first step; off for demos)
     faithful_release: bool = False  # reproduce the released reference code's quirks (methods.md §3)
     eval_loss: str = "token_mean"  # token_mean | batch_mean | batch_mean_n_plus_1 (release quirk Q6)
-    max_bad_steps: int = 0  # non-finite losses tolerated before the run stops (0: stop at the first)
+    max_bad_steps: int = 0  # updates with a non-finite loss skipped (no optimizer step) before the run stops
     retain_cpu_memory: bool = True  # CPU: glibc keeps freed pages for the next step (no re-faulting; rankscope/allocator.py)
 
     def __post_init__(self) -> None:
@@ -71,6 +71,8 @@ class TrainConfig:
         for name in ("steps", "micro_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_bad_steps < 0:
+            raise UserError(f"train.max_bad_steps must be >= 0, got {self.max_bad_steps}")
 
     @property
     def warmup(self) -> int:
@@ -133,14 +135,19 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def fingerprint(self) -> str:
-        """Hash of everything that changes the training trajectory (not where it is written or logged)."""
+    def trajectory_dict(self) -> dict[str, Any]:
+        """The settings that change the training trajectory (not where it is written or logged)."""
         d = self.to_dict()
         d.pop("name"), d.pop("out_dir")
         for k in ("eval_every", "eval_tokens", "save_every", "save_steps", "log_every", "device", "eval_loss",
                   "retain_cpu_memory"):
             d["train"].pop(k)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return d
+
+    def fingerprint(self) -> str:
+        """Hash of :meth:`trajectory_dict`: equal fingerprints train the same trajectory."""
+        text = json.dumps(self.trajectory_dict(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> RunConfig:
