@@ -1,6 +1,7 @@
 # The two commands of the README. Each creates .venv if needed and installs what it needs.
 #   make demo   the demo study (six methods, tiny model, embedded corpus) ending in an HTML report
 #   make test   test dependencies (incl. headless Chromium) + the whole CPU test suite
+#   make gpu-check  on a CUDA machine: every method in bf16, resume, analyze GPU vs CPU, DDP, MFU, memory (< 10 min)
 PY       ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
@@ -9,7 +10,7 @@ OUT      ?= study_out/demo
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast test-slow venv venv-test chromium bench clean
+.PHONY: demo test test-fast test-slow venv venv-test chromium bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -51,6 +52,11 @@ bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_galore.py
 	$(BIN)/python benchmarks/bench_spectra_cka.py
 	$(BIN)/python benchmarks/bench_landscape.py
+
+# One CUDA machine, unattended, < 10 min: writes $(GPU_OUT)/gpu_check.json and .md (exits 0 with one line without CUDA).
+GPU_OUT ?= gpu_check
+gpu-check: $(VENV)/.runtime
+	$(BIN)/python scripts/gpu_check.py --out $(GPU_OUT)
 
 clean:
 	rm -rf $(VENV) study_out runs
