@@ -14,11 +14,14 @@ runs/<name>/checkpoints/step_000100/
     train_state.json           step, tokens seen, data position, config hash, package version
 ```
 A checkpoint is first written to a hidden temp folder and then renamed, so a crash never leaves a partial
-``step_*`` folder; nothing here unpickles (safetensors + JSON only).
+``step_*`` folder (the resuming process removes a dead writer's temp folders); a failed write (full disk)
+removes its temp folder and leaves the previous checkpoints as they were. Nothing here unpickles
+(safetensors + JSON only).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -33,6 +36,7 @@ from rankscope.config import RunConfig, load_config_file
 from rankscope.errors import UserError
 
 STEP_PREFIX = "step_"
+TMP_PREFIX, OLD_PREFIX = ".tmp_", ".old_"  # + step folder name + _<pid>: a checkpoint being written / replaced
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -124,11 +128,33 @@ def save_checkpoint(
 ) -> Path:
     """Write one checkpoint atomically (rank 0 passes the states; RNG of every rank is gathered)."""
     final = step_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".tmp_{final.name}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = final.parent / f"{TMP_PREFIX}{final.name}_{os.getpid()}"
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, model_state, optimizer_state, method_state, rng_states, train_state)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        earlier = [s for s in list_checkpoints(run_dir) if s != step]
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "the write failed"
+        raise UserError(
+            f"could not write checkpoint {final} ({exc.strerror or exc}): {why}; the partial copy was removed and "
+            f"{'checkpoint step ' + str(earlier[-1]) if earlier else 'no earlier checkpoint'} is intact. Free "
+            f"space (or fix the folder's permissions) and continue with --resume."
+        ) from None
+    if final.exists():  # re-saving a step: swap, then delete the old copy
+        old = final.parent / f"{OLD_PREFIX}{final.name}_{os.getpid()}"
+        final.replace(old)
+        tmp.replace(final)
+        shutil.rmtree(old)
+    else:
+        tmp.replace(final)
+    return final
+
+
+def _write_files(tmp: Path, model_state, optimizer_state, method_state, rng_states, train_state) -> None:
     meta = {"format": "rankscope-checkpoint-1"}
     if model_state is not None:
         save_file({k: v.detach().contiguous().cpu() for k, v in model_state.items()}, tmp / "model.safetensors", meta)
@@ -140,14 +166,28 @@ def save_checkpoint(
     for r, state in enumerate(rng_states):
         save_file(state, tmp / f"rng_rank{r}.safetensors", meta)
     (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2, sort_keys=True))
-    if final.exists():  # re-saving a step: swap, then delete the old copy
-        old = final.parent / f".old_{final.name}_{os.getpid()}"
-        final.replace(old)
-        tmp.replace(final)
-        shutil.rmtree(old)
-    else:
-        tmp.replace(final)
-    return final
+
+
+def remove_stale_temp(run_dir: Path) -> list[str]:
+    """Clean up after a killed writer (call while holding the run's lock: every temp folder is then stale).
+
+    A ``.old_`` copy whose step folder is missing (killed between the two renames of a re-save) is put back;
+    every other temp folder is deleted. Returns the names removed or restored.
+    """
+    root = Path(run_dir) / "checkpoints"
+    done: list[str] = []
+    if not root.is_dir():
+        return done
+    for p in sorted(root.iterdir()):
+        if not p.is_dir() or not p.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+            continue
+        original = root / p.name[len(OLD_PREFIX):].rsplit("_", 1)[0]
+        if p.name.startswith(OLD_PREFIX) and not original.exists():
+            p.replace(original)
+        else:
+            shutil.rmtree(p)
+        done.append(p.name)
+    return done
 
 
 # --- loading ---------------------------------------------------------------------------------------
@@ -163,13 +203,45 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
                         f"earlier checkpoint") from None
 
 
-def read_train_state(run_dir: Path, step: int) -> dict[str, Any]:
-    path = step_dir(run_dir, step) / "train_state.json"
+def _damaged(path: Path, problem: str) -> UserError:
+    return UserError(
+        f"checkpoint metadata {path} {problem}. The checkpoint is damaged: restore the file from a backup, or "
+        f"delete {path.parent} so that --resume continues from the previous checkpoint."
+    )
+
+
+def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"checkpoint metadata {path} is unreadable ({exc}); delete {path.parent} and resume from "
-                        f"an earlier checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, f"is unreadable ({exc})") from None
+
+
+def read_train_state(run_dir: Path, step: int) -> dict[str, Any]:
+    """train_state.json, checked: a JSON object whose ``step`` is this folder's and whose hash is a string."""
+    path = step_dir(run_dir, step) / "train_state.json"
+    state = _read_json(path)
+    expected = f"a JSON object with 'step': {step} (int) and 'config_hash' (string)"
+    if not isinstance(state, dict):
+        raise _damaged(path, f"holds a {type(state).__name__}, expected {expected}")
+    if state.get("step") != step or type(state.get("step")) is not int or not isinstance(state.get("config_hash"), str):
+        raise _damaged(path, f"has step={state.get('step')!r}, config_hash={state.get('config_hash')!r}; "
+                             f"expected {expected}")
+    window = state.get("loss_window", {"sums": [], "steps": 0})
+    if not (isinstance(window, dict) and isinstance(window.get("sums"), list)
+            and all(isinstance(x, (int, float)) for x in window["sums"]) and type(window.get("steps")) is int):
+        raise _damaged(path, f"has loss_window={window!r}; expected {{'sums': [float per rank], 'steps': int}}")
+    return state
+
+
+def _read_optimizer_meta(path: Path) -> dict:
+    meta = _read_json(path)
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
+    if not (isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+            and isinstance(meta.get("scalars", {}), dict)):
+        raise _damaged(path, "has the wrong shape; expected {'param_groups': [{'params': [...], ...}], "
+                             "'scalars': {...}} as written by rankscope")
+    return meta
 
 
 def load_checkpoint(run_dir: Path, step: int, rank: int = 0) -> dict[str, Any]:
@@ -178,11 +250,11 @@ def load_checkpoint(run_dir: Path, step: int, rank: int = 0) -> dict[str, Any]:
     out["model"] = _load_safetensors(d / "model.safetensors")
     opt_meta_path = d / "optimizer.json"
     if opt_meta_path.is_file():
+        opt_meta = _read_optimizer_meta(opt_meta_path)
         try:
-            opt_meta = json.loads(opt_meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise UserError(f"checkpoint file {opt_meta_path} is corrupt ({exc})") from None
-        out["optimizer"] = unflatten_optimizer_state(_load_safetensors(d / "optimizer.safetensors"), opt_meta)
+            out["optimizer"] = unflatten_optimizer_state(_load_safetensors(d / "optimizer.safetensors"), opt_meta)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise _damaged(opt_meta_path, f"does not match optimizer.safetensors ({exc!r})") from None
     out["method"] = _load_safetensors(d / "method.safetensors")
     rng_path = d / f"rng_rank{rank}.safetensors"
     out["rng"] = _load_safetensors(rng_path) if rng_path.is_file() else None
@@ -204,10 +276,11 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str | torch
     method = cfg.build_method()
     with torch.random.fork_rng(devices=[]):
         model = method.prepare(LlamaLM(cfg.model_config()))
-    state = _load_safetensors(step_dir(run_dir, step) / "model.safetensors")
+    d = step_dir(run_dir, step)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise UserError(f"checkpoint {step_dir(run_dir, step)} does not match its config.json "
+        model.load_state_dict(_load_safetensors(d / "model.safetensors"), strict=True)
+        method.load_state_dict(_load_safetensors(d / "method.safetensors"))  # e.g. ReLoRA's merge count
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise UserError(f"checkpoint {d} does not match its config.json "
                         f"(model {cfg.model!r}, method {cfg.method!r}): {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), method

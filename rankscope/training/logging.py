@@ -9,23 +9,37 @@ from typing import Any
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    """The run's log from ``start_step`` on: events a killed process logged after that step are dropped first
+    (on every resume, from step 0 too), and TensorBoard purges them from its view."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, start_step: int = 0, tensorboard: bool = True) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
         self._tb = None
-        if enabled and tensorboard:
+        if not enabled:
+            return
+        self.truncate_after(start_step)
+        if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tb"))
+                resumed = (run_dir / "tb").is_dir()
+                self._tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if resumed else None)
             except ImportError:  # tensorboard is optional at run time
                 self._tb = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop events logged after the checkpoint so the log matches an uninterrupted run."""
+        """Keep the records up to ``step`` (and drop a line a kill cut short) so the log matches the checkpoint."""
         if not (self.enabled and self.path.is_file()):
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                kept.append(line)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         tmp.replace(self.path)

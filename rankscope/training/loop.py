@@ -27,11 +27,10 @@ from rankscope.models.llama import LlamaLM, lm_loss, lm_loss_sums
 from rankscope.training import checkpoint as ckpt
 from rankscope.training import dist
 from rankscope.training.logging import MetricsLog
-from rankscope.training.run_folder import prepare_run_folder, write_meta
+from rankscope.training.run_folder import open_run_folder, write_meta
+from rankscope.training.state import LoopState, NonFiniteLoss, advice, restore_state, save_state
 
-
-class NonFiniteLoss(UserError):
-    """Training produced NaN/inf; the run stopped and its last good checkpoint is intact."""
+__all__ = ["NonFiniteLoss", "TrainResult", "build_model", "train", "validate"]
 
 
 @dataclass
@@ -98,11 +97,14 @@ def _due(step: int, every: int, total: int, extra: tuple[int, ...] = ()) -> bool
     return step == total or step in extra or (every > 0 and step % every == 0)
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
+          allow_change: tuple[str, ...] = ()) -> TrainResult:
     """Train one run to ``cfg.train.steps`` updates, writing the run folder; resumes exactly if asked.
 
-    ``stop_after`` ends the process's work after that update (as a pre-empted job would); the run is then
-    completed by calling again with ``resume=True``.
+    Config, tokenizer and data are checked before anything is written, so a refused start leaves no folder
+    (or, on resume, an unchanged one). ``allow_change`` names optimisation settings a resume may change
+    (run_folder.CHANGEABLE). ``stop_after`` ends the process's work after that update (as a pre-empted job
+    would); the run is then completed by calling again with ``resume=True``.
     """
     from rankscope.data.batches import eval_batch, train_batches
     from rankscope.data.tokenizer import load_tokenizer
@@ -120,8 +122,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer {cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens but model "
                         f"{cfg.model!r} has vocab_size {model_cfg.vocab_size}; pass --vocab-size {tokenizer.vocab_size}")
-    run_dir = cfg.run_dir
-    start_step = prepare_run_folder(cfg, resume, info.is_main)
+    batches = train_batches(cfg, tokenizer, info.world, info.rank)
+    val = eval_batch(cfg, t.eval_tokens)
     model, fingerprint = build_model(cfg, method)
     if t.precision == "bf16-pure":
         model = model.to(torch.bfloat16)
@@ -131,26 +133,39 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
 
         shard_model(model)
     optimizer = method.build_optimizer(model)
-    log = MetricsLog(run_dir, enabled=info.is_main)
+    folder = open_run_folder(cfg, resume, info.is_main, tuple(allow_change))
+    try:
+        return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after)
+    except BaseException:
+        folder.discard_if_unstarted()
+        raise
+    finally:
+        folder.close()
+
+
+def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after):
+    """Restore (if resuming), then the update loop; ``folder`` is open and locked."""
+    t, run_dir, start_step = cfg.train, cfg.run_dir, folder.start_step
     if start_step:
-        _restore(run_dir, start_step, model, optimizer, method, info, t.dist == "fsdp")
-        log.truncate_after(start_step)
-    elif info.is_main:
+        loop = restore_state(run_dir, start_step, model, optimizer, method, info, cfg)
+    else:
+        loop = LoopState(torch.zeros((), dtype=torch.float64, device=info.device))
+    # The restore worked: only now does this process change the folder.
+    folder.record_changes(info.is_main)
+    if info.is_main:
+        ckpt.remove_stale_temp(run_dir)
         write_meta(cfg, fingerprint, info.world)
+    log = MetricsLog(run_dir, enabled=info.is_main, start_step=start_step)
     train_model = model
     if info.distributed and t.dist == "ddp":
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if t.compile:
         train_model = torch.compile(train_model)
 
-    batches = train_batches(cfg, tokenizer, info.world, info.rank)
-    val = eval_batch(cfg, t.eval_tokens)
     trainable = [p for p in model.parameters() if p.requires_grad]
     tokens_per_step = batches.global_batch * cfg.data.seq_len
     bad = torch.zeros((), dtype=torch.bool, device=info.device)
-    window_loss = torch.zeros((), dtype=torch.float64, device=info.device)
-    window_steps, window_start = 0, time.perf_counter()
-    val_loss = None
+    window_start, val_loss, done = time.perf_counter(), None, start_step
     bar = _progress_bar(t.steps, start_step, progress and info.is_main)
     model.train()
     for step in range(start_step, t.steps):
@@ -165,103 +180,61 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
                 loss = lm_loss(train_model(ids.to(info.device, non_blocking=True)), labels.to(info.device)) / t.grad_accum
             loss.backward()
             step_loss += loss.detach().float()
-        if method.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, method.config.grad_clip)
-        optimizer.step()
+        ok = True
+        if t.max_bad_steps:  # skip non-finite updates: one sync per step, only when asked for
+            ok = dist.all_reduce_sum((~torch.isfinite(step_loss)).float()).item() == 0
+            loop.skipped += not ok
+            if loop.skipped > t.max_bad_steps:
+                raise NonFiniteLoss(f"{loop.skipped} updates of run {run_dir} had a non-finite loss (the last at "
+                                    f"update {step + 1}; train.max_bad_steps={t.max_bad_steps}). {advice(run_dir)}")
+        if ok:
+            if method.config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, method.config.grad_clip)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        extra_logs = method.on_step_end(done, model, optimizer)
-        bad |= ~torch.isfinite(step_loss)
-        window_loss += step_loss.double()
-        window_steps += 1
+        folder.started = True
+        extra_logs = method.on_step_end(done, model, optimizer) if ok else {}
+        if ok:
+            bad |= ~torch.isfinite(step_loss)
+            loop.window_sum += step_loss.double()
+            loop.window_steps += 1
         if done == start_step + 1 and info.is_main:
             _write_memory(run_dir, model, optimizer, method, cfg, print_table=progress)
         log_now = _due(done, t.log_every, t.steps)
         eval_now = _due(done, t.eval_every, t.steps)
         save_now = _due(done, t.save_every, t.steps, t.save_steps)
-        if log_now or eval_now or save_now:
-            if bool(dist.all_reduce_sum(bad.float()).item() > 0):
-                raise NonFiniteLoss(
-                    f"non-finite training loss at or before step {done} of run {run_dir}; stopped without saving. "
-                    f"The last good checkpoint is kept (resume with --resume, e.g. with a lower --lr or a --grad-clip "
-                    f"setting via --set grad_clip=1.0)."
-                )
+        if (log_now or eval_now or save_now) and bool(dist.all_reduce_sum(bad.float()).item() > 0):
+            raise NonFiniteLoss(f"non-finite training loss at or before update {done} of run {run_dir}; stopped, "
+                                f"and no checkpoint was written after it. {advice(run_dir)}")
         if log_now:
-            mean_loss = float(dist.all_reduce_sum(window_loss.clone()).item()) / (window_steps * info.world)
-            elapsed = time.perf_counter() - window_start
-            tok_s = window_steps * tokens_per_step / max(elapsed, 1e-9)
+            total = float(dist.all_reduce_sum(loop.window_sum.clone()).item())
+            mean_loss = total / (loop.window_steps * info.world) if loop.window_steps else None
+            tok_s = loop.window_steps * tokens_per_step / max(time.perf_counter() - window_start, 1e-9)
+            skipped = {"skipped_steps": loop.skipped} if t.max_bad_steps else {}
             log.write("train", done, loss=mean_loss, lr=optimizer.param_groups[0]["lr"], tokens=done * tokens_per_step,
-                      tok_per_s=tok_s, **{k: float(v) for k, v in (extra_logs or {}).items()})
-            bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tok_s:,.0f}")
-            window_loss.zero_()
-            window_steps, window_start = 0, time.perf_counter()
+                      tok_per_s=tok_s, **skipped, **{k: float(v) for k, v in (extra_logs or {}).items()})
+            bar.set_postfix(loss=f"{mean_loss:.3f}" if mean_loss is not None else "n/a", tok_s=f"{tok_s:,.0f}")
+            loop.window_sum.zero_()
+            loop.window_steps, window_start = 0, time.perf_counter()
         if eval_now:
             val_loss = validate(model, val, info, t.precision, t.eval_loss, shard=t.dist != "fsdp")
             log.write("eval", done, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)), tokens=done * tokens_per_step)
         if save_now:
-            _save(run_dir, done, model, optimizer, method, info, tokens_per_step, cfg, t.dist == "fsdp")
+            save_state(run_dir, done, model, optimizer, method, info, cfg, tokens_per_step, loop, val)
         bar.update(1)
         if stop_after is not None and done >= stop_after:
             break
     bar.close()
     log.close()
     dist.teardown()
-    return TrainResult(run_dir, done if t.steps > start_step else start_step, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
+    return TrainResult(run_dir, done, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc="train", unit="step", dynamic_ncols=True)
-
-
-def _save(run_dir, step, model, optimizer, method, info, tokens_per_step, cfg, fsdp: bool) -> None:
-    # Each rank checks its own shard (FSDP parameters are DTensors; .to_local() is the shard).
-    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
-    finite = torch.stack([torch.isfinite(p).all() for p in local]).all().float()
-    if dist.all_reduce_sum(finite).item() < info.world:
-        raise NonFiniteLoss(f"non-finite weights at step {step} of run {run_dir}; not saved. The last good "
-                            f"checkpoint is kept (resume with --resume and a lower --lr or gradient clipping).")
-    if fsdp:
-        from rankscope.training.fsdp import full_states
-
-        model_state, opt_state = full_states(model, optimizer)
-    else:
-        model_state, opt_state = model.state_dict(), optimizer.state_dict()
-    rngs = _gather_rng(info)
-    if info.is_main:
-        ckpt.save_checkpoint(
-            run_dir, step, model_state=model_state, optimizer_state=opt_state, method_state=method.state_dict(),
-            rng_states=rngs,
-            train_state={"step": step, "tokens_seen": step * tokens_per_step, "data_position": step * tokens_per_step // cfg.data.seq_len,
-                         "config_hash": cfg.fingerprint(), "package_version": _version(), "world_size": info.world},
-        )
-    if info.distributed:
-        torch.distributed.barrier()
-
-
-def _gather_rng(info) -> list[dict[str, torch.Tensor]]:
-    state = ckpt.rng_state()
-    if not info.distributed:
-        return [state]
-    gathered: list = [None] * info.world
-    torch.distributed.all_gather_object(gathered, state)
-    return gathered
-
-
-def _restore(run_dir, step, model, optimizer, method, info, fsdp: bool) -> None:
-    loaded = ckpt.load_checkpoint(run_dir, step, info.rank)
-    if fsdp:
-        from rankscope.training.fsdp import load_full_states
-
-        load_full_states(model, optimizer, loaded["model"], loaded.get("optimizer"))
-    else:
-        model.load_state_dict(loaded["model"], strict=True)
-        if "optimizer" in loaded:
-            optimizer.load_state_dict(loaded["optimizer"])
-    method.load_state_dict(loaded["method"])
-    if loaded["rng"] is not None:
-        ckpt.set_rng_state(loaded["rng"])
 
 
 def _write_memory(run_dir, model, optimizer, method, cfg, print_table: bool) -> None:
@@ -273,9 +246,3 @@ def _write_memory(run_dir, model, optimizer, method, cfg, print_table: bool) -> 
     ckpt.write_json_atomic(run_dir / "memory.json", {"rows": rows, "summary": memory_summary(rows)})
     if print_table:
         print(format_memory_table(rows))
-
-
-def _version() -> str:
-    from rankscope import __version__
-
-    return __version__
