@@ -41,13 +41,17 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run folder from its last checkpoint."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Method option KEY=VALUE (see `rankscope methods`)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or memory table."),
+    allow_change: Optional[str] = typer.Option(
+        None, "--allow-change", help="With --resume: settings that may differ from the run's config.json "
+        "(comma list of lr, grad_clip, weight_decay); the change is recorded in meta.json."),
     **options,
 ) -> None:
     """Pre-train one model with one method; writes runs/<name>/ (config, metrics, checkpoints)."""
     from rankscope.training.loop import train as run_training
 
     cfg = build_run_config(config, set_, options)
-    result = run_training(cfg, resume=resume, progress=not quiet)
+    changes = tuple(x.strip() for x in (allow_change or "").split(",") if x.strip())
+    result = run_training(cfg, resume=resume, progress=not quiet, allow_change=changes)
     if int(os.environ.get("RANK", "0")) == 0:
         ppl = f"{result.val_ppl:.2f}" if result.val_ppl is not None else "n/a"
         typer.echo(f"run {result.run_dir}: step {result.step}, validation perplexity {ppl}")
