@@ -165,7 +165,7 @@ def test_fira_residual_norms_equal_the_formed_residual(shape, beta):
     side = proj.projection_side(g.shape)
     dim = 1 if side == "right" else 0
     formed = g - beta * proj.project_back(compact, basis, side)
-    got = FiraAdamW._residual_norms(g, compact, beta, dim)
+    got = FiraAdamW._residual_norms(g, compact, basis, beta, dim)
     torch.testing.assert_close(got, torch.linalg.vector_norm(formed, dim=dim, keepdim=True), rtol=1e-5, atol=1e-6)
 
 

@@ -21,6 +21,9 @@ METHODS = tuple(available())  # every registered method, so a new one is covered
 # Low-Rank re-factorises, SPAM/Stable-SPAM reset (SPAM also redraws its sparse supports) and LORO takes its
 # exact step and refreshes its moments after updates 4, 8, 12, 16, 20.
 OPTIONS = {"galore": {"update_proj_gap": 5}, "fira": {"update_proj_gap": 5},
+           # APOLLO/Mini redraw P at 0, 5, 10, 15; GoLore switches to random bases at 5 (saved at 10), then 10, 15
+           "apollo": {"update_proj_gap": 5}, "apollo_mini": {"update_proj_gap": 5},
+           "golore": {"update_proj_gap": 5, "random_fraction_start": 0.25},
            "relora": {"reset_every": 4, "rewarm": 1},
            "low_rank": {"refactor_every": 4, "reset_moments": True},
            "spam": {"reset_every": 4, "warmup": 2, "clip_after": 1, "density": 0.5},

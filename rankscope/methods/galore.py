@@ -35,6 +35,18 @@ def target_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return found
 
 
+def projected_layout(model: nn.Module, lr: float, options: dict[str, Any]) -> list[dict]:
+    """GaLore's group layout (also APOLLO's): the targets in a projected group carrying ``options``, every
+    other trainable parameter in a plain AdamW group with the same peak LR."""
+    targets = [m.weight for _, m in target_linears(model) if m.weight.requires_grad]
+    ids = {id(p) for p in targets}
+    extras = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    groups = [{"params": targets, "lr": lr, "base_lr": lr, **options}]
+    if extras:
+        groups.append({"params": extras, "lr": lr, "base_lr": lr})
+    return groups
+
+
 @register("galore")
 class GaLore(Method):
     supports_fsdp = False  # needs whole matrices (projector / merge / custom sparse autograd)
@@ -77,14 +89,7 @@ class GaLore(Method):
                 "projector": c.projector, "canonical_signs": c.canonical_signs, "projector_fp64": c.projector_fp64}
 
     def param_groups(self, model: nn.Module) -> list[dict]:
-        lr = self.config.lr
-        targets = [m.weight for _, m in target_linears(model) if m.weight.requires_grad]
-        ids = {id(p) for p in targets}
-        extras = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-        groups = [{"params": targets, "lr": lr, "base_lr": lr, **self.projected_group_options()}]
-        if extras:
-            groups.append({"params": extras, "lr": lr, "base_lr": lr})
-        return groups
+        return projected_layout(model, self.config.lr, self.projected_group_options())
 
     def build_optimizer(self, model: nn.Module) -> Optimizer:
         c = self.config

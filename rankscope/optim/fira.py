@@ -10,6 +10,20 @@ tensors-only state) is inherited from :class:`GaLoreAdamW`; this file only adds 
   ζ ← ‖S_before‖/c. ζ is one scalar tensor per matrix, state key ``zeta``;
 * W ← W − η·(α·B(N) + S): the residual gets the bias-corrected step but no α. S is never formed: the
   update is rearranged into one back-projection GEMM plus one pass over G (see ``_apply_update``).
+
+Two corrections over the first version (issue 14, item 8), both checked in tests/test_galore_fira.py:
+
+* **Adam form and the limiter.** φ and the limiter read N, so N must be the actual normalised update. In the
+  default ``"torch"`` form N = m̂/(√v̂+ε) and the step size is lr (see :mod:`rankscope.optim.galore`);
+  before, 1/(1-β₁ᵏ) rode on the step size, φ was 10x too small at update 1 and grew towards 1x while the
+  bias correction warmed up, and the limiter (which allows 1 % growth per update) read that as growth: ζ
+  was 1.4 instead of 14 after update 1 and the residual applied at update 10 was 0.435x the equations'
+  value. The ``"folded"`` form (``faithful_release``) keeps the packages' m/(√v+ε) with η_k on the step,
+  which is what the fira package does, warm-up artefact included.
+* **ζ when G lies almost in the subspace.** ‖S‖ comes from ‖g‖² − (2β−β²)·‖r‖² per row/column, which
+  cancels catastrophically when the residual is tiny (4.6e-2 relative error at a 1e-3 residual; 3.4e-4·‖φG‖
+  instead of ~0 for a rank-4 gradient at r = 6). Rows/columns where (2β−β²)·‖r‖² > 0.9·‖g‖² get their
+  residual formed explicitly (only those rows: a k×r×n GEMM), the rest keep the cheap identity.
 """
 
 from __future__ import annotations
@@ -25,6 +39,22 @@ from rankscope.optim.projectors import projection_side
 #: Same constants as the release: the φ denominator guard and the limiter's ζ guard.
 PHI_EPS = 1e-8
 ZETA_EPS = 1e-8
+#: Rows/columns whose residual energy is below 1 - this share of ‖g‖² get their residual formed (item 8b).
+CANCEL_SHARE = 0.9
+
+
+def limit_norm_growth(norm: torch.Tensor, st: dict[str, Any], gamma: float) -> torch.Tensor | float:
+    """Fira's norm-growth limiter on an update of norm ``norm``; returns the factor 1/c to apply to it.
+
+    First update: ζ = ‖U‖, factor 1. Later: c = max(‖U‖/(ζ+1e-8), γ)/γ and ζ ← ‖U‖/c. State key ``zeta``
+    (one scalar tensor). Tensor ops only, no host sync. Shared by Fira (on S) and APOLLO (on s⊙G).
+    """
+    if "zeta" not in st:
+        st["zeta"] = norm
+        return 1.0
+    c = torch.clamp(norm / (st["zeta"] + ZETA_EPS), min=gamma) / gamma
+    st["zeta"] = norm / c
+    return 1.0 / c
 
 
 class FiraAdamW(GaLoreAdamW):
@@ -58,10 +88,10 @@ class FiraAdamW(GaLoreAdamW):
         phi = torch.linalg.vector_norm(direction, dim=dim, keepdim=True) / (
             torch.linalg.vector_norm(compact, dim=dim, keepdim=True) + PHI_EPS
         )
-        norm = torch.linalg.vector_norm(phi * self._residual_norms(p.grad, compact, beta, dim))
-        coeff = self._limit(norm, phi, st, group["limiter_gamma"])  # φ/c
+        basis = self._basis(p, st)
+        norm = torch.linalg.vector_norm(phi * self._residual_norms(p.grad, compact, basis, beta, dim))
+        coeff = phi * limit_norm_growth(norm, st, group["limiter_gamma"])  # φ/c
         mixed = torch.addcmul(direction * group["scale"], compact, coeff, value=-beta)  # α·N − β·(φ/c)⊙R
-        basis = st["projector"]
         if dim == 1:
             p.addmm_(mixed, basis.t(), alpha=-step_size)  # −η·B(mixed)
         else:
@@ -69,26 +99,25 @@ class FiraAdamW(GaLoreAdamW):
         p.addcmul_(p.grad, coeff, value=-step_size)  # −η·(φ/c)⊙G
 
     @staticmethod
-    def _residual_norms(grad: torch.Tensor, compact: torch.Tensor, beta: float, dim: int) -> torch.Tensor:
-        """Norms of G − β·B(R) along φ's axis, from G's and R's norms alone (no m×n work beyond one read).
+    def _residual_norms(grad: torch.Tensor, compact: torch.Tensor, basis: torch.Tensor, beta: float,
+                        dim: int) -> torch.Tensor:
+        """Norms of G − β·B(R) along φ's axis (dim 1: rows, dim 0: columns).
 
-        With R = G·B (rows; Bᵀ·G for columns) and orthonormal B: ‖g − β·g·B·Bᵀ‖² = ‖g‖² − (2β − β²)·‖r‖².
-        Summed in float64 and clamped at 0, since the difference cancels when g lies almost in the subspace.
+        With R = G·B (rows; Bᵀ·G for columns) and orthonormal B: ‖g − β·g·B·Bᵀ‖² = ‖g‖² − (2β − β²)·‖r‖²,
+        from one read of G. The difference cancels when g lies almost in the subspace, so rows/columns with
+        (2β − β²)·‖r‖² > 0.9·‖g‖² are formed explicitly instead (module docstring, item 8b). Finding them
+        costs one host sync per matrix.
         """
         g2 = torch.linalg.vector_norm(grad, dim=dim, keepdim=True, dtype=torch.float64).square()
         r2 = torch.linalg.vector_norm(compact, dim=dim, keepdim=True, dtype=torch.float64).square()
-        return (g2 - (2 * beta - beta * beta) * r2).clamp_min(0).sqrt().to(grad.dtype)
-
-    @staticmethod
-    def _limit(norm: torch.Tensor, phi: torch.Tensor, st: dict[str, Any], gamma: float) -> torch.Tensor:
-        """Norm-growth limiter on ‖S‖ = ``norm``; returns the factor φ/c that scales the residual.
-
-        First update: ζ = ‖S‖. Later: c = max(‖S‖/(ζ+1e-8), γ)/γ and ζ ← ‖S‖/c. Tensor ops only (no host
-        sync).
-        """
-        if "zeta" not in st:
-            st["zeta"] = norm
-            return phi
-        c = torch.clamp(norm / (st["zeta"] + ZETA_EPS), min=gamma) / gamma
-        st["zeta"] = norm / c
-        return phi / c
+        inside = (2 * beta - beta * beta) * r2
+        out = (g2 - inside).clamp_min(0).sqrt().to(grad.dtype)
+        idx = (inside > CANCEL_SHARE * g2).flatten().nonzero().flatten()
+        if idx.numel():
+            if dim == 1:  # rows: g_i − β·r_i·Bᵀ
+                formed = grad.index_select(0, idx) - beta * (compact.index_select(0, idx) @ basis.t())
+                out.index_copy_(0, idx, torch.linalg.vector_norm(formed, dim=1, keepdim=True))
+            else:  # columns: g_j − β·B·r_j
+                formed = grad.index_select(1, idx) - beta * (basis @ compact.index_select(1, idx))
+                out.index_copy_(1, idx, torch.linalg.vector_norm(formed, dim=0, keepdim=True))
+        return out

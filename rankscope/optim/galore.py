@@ -5,13 +5,20 @@ Update k of an m×n target (methods.md §2.2): refresh the basis B when the para
 run Adam on R in the compact space; step W by ``scale``·B(N). Moments are kept across refreshes.
 
 Groups whose dict has ``rank`` are projected (keys ``rank``, ``update_proj_gap``, ``scale``, ``projector``,
-``canonical_signs``, ``projector_fp64``); other groups are plain AdamW run by torch's fused (or foreach)
+``canonical_signs``, ``projector_fp64``, and GoLore's ``random_after`` / ``random_seed``: from the parameter's
+counter ``random_after`` on, every refresh draws a seeded random orthonormal basis instead of the top-r one,
+see :func:`~rankscope.optim.projectors.random_basis`); other groups are plain AdamW run by torch's fused (or foreach)
 kernel, so the extras (embedding, lm_head: most of a 60m model) cost one pass instead of the packages'
 Python loop of per-tensor ops.
 
 ``adam_form`` (methods.md §2 "Adam core"):
 
 * ``"torch"`` (default, eps 1e-8): ``torch.optim.AdamW``: m̂/(√v̂+ε), decoupled decay *before* the step.
+  The direction handed to ``_apply_update`` is the whole bias-corrected N = m̂/(√v̂+ε) and the step size is
+  the plain lr. For GaLore's linear back-projection that is the same update as folding 1/(1-β₁ᵏ) into the
+  step size, but Fira's φ and norm-growth limiter (and APOLLO's scaling) read N itself: with the factor
+  folded into the step they would see its warm-up (1/(1-β₁ᵏ) falls from 10 to 1) as a shrinking N, so the
+  limiter would hold back the residual for the first ~50 updates (issue 14, item 8a).
 * ``"folded"`` (eps 1e-6): the transformers copy inside galore-torch/fira: η_k·m/(√v+ε) with
   η_k = lr·√(1-β₂ᵏ)/(1-β₁ᵏ), decay *after* the step. The plain group reuses the fused kernel with
   ε' = ε/√(1-β₂ᵏ), which is the same update algebraically.
@@ -37,7 +44,14 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.adam import adam as _adam_functional
 
-from rankscope.optim.projectors import PROJECTORS, project, projection_side, refresh_basis
+from rankscope.optim.projectors import (
+    PROJECTORS,
+    mix_seed,
+    project,
+    projection_side,
+    random_basis,
+    refresh_basis,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +94,8 @@ class GaLoreAdamW(Optimizer):
         projector: str = "gram_eigh",
         canonical_signs: bool = True,
         projector_fp64: bool = False,
+        random_after: int | None = None,
+        random_seed: int = 0,
         **extra_defaults: Any,
     ) -> None:
         if adam_form not in ADAM_FORMS:
@@ -88,7 +104,7 @@ class GaLoreAdamW(Optimizer):
             lr=lr, betas=tuple(betas), eps=DEFAULT_EPS[adam_form] if eps is None else eps,
             weight_decay=weight_decay, adam_form=adam_form, update_proj_gap=update_proj_gap, scale=scale,
             projector=projector, canonical_signs=canonical_signs, projector_fp64=projector_fp64,
-            **extra_defaults,
+            random_after=random_after, random_seed=random_seed, **extra_defaults,
         )
         self.nonfinite_skips = 0  # parameter updates skipped because of a non-finite gradient at a refresh
         self.refresh_failures = 0  # refreshes whose decomposition failed in fp32 and fp64
@@ -102,13 +118,19 @@ class GaLoreAdamW(Optimizer):
             raise ValueError(f"adam_form={group['adam_form']!r}; choose one of: {', '.join(ADAM_FORMS)}")
         if group.get("rank") is None:
             return
-        if group["projector"] not in PROJECTORS:
-            raise ValueError(f"projector={group['projector']!r}; choose one of: {', '.join(PROJECTORS)}")
         if int(group["rank"]) < 1 or int(group["update_proj_gap"]) < 1:
             raise ValueError("rank and update_proj_gap must be >= 1")
         for p in group["params"]:
             if p.ndim != 2:
-                raise ValueError(f"GaLore projects 2-D weights only; got shape {tuple(p.shape)}")
+                raise ValueError(f"{type(self).__name__} projects 2-D weights only; got shape {tuple(p.shape)}")
+        self._check_projected_group(group)
+
+    def _check_projected_group(self, group: dict[str, Any]) -> None:
+        """Validate the subclass-specific keys of a projected group."""
+        if group["projector"] not in PROJECTORS:
+            raise ValueError(f"projector={group['projector']!r}; choose one of: {', '.join(PROJECTORS)}")
+        if group.get("random_after") is not None and int(group["random_after"]) < 0:
+            raise ValueError(f"random_after must be >= 0 or None, got {group['random_after']}")
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -160,11 +182,30 @@ class GaLoreAdamW(Optimizer):
         r, (m, n) = int(group["rank"]), p.shape
         if r > min(m, n) and (m, n, r) not in self._clamp_logged:
             self._clamp_logged.add((m, n, r))
-            log.info("GaLore: rank %d clamped to min(m, n) = %d for a %dx%d matrix", r, min(m, n), m, n)
+            log.info("%s: rank %d clamped to min(m, n) = %d for a %dx%d matrix", type(self).__name__, r,
+                     min(m, n), m, n)
         return min(r, m, n)
+
+    def _param_index(self, p: torch.Tensor) -> int:
+        """1-based position of ``p`` in the optimizer's parameter order (seeds derive from it)."""
+        flat = (q for g in self.param_groups for q in g["params"])
+        return next(i for i, q in enumerate(flat, start=1) if q is p)
+
+    def _needs_refresh(self, st: dict[str, Any], group: dict[str, Any]) -> bool:
+        """Refresh when there is no basis yet or the counter (before increment) is a multiple of T."""
+        return "projector" not in st or int(st["step"]) % int(group["update_proj_gap"]) == 0
+
+    def _basis(self, p: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
+        """The current ``(min(m, n), r)`` basis of ``p``."""
+        return st["projector"]
 
     def _refresh(self, p: torch.Tensor, st: dict[str, Any], group: dict[str, Any]) -> bool:
         """New projector into ``st``; False when this parameter's update must be skipped."""
+        counter = int(st["step"])
+        if group.get("random_after") is not None and counter >= int(group["random_after"]):
+            seed = mix_seed(int(group["random_seed"]), self._param_index(p), counter)
+            st["projector"] = random_basis(min(p.shape), self._rank(p, group), seed, p.device).to(p.dtype)
+            return True  # GoLore: the draw needs no gradient, so a non-finite one is the loop's business
         basis, status = refresh_basis(
             p.grad, self._rank(p, group), st.get("projector"), group["projector"],
             canonical_signs=group["canonical_signs"], fp64=group["projector_fp64"],
@@ -185,10 +226,9 @@ class GaLoreAdamW(Optimizer):
             st = self.state[p]
             if "step" not in st:
                 st["step"] = torch.zeros((), dtype=torch.float32)
-            if "projector" not in st or int(st["step"]) % int(group["update_proj_gap"]) == 0:
-                if not self._refresh(p, st, group):
-                    continue
-            compact = project(p.grad, st["projector"])
+            if self._needs_refresh(st, group) and not self._refresh(p, st, group):
+                continue
+            compact = project(p.grad, self._basis(p, st))
             if "exp_avg" not in st:
                 st["exp_avg"] = torch.zeros_like(compact)
                 st["exp_avg_sq"] = torch.zeros_like(compact)
@@ -221,18 +261,19 @@ class GaLoreAdamW(Optimizer):
         denom = torch._foreach_sqrt(exp_avg_sqs)
         bc1 = [1 - beta1**k for k in steps]
         bc2_sqrt = [math.sqrt(1 - beta2**k) for k in steps]
-        if group["adam_form"] == "torch":
+        if group["adam_form"] == "torch":  # N = m̂/(√v̂+ε) itself, step size lr (module docstring)
             torch._foreach_div_(denom, bc2_sqrt)
-            sizes = [lr / b1 for b1 in bc1]
-        else:
-            sizes = [lr * b2 / b1 for b1, b2 in zip(bc1, bc2_sqrt)]
+            torch._foreach_add_(denom, eps)
+            torch._foreach_mul_(denom, bc1)  # m̂/(√v̂+ε) = m/((√v̂+ε)·(1-β₁ᵏ))
+            return torch._foreach_div(exp_avgs, denom), [lr] * len(steps)
+        sizes = [lr * b2 / b1 for b1, b2 in zip(bc1, bc2_sqrt)]  # folded: the packages' η_k
         torch._foreach_add_(denom, eps)
         return torch._foreach_div(exp_avgs, denom), sizes
 
     def _apply_update(self, p: torch.Tensor, st: dict[str, Any], compact: torch.Tensor,
                       direction: torch.Tensor, step_size: float, group: dict[str, Any]) -> None:
         """W ← W − step_size·scale·B(N), as one in-place GEMM (no m×n temporary)."""
-        basis, alpha = st["projector"], -step_size * group["scale"]
+        basis, alpha = self._basis(p, st), -step_size * group["scale"]
         if projection_side(p.shape) == "right":
             p.addmm_(direction, basis.t(), alpha=alpha)
         else:

@@ -19,6 +19,8 @@ Backends (``PROJECTORS``):
   is harmless for the leading directions; ``fp64=True`` is there for ill-conditioned gradients.
 * ``randomized`` - Gaussian range finder with power iterations (Halko et al.); useful when r << min(m, n).
 
+GoLore's random bases (:func:`random_basis`) are not a backend: they ignore G and are drawn from a seed.
+
 Failure handling lives in :func:`refresh_basis`: a non-finite gradient keeps the previous basis, a failed
 decomposition is retried in float64 and otherwise keeps the previous basis. Neither ever raises.
 """
@@ -162,6 +164,37 @@ def refresh_basis(
         log.warning("GaLore projector %s: %s gave a non-finite basis in %s", name, backend, dtype)
     log.warning("GaLore projector %s: decomposition failed; keeping the previous projector", name)
     return previous, "failed"
+
+
+def mix_seed(*values: int) -> int:
+    """One 63-bit seed from several integers (SplitMix64 finaliser over a running mix), stable across runs.
+
+    Why not ``hash()``: a seed must be the same on every machine, Python version and resume.
+    """
+    mask = (1 << 64) - 1
+    z = 0x9E3779B97F4A7C15
+    for v in values:
+        z = (z ^ (int(v) & mask)) * 0xBF58476D1CE4E5B9 & mask
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & mask
+        z ^= z >> 31
+    return z >> 1
+
+
+def random_basis(dim: int, rank: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """A ``(dim, rank)`` basis drawn uniformly (Haar) from the Stiefel manifold, fp32, from ``seed``.
+
+    GoLore (He et al., arXiv 2410.11289): Gaussian Z, orthonormalised by QR with the signs of R's diagonal
+    moved into Q, which makes Q Haar-distributed (a plain QR is not: LAPACK's sign convention biases it).
+    Drawn on ``device`` with its own generator, so the global RNG is untouched and a resumed run redraws
+    nothing (the basis is saved in the state like every projector).
+    """
+    rank = min(rank, dim)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn(dim, rank, generator=gen, device=device, dtype=torch.float32)
+    q, r = torch.linalg.qr(z)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1
+    return (q * signs).contiguous()
 
 
 def project(grad: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
