@@ -45,7 +45,10 @@ class DataConfig:
 class TrainConfig:
     steps: int = 1000  # optimizer updates
     warmup_steps: int = -1  # LR warmup updates (-1: 10% of steps)
-    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak LR
+    min_lr_ratio: float = 0.1  # cosine (or the wsd decay) ends at this fraction of the peak LR
+    schedule: str = "cosine"  # cosine | wsd (linear warmup, constant, decay over the last decay_steps)
+    decay_steps: int = -1  # wsd: updates in the final decay (-1: 20 % of steps; 0: constant to the end)
+    decay_shape: str = "1-sqrt"  # wsd decay shape: linear | cosine | 1-sqrt
     micro_batch_size: int = 8  # sequences per forward pass on each process
     grad_accum: int = 1  # micro-batches per update on each process
     lr: float = -1.0  # peak LR (-1: the method's study default for the model size)
@@ -68,6 +71,11 @@ class TrainConfig:
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16-autocast", "bf16-pure"))
         _choice("train.dist", self.dist, ("ddp", "fsdp"))
         _choice("train.eval_loss", self.eval_loss, ("token_mean", "batch_mean", "batch_mean_n_plus_1"))
+        _choice("train.schedule", self.schedule, ("cosine", "wsd"))
+        _choice("train.decay_shape", self.decay_shape, ("linear", "cosine", "1-sqrt"))
+        if self.decay_steps > self.steps - self.warmup:
+            raise UserError(f"train.decay_steps={self.decay_steps} is longer than the steps after warmup "
+                            f"({self.steps} - {self.warmup}); use at most {self.steps - self.warmup}, or -1 (20 %)")
         for name in ("steps", "micro_batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
@@ -77,6 +85,13 @@ class TrainConfig:
     @property
     def warmup(self) -> int:
         return self.steps // 10 if self.warmup_steps < 0 else self.warmup_steps
+
+    @property
+    def decay(self) -> int:
+        """Updates in the wsd decay (0 for cosine, whose decay is the whole post-warmup phase)."""
+        if self.schedule != "wsd":
+            return 0
+        return self.steps // 5 if self.decay_steps < 0 else self.decay_steps
 
 
 @dataclass(frozen=True)
@@ -128,7 +143,8 @@ class RunConfig:
 
         t = self.train
         try:
-            return self.method_class()(self.method_config(), Schedule(t.steps, t.warmup, t.min_lr_ratio))
+            return self.method_class()(self.method_config(), Schedule(t.steps, t.warmup, t.min_lr_ratio, t.schedule,
+                                                                       t.decay, t.decay_shape))
         except ValueError as exc:
             raise UserError(f"method {self.method!r}: {exc}") from None
 
@@ -142,6 +158,9 @@ class RunConfig:
         for k in ("eval_every", "eval_tokens", "save_every", "save_steps", "log_every", "device", "eval_loss",
                   "retain_cpu_memory"):
             d["train"].pop(k)
+        if d["train"]["schedule"] == "cosine":  # cosine runs keep the hash they had before wsd existed
+            for k in ("schedule", "decay_steps", "decay_shape"):
+                d["train"].pop(k)
         return d
 
     def fingerprint(self) -> str:

@@ -23,6 +23,14 @@ class Schedule:
     total_steps: int
     warmup_steps: int
     min_lr_ratio: float = 0.1
+    kind: str = "cosine"  # cosine | wsd (rankscope/methods/schedules.py)
+    decay_steps: int = 0  # wsd: length of the final decay (0: stable to the end)
+    decay_shape: str = "linear"  # wsd: linear | cosine | 1-sqrt
+
+    def __post_init__(self) -> None:
+        from rankscope.methods.schedules import check_schedule
+
+        check_schedule(self.kind, self.decay_shape)
 
 
 def cosine_with_warmup(step: int, sched: Schedule) -> float:
@@ -101,8 +109,10 @@ class Method:
         return make_adamw(self.param_groups(model), self.config)
 
     def lr_factor(self, step: int) -> float:
-        """LR multiplier for the update that follows ``step`` completed updates."""
-        return cosine_with_warmup(step, self.schedule)
+        """LR multiplier for the update that follows ``step`` completed updates (cosine or WSD)."""
+        from rankscope.methods.schedules import lr_factor
+
+        return lr_factor(step, self.schedule)
 
     def on_step_end(self, step: int, model: nn.Module, optimizer: Optimizer) -> dict[str, float]:
         """Periodic method work after update number ``step`` (1-based). Returns values to log."""

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from rankscope.methods.base import Method, MethodConfig, Schedule
 from rankscope.methods.layers import ReLoRALinear, seeded_generator, swap_targets
 from rankscope.methods.registry import register
+from rankscope.methods.schedules import envelope
 
 RESETS = ("prune_random", "prune_magnitude", "zero", "keep")
 REWARM_TARGETS = ("rewarm_end", "release")
@@ -40,6 +41,8 @@ def jagged_cosine(t: int, sched: Schedule, reset_every: int, rewarm: int,
 
     t < W₀: t/W₀. In a re-warm (t ≥ R, t mod R < w): linear ramp to the envelope at the end of the
     re-warm (``rewarm_end``) or at the cycle start ⌊t/R⌋R/(N−W₀) (``release``). Else the cosine envelope.
+    With a ``wsd`` schedule the envelope is warmup-stable-decay instead of cosine: restarts go on through
+    the stable phase and the cooldown alike, each re-warm ramping to the (decaying) envelope.
     """
     w0, n, lo, r = sched.warmup_steps, sched.total_steps, sched.min_lr_ratio, reset_every
 
@@ -49,6 +52,11 @@ def jagged_cosine(t: int, sched: Schedule, reset_every: int, rewarm: int,
 
     if t < w0:
         return t / w0
+    if sched.kind == "wsd":  # restarts ride the WSD envelope; the cooldown decays the envelope (docs/study.md)
+        if t >= r and t % r < rewarm:
+            start = (t // r) * r
+            return (t % r) / rewarm * envelope(start + rewarm if target == "rewarm_end" else start, sched)
+        return envelope(t, sched)
     span = max(1, n - w0)
     if t >= r and t % r < rewarm:
         start = (t // r) * r
@@ -127,7 +135,7 @@ class ReLoRA(Method):
     def __init__(self, config: MethodConfig, schedule: Schedule) -> None:
         super().__init__(config, schedule)
         n, r = schedule.total_steps, config.reset_every
-        if n > r and n % r:
+        if n > r and n % r and schedule.kind != "wsd":  # a WSD cooldown may end mid-cycle (adapters unmerged)
             lo, hi = (n // r) * r, (n // r + 1) * r
             raise ValueError(
                 f"ReLoRA needs total steps N to be a multiple of reset_every={r} (got N={n}): use N={lo} or "
