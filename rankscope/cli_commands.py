@@ -71,6 +71,26 @@ def evaluate(
 
 
 @app.command()
+def ppl(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
+    texts: list[str] = typer.Option(..., "--text", help="Held-out text: a .txt/.jsonl/.parquet file, "
+                                    "hf:NAME[:CONFIG] (online), embedded:SPLIT[:SOURCE,...], val or shift."),
+    steps: str = typer.Option("final", help="final | all | comma-separated steps."),
+    split: str = typer.Option("validation", help="Split of hf: datasets (e.g. validation)."),
+    column: str = typer.Option("text", help="Text column of .jsonl/.parquet files and hf: datasets."),
+    max_bytes: int = typer.Option(400_000, help="UTF-8 bytes per text: whole documents in a seeded order (0: all)."),
+    max_docs: int = typer.Option(0, help="At most this many documents per text (0: no limit)."),
+    out: Optional[Path] = typer.Option(None, help="Also merge the rows into this table (e.g. results/downstream)."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+) -> None:
+    """Perplexity and bits per byte on held-out text, with a bootstrap interval over documents."""
+    from rankscope.downstream.commands import cmd_ppl
+
+    cmd_ppl(run_dirs, texts, steps=steps, split=split, column=column, max_bytes=max_bytes, max_docs=max_docs,
+            out=out, device=device)
+
+
+@app.command()
 def predict(
     table_dir: Path = typer.Argument(..., help="Folder with diagnostics + downstream tables and runs.csv (a study's results/)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: TABLE_DIR)."),

@@ -93,6 +93,21 @@ def _brown_tagged() -> tuple[dict, ...]:
         return tuple(json.loads(line) for line in fh)
 
 
+def training_sources(holdout_source: str = "") -> tuple[str, ...] | None:
+    """Sources a run trains and validates on: all (None), or all but the left-out one (leave-one-source-out)."""
+    if not holdout_source:
+        return None
+    _check("source", holdout_source, SOURCES)
+    return tuple(s for s in SOURCES if s != holdout_source)
+
+
+def shift_documents(holdout_source: str) -> list[dict]:
+    """Every document (all splits) of the left-out source: text a leave-one-source-out run never saw."""
+    if not holdout_source:
+        raise ValueError("no source is left out (set data.holdout_source to one of: " + ", ".join(SOURCES) + ")")
+    return load_documents(None, sources=(holdout_source,))
+
+
 def load_brown_heldout_tagged() -> list[dict]:
     """Validation+test Brown files as {doc, split, genre, paragraphs[sentences[[word, tag]]]}.
 

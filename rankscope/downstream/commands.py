@@ -25,14 +25,8 @@ def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequen
     """
     from rankscope.downstream.evaluate import evaluate_runs
 
-    step_sel: str | list[int] = steps
-    if steps not in ("final", "all"):
-        try:
-            step_sel = [int(s) for s in str(steps).split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--steps {steps!r}: use 'final', 'all' or comma-separated integers") from None
     cap = None if not max_items else max_items
-    frame = evaluate_runs(run_dirs, steps=step_sel, tasks=list(tasks) if tasks else None, max_items=cap, out=out,
+    frame = evaluate_runs(run_dirs, steps=parse_steps(steps), tasks=list(tasks) if tasks else None, max_items=cap, out=out,
                           seed=seed, bootstrap_iters=bootstrap_iters, device=device)
     if lm_eval or online:
         _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online)
@@ -40,6 +34,36 @@ def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequen
     for _, r in shown.iterrows():
         print(f"{r['run']:>20} step {r['step']:>7} {r['name']:>15} {r['metric']:>8} {r['value']:.3f} "
               f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
+    return frame
+
+
+def parse_steps(steps: str) -> str | list[int]:
+    """``final`` | ``all`` | comma-separated step numbers (the --steps option of eval and ppl)."""
+    if steps in ("final", "all"):
+        return steps
+    try:
+        return [int(s) for s in str(steps).split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--steps {steps!r}: use 'final', 'all' or comma-separated integers") from None
+
+
+def cmd_ppl(run_dirs: Sequence[str | Path], texts: Sequence[str], steps: str = "final", split: str = "validation",
+            column: str = "text", max_bytes: int = 400_000, max_docs: int = 0, out: str | Path | None = None,
+            seed: int = 0, bootstrap_iters: int = 1000, device: str = "cpu") -> pd.DataFrame:
+    """Perplexity and bits per byte of runs on held-out texts (specs: see rankscope.downstream.heldout)."""
+    from rankscope.downstream.heldout import parse_texts
+    from rankscope.downstream.ppl import ppl_runs
+
+    if not texts:
+        raise UserError("rankscope ppl needs at least one --text (a file, hf:NAME[:CONFIG], embedded:SPLIT, val "
+                        "or shift)")
+    frame = ppl_runs(run_dirs, parse_texts(texts, split=split, column=column), steps=parse_steps(steps),
+                     max_bytes=max_bytes, max_docs=max_docs, seed=seed, bootstrap_iters=bootstrap_iters, out=out,
+                     device=device)
+    shown = frame[frame["metric"].isin(["heldout_ppl", "heldout_bpb"])]
+    for _, r in shown.iterrows():
+        print(f"{r['run']:>20} step {r['step']:>7} {r['name']:>24} {r['metric']:>12} {r['value']:.4g} "
+              f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]")
     return frame
 
 
