@@ -31,10 +31,16 @@ class DataConfig:
     seq_len: int = 256  # tokens per training sequence
     packing: str = "pack"  # pack (concatenate documents) | pad (one document per sequence, pads = -100)
     shuffle_buffer: int = 10000  # documents in the streaming shuffle buffer (source=hf)
+    holdout_source: str = ""  # embedded only: leave out sotu | brown | austen (train+validate on the other two)
 
     def __post_init__(self) -> None:
         _choice("data.source", self.source, ("embedded", "hf", "files"))
         _choice("data.packing", self.packing, ("pack", "pad"))
+        if self.holdout_source:
+            _choice("data.holdout_source", self.holdout_source, ("sotu", "brown", "austen"))
+            if self.source != "embedded":
+                raise UserError("data.holdout_source (leave one source out) needs data.source=embedded; for other "
+                                "data, score a held-out text with `rankscope ppl --text FILE` instead")
         if self.source == "hf" and not self.dataset:
             raise UserError("data.source=hf needs data.dataset (e.g. --dataset allenai/c4 --dataset-config en)")
         if self.source == "files" and not self.train_files:
@@ -161,6 +167,8 @@ class RunConfig:
         if d["train"]["schedule"] == "cosine":  # cosine runs keep the hash they had before wsd existed
             for k in ("schedule", "decay_steps", "decay_shape"):
                 d["train"].pop(k)
+        if not d["data"]["holdout_source"]:  # runs on all sources keep the hash they had before it existed
+            d["data"].pop("holdout_source")
         return d
 
     def fingerprint(self) -> str:

@@ -14,7 +14,7 @@ EXPECTED_FLAGS = {
     "name", "out_dir", "model", "vocab_size", "method",
     "data__source", "data__dataset", "data__dataset_config", "data__text_column", "data__train_split",
     "data__val_split", "data__train_files", "data__val_files", "data__streaming", "data__tokenizer",
-    "data__seq_len", "data__packing", "data__shuffle_buffer",
+    "data__seq_len", "data__packing", "data__shuffle_buffer", "data__holdout_source",
     "train__steps", "train__warmup_steps", "train__min_lr_ratio", "train__schedule", "train__decay_steps",
     "train__decay_shape", "train__micro_batch_size", "train__grad_accum",
     "train__lr", "train__seed", "train__eval_every", "train__eval_tokens", "train__save_every",

@@ -67,6 +67,8 @@ def _token_cache_key(data: DataConfig, split: str, tok_fingerprint: str) -> str:
         from rankscope.data.corpus import manifest
 
         parts.append(manifest().get("sha256", ""))
+        if data.holdout_source:  # only when set, so caches of all-source runs keep their keys
+            parts.append(f"holdout={data.holdout_source}")
     else:
         for f in data.train_files if split == "train" else data.val_files:
             st = Path(f).stat() if Path(f).exists() else None

@@ -20,9 +20,9 @@ def iter_texts(data: DataConfig, split: str) -> Iterator[str]:
     """Documents of ``split`` ("train" uses data.train_split, anything else data.val_split) in a fixed order."""
     which = data.train_split if split == "train" else data.val_split
     if data.source == "embedded":
-        from rankscope.data.corpus import load_documents
+        from rankscope.data.corpus import load_documents, training_sources
 
-        docs = load_documents(which)
+        docs = load_documents(which, sources=training_sources(data.holdout_source))  # LOSO: the two kept
         yield from (d["text"] for d in docs)
     elif data.source == "files":
         files = data.train_files if split == "train" else data.val_files
