@@ -31,6 +31,9 @@ def build_run_config(config: Optional[Path], set_: Optional[list[str]], options:
         nested["method_options"] = {**(nested.get("method_options") or {}), **method_options}
     cfg = RunConfig.from_dict(nested, source=str(config) if config else "command line")
     cfg.method_config()  # validate method options now, before anything is written
+    from rankscope.data.sources import check_sources
+
+    check_sources(cfg.data)  # and the data: missing, unreadable, empty or malformed files (first documents)
     return cfg
 
 

@@ -89,17 +89,22 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_set(items: list[str] | None) -> dict[str, Any]:
-    """``--set rank=64 --set projector=svd`` -> {"rank": 64, "projector": "svd"} (YAML scalars)."""
-    import yaml
+    """``--set rank=64 --set projector=svd`` -> {"rank": "64", "projector": "svd"}.
 
+    Values stay strings here: ``RunConfig`` converts each to the type of the method's Config field
+    (``rankscope.method_options``), so ``rank=2.5`` or ``lr=abc`` is an error naming key, value and type.
+    """
     from rankscope.errors import UserError
 
-    out = {}
+    out: dict[str, Any] = {}
     for item in items or []:
-        if "=" not in item:
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (e.g. --set rank=64), got {item!r}")
+        if key in out and out[key] != value.strip():
+            raise UserError(f"--set {key} is given twice ({out[key]!r} and {value.strip()!r}); give it once")
+        out[key] = value.strip()
     return out
 
 

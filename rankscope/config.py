@@ -57,7 +57,7 @@ class TrainConfig:
     decay_shape: str = "1-sqrt"  # wsd decay shape: linear | cosine | 1-sqrt
     micro_batch_size: int = 8  # sequences per forward pass on each process
     grad_accum: int = 1  # micro-batches per update on each process
-    lr: float = -1.0  # peak LR (-1: the method's study default for the model size)
+    lr: float = -1.0  # peak LR (-1: the method's study default for the model size); same as --set lr=, give one
     seed: int = 0  # seeds the initial weights, data order and method randomness
     eval_every: int = 100  # validate every N updates (0: only at the end)
     eval_tokens: int = 65536  # validation budget in non-pad tokens
@@ -111,6 +111,13 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if self.method_options:  # "--set rank=64" arrives as a string: store the typed value (stable fingerprint)
+            from rankscope.method_options import coerce_method_options
+
+            typed = coerce_method_options(self.method, self.method_class().Config, dict(self.method_options))
+            object.__setattr__(self, "method_options", typed)
+
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.name
@@ -132,9 +139,25 @@ class RunConfig:
             raise UserError(str(exc.args[0])) from None
 
     def method_config(self):
-        """The method's Config: study defaults for this size, release quirks if asked, then overrides."""
+        """The method's Config: study defaults for this size, release quirks if asked, then overrides.
+
+        The learning rate has one value: ``--lr`` (train.lr) and ``--set lr=`` (method_options) both set the
+        method's peak LR, and giving both with different values is an error rather than a silent winner.
+        """
+        from rankscope.method_options import coerce_method_options
+
         cls = self.method_class()
-        options = dict(self.method_options)
+        options = coerce_method_options(self.method, cls.Config, dict(self.method_options))
+        if self.train.lr <= 0 and self.train.lr != -1:
+            raise UserError(f"train.lr={self.train.lr} is not a learning rate: pass a positive --lr, or -1 (the "
+                            f"default) for the method's study default for model {self.model!r}")
+        if "lr" in options and not options["lr"] > 0:
+            raise UserError(f"method {self.method!r}: option lr={options['lr']} must be a positive number")
+        if self.train.lr > 0 and "lr" in options and options["lr"] != self.train.lr:
+            raise UserError(
+                f"the learning rate is set twice: train.lr={self.train.lr} (--lr) and method option "
+                f"lr={options['lr']} (--set lr= or method_options); both set the method's peak LR, so give it once"
+            )
         try:
             cfg = cls.Config.for_preset(self.model, self.train.faithful_release, **options)
         except (TypeError, ValueError) as exc:

@@ -6,75 +6,61 @@ fast with a message that says how to use the embedded corpus or local files inst
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
 from rankscope.config import DataConfig
+from rankscope.data.local_files import LOCAL_SUFFIXES, check_file, iter_file
 from rankscope.errors import UserError
 
-LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+__all__ = ["LOCAL_SUFFIXES", "check_sources", "iter_texts"]
+
+
+def check_sources(data: DataConfig) -> None:
+    """Validate the data settings cheaply before a run writes anything: split names, and that every local
+    file exists, has a known format and yields a first document (a UserError names the file and the fix)."""
+    if data.source == "embedded":
+        for split in (data.train_split, data.val_split):
+            _check_embedded_split(split)
+    elif data.source == "files":
+        for flag, files in (("--train-files", data.train_files), ("--val-files", data.val_files)):
+            if not files:
+                raise UserError(f"data.source=files needs {flag} PATH (.txt, .jsonl or .parquet)")
+            for path in files:
+                check_file(path, data.text_column)
 
 
 def iter_texts(data: DataConfig, split: str) -> Iterator[str]:
     """Documents of ``split`` ("train" uses data.train_split, anything else data.val_split) in a fixed order."""
     which = data.train_split if split == "train" else data.val_split
     if data.source == "embedded":
-        from rankscope.data.corpus import load_documents, training_sources
+        from rankscope.data.corpus import training_sources
 
-        docs = load_documents(which, sources=training_sources(data.holdout_source))  # LOSO: the two kept
-        yield from (d["text"] for d in docs)
+        sources = training_sources(data.holdout_source)  # None: all three; else the two not left out
+        yield from (d["text"] for d in _embedded_split(which) if sources is None or d["source"] in sources)
     elif data.source == "files":
         files = data.train_files if split == "train" else data.val_files
         if not files:
-            raise UserError(f"data.source=files has no {'--train-files' if split == 'train' else '--val-files'}")
+            raise UserError(f"data.source=files needs {'--train-files' if split == 'train' else '--val-files'} "
+                            f"PATH (.txt, .jsonl or .parquet)")
         for path in files:
-            yield from _iter_local_file(Path(path), data.text_column)
+            yield from iter_file(path, data.text_column)
     else:
         yield from _iter_hub(data, which)
 
 
-def _iter_local_file(path: Path, column: str) -> Iterator[str]:
-    if not path.is_file():
-        raise UserError(f"data file {path} does not exist (check --train-files / --val-files)")
-    kind = LOCAL_SUFFIXES.get(path.suffix)
-    if kind is None:
-        raise UserError(f"data file {path}: unsupported suffix {path.suffix!r}; use one of {sorted(LOCAL_SUFFIXES)}")
-    if kind == "text":
-        # One document per blank-line-separated block: keeps paragraphs together, as a corpus file usually is.
-        block: list[str] = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                block.append(line)
-            elif block:
-                yield "\n".join(block)
-                block = []
-        if block:
-            yield "\n".join(block)
-    elif kind == "json":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-                if column not in record:
-                    raise UserError(
-                        f"{path}:{lineno}: no text column {column!r}; the record has {sorted(record)}. "
-                        f"Pass --text-column NAME."
-                    )
-                yield str(record[column])
-    else:
-        import pyarrow.parquet as pq
+def _check_embedded_split(split: str) -> None:
+    from rankscope.data.corpus_build import SPLITS
 
-        table = pq.read_table(path)
-        if column not in table.column_names:
-            raise UserError(
-                f"{path}: no text column {column!r}; columns are {table.column_names}. Pass --text-column NAME."
-            )
-        yield from (str(t) for t in table.column(column).to_pylist())
+    if split not in SPLITS:
+        raise UserError(f"the embedded corpus has no split {split!r}; its splits are {', '.join(SPLITS)} "
+                        f"(--train-split / --val-split)")
+
+
+def _embedded_split(split: str) -> list[dict]:
+    from rankscope.data.corpus import load_documents
+
+    _check_embedded_split(split)
+    return load_documents(split)
 
 
 def _iter_hub(data: DataConfig, split: str) -> Iterator[str]:
