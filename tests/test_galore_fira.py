@@ -458,3 +458,55 @@ def test_fira_residual_norms_accurate_at_a_small_residual(shape):
     identity_err = float((((g2 - r2).clamp_min(0).sqrt() - exact).abs() / exact).max())
     # measured: 3e-5 per row with the fallback; the identity alone is off by > 60 % on the worst row
     assert err < 3e-4 and identity_err > 1e-2, (err, identity_err)
+
+
+# --- GoLore -------------------------------------------------------------------------------------------
+def _golore_run(random_after, seed=0, steps=10):
+    grads = [g for g, _ in scripted((40, 24), seed=25)][:steps]
+    w = nn.Parameter(0.1 * torch.randn(40, 24, generator=torch.Generator().manual_seed(26)))
+    opt = GaLoreAdamW([{"params": [w], "rank": RANK, "update_proj_gap": GAP}], lr=LR, random_after=random_after,
+                      random_seed=seed)
+    trace = []
+    for g in grads:
+        w.grad = g.clone()
+        opt.step()
+        trace.append((w.detach().clone(), opt.state[w]["projector"].clone(), g))
+    return trace
+
+
+def test_golore_is_galore_before_the_switch_then_random_orthonormal():
+    """Switch at counter 6 (T = 3): refreshes 0, 3 are GaLore's exactly; 6 and 9 draw seeded Haar bases."""
+    galore, golore = _golore_run(None), _golore_run(6)
+    for k in range(6):  # updates 1..6 use the bases of counters 0 and 3
+        assert torch.equal(galore[k][0], golore[k][0]) and torch.equal(galore[k][1], golore[k][1])
+    bases = [golore[k][1] for k in (6, 9)]  # drawn at counters 6 and 9
+    for k, basis in zip((6, 9), bases):
+        torch.testing.assert_close(basis.t() @ basis, torch.eye(RANK), atol=1e-5, rtol=0)
+        assert proj.retained_energy(golore[k][2], basis) < 0.7 < proj.retained_energy(galore[k][2], galore[k][1])
+    assert not torch.equal(bases[0], bases[1]) and not torch.equal(golore[9][0], galore[9][0])
+    again = _golore_run(6)  # seeded: a rerun (or a resume, tests/test_methods_train.py) draws the same bases
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(golore, again))
+    assert not torch.equal(_golore_run(6, seed=1)[6][1], bases[0])
+
+
+def test_random_basis_is_haar_and_seeded():
+    """Column signs are not fixed by LAPACK's convention: the mean of many draws is ~0 (a plain QR is biased)."""
+    draws = torch.stack([proj.random_basis(8, 3, seed) for seed in range(400)])
+    assert float(draws.mean(0).abs().max()) < 0.06
+    assert torch.equal(proj.random_basis(8, 3, 7), proj.random_basis(8, 3, 7))
+    assert proj.mix_seed(1, 2, 3) != proj.mix_seed(1, 3, 2) and 0 <= proj.mix_seed(2**70, 5) < 2**63
+
+
+def test_golore_method_places_the_switch():
+    from rankscope.methods.base import Schedule
+
+    cls = get_method("golore")
+    cfg = cls.Config.for_preset("60m")
+    assert (cfg.rank, cfg.lr, cfg.scale, cfg.update_proj_gap, cfg.random_fraction_start) == (128, 0.01, 0.25, 200, 0.8)
+    groups = cls(cfg, Schedule(1001, 100)).param_groups(LlamaLM(model_config("smoke")))
+    assert groups[0]["random_after"] == 801 and "random_after" not in groups[1]
+    with pytest.raises(ValueError, match="Schedule"):
+        cls(cfg, None).param_groups(LlamaLM(model_config("smoke")))
+    galore = get_method("galore")
+    assert cls.theory_counts(model_config("60m"), cfg) == galore.theory_counts(model_config("60m"),
+                                                                               galore.Config.for_preset("60m"))
