@@ -63,13 +63,16 @@ def train(
 @app.command()
 def methods() -> None:
     """List the training methods and their options (with the study defaults for each model preset)."""
+    import sys
     from dataclasses import fields
 
+    from rankscope.methods.order import in_order
     from rankscope.methods.registry import available, get_method
 
-    for name in available():
+    for name in in_order(available()):
         cls = get_method(name)
-        typer.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0] if cls.__doc__ else ''}")
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()  # class, else module docstring
+        typer.echo(f"{name}: {doc.splitlines()[0] if doc else ''}")
         for f in fields(cls.Config):
             typer.echo(f"    {f.name} = {getattr(cls.Config(), f.name)!r}")
         presets = getattr(cls.Config, "PRESET_DEFAULTS", {})

@@ -19,11 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from rankscope.methods.order import METHOD_ORDER, in_order  # noqa: E402
 from rankscope.report.load import prefer_rows  # noqa: E402
 from rankscope.report.stats import Z95  # noqa: E402
 
-METHOD_ORDER = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
-_PALETTE = plt.get_cmap("tab10").colors
+# One colour per method in METHOD_ORDER (rankscope/methods/order.py): tab10 keeps the paper's six as before,
+# then four darker tones so 14 methods stay distinguishable in one figure.
+_PALETTE = tuple(plt.get_cmap("tab10").colors) + tuple(
+    matplotlib.colors.to_rgb(c) for c in ("#393b79", "#8c6d31", "#7b4173", "#000000"))
 
 
 @dataclass
@@ -46,8 +49,7 @@ def method_color(method: str) -> tuple[float, float, float]:
 
 def ordered(methods: object) -> list[str]:
     """Methods in the study's canonical order, unknown ones appended alphabetically."""
-    found = {str(m) for m in methods}  # type: ignore[union-attr]
-    return [m for m in METHOD_ORDER if m in found] + sorted(found - set(METHOD_ORDER))
+    return in_order(methods)
 
 
 def fig_to_uri(fig: plt.Figure, dpi: int = 90) -> str:

@@ -87,7 +87,7 @@ class StudyConfig:
     preset: str = ""  # the preset this config came from (informational, written to study.json)
     model: str = "tiny"  # model preset: smoke | tiny | 60m | 130m | 350m | 1b
     vocab_size: int = 0  # override the model preset's vocabulary (0: preset value)
-    methods: tuple[str, ...] = ALL_METHODS
+    methods: tuple[str, ...] = ALL_METHODS  # method names, or "all" (every registered method)
     seeds: tuple[int, ...] = (0,)  # runs with the same seed share their initial weights
     steps: int = 150  # optimizer updates per run
     warmup_steps: int = -1  # -1: 10 % of steps
@@ -107,6 +107,13 @@ class StudyConfig:
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def __post_init__(self) -> None:
+        if self.methods in ("all", ("all",)):  # every registered method, in the canonical order
+            from rankscope.methods.order import in_order
+            from rankscope.methods.registry import available
+
+            object.__setattr__(self, "methods", tuple(in_order(available())))
+        elif isinstance(self.methods, str):
+            object.__setattr__(self, "methods", (self.methods,))
         if not self.methods:
             raise UserError("study: methods must list at least one method")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

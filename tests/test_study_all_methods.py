@@ -1,0 +1,60 @@
+"""`methods: all`: every registered method in the study, in one order, with one colour each (issue 14)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rankscope.methods.order import METHOD_ORDER, in_order
+from rankscope.methods.registry import available
+from rankscope.study import load_study_config, run_study
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_registered_method_has_a_place_in_the_order_and_a_colour():
+    from rankscope.report.plots_common import method_color, ordered
+
+    assert set(available()) <= set(METHOD_ORDER), "add the new method to rankscope/methods/order.py"
+    colours = [method_color(m) for m in METHOD_ORDER]
+    assert len(set(colours)) == len(METHOD_ORDER) >= 14
+    assert ordered(["spam", "zeta", "galore", "full_rank"]) == ["full_rank", "galore", "spam", "zeta"]
+
+
+@pytest.mark.parametrize("preset", ["smoke", "paper-60m", "paper-130m", "paper-350m"])
+def test_methods_all_resolves_and_builds_every_method(preset, tmp_path):
+    cfg = load_study_config(_write(tmp_path, f"base: {preset}\nmethods: all\n"))
+    assert cfg.methods == tuple(in_order(available())) and len(cfg.methods) >= 14
+    for run in cfg.to_run_configs(tmp_path):
+        run.build_method()  # the preset's options and schedule constraints hold for every method
+
+
+def test_cli_lists_every_method_in_order(capsys):
+    from rankscope.cli import main
+
+    main(["methods"])
+    names = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if not line.startswith(" ")]
+    assert names == in_order(available()) and len(names) >= 14
+
+
+@pytest.mark.slow
+def test_smoke_study_with_every_method_runs_end_to_end(tmp_path):
+    cfg = load_study_config(_write(tmp_path, "base: smoke\nmethods: all\n"))
+    out = tmp_path / "study"
+    result = run_study(cfg, out, progress=False)
+    assert not result.failed, [(j.id, j.error) for j in result.failed]
+    from rankscope.report.load import load_study
+
+    runs = {r.method for r in load_study(out).runs}
+    assert runs == set(available())
+    html = (out / "report.html").read_text()
+    for method in available():
+        assert f"{method}_s0" in html, method
+    study = json.loads((out / "study.json").read_text())
+    assert study["methods"] == in_order(available())
