@@ -111,11 +111,16 @@ def study(
     out: Path = typer.Option(Path("study_out"), "--out", "-o", help="Study folder (re-running resumes it)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the jobs and their commands, run nothing."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress display."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="GPU class of the --dry-run cost estimate: h100 | h200 | "
+                                      "b200 | a100 | l40s | a10g (default h100)."),
+    gpu_check_json: Optional[Path] = typer.Option(None, "--gpu-check-json", help="gpu_check.json from `make "
+                                                  "gpu-check`: its measured MFU replaces the assumed one."),
 ) -> None:
     """The whole study: train every method and seed, analyze, evaluate, predict, and write report.html."""
     from rankscope.study.commands import cmd_study
 
-    code = cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet)
+    code = cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet, gpu=gpu,
+                     gpu_check_json=gpu_check_json)
     if code:
         raise typer.Exit(code)
 

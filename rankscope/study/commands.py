@@ -12,10 +12,13 @@ from rankscope.errors import UserError
 
 
 def cmd_study(preset: str | None = None, config: str | Path | None = None, out: str | Path | None = None,
-              dry_run: bool = False, quiet: bool = False) -> int:
+              dry_run: bool = False, quiet: bool = False, gpu: str | None = None,
+              gpu_check_json: str | Path | None = None) -> int:
     """Run a study from a preset (default ``demo``) or a YAML file; returns the exit code.
 
     The code is 1 when any job failed, but only after every other job and the report are done.
+    ``--dry-run`` also prints each training job's cost (rankscope/study/cost.py) on ``gpu`` (default h100),
+    with the MFU measured by ``make gpu-check`` when ``gpu_check_json`` is given.
     """
     from rankscope.study.config import load_study_config
     from rankscope.study.runner import run_study
@@ -25,8 +28,19 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
                         "with 'base: NAME')")
     if out is None:
         raise UserError("--out DIR is required: the study folder (re-run the same command to resume)")
+    if not dry_run and (gpu or gpu_check_json):
+        raise UserError("--gpu and --gpu-check-json choose the cost estimate, which only --dry-run prints; "
+                        "add --dry-run (nothing is trained then)")
     cfg = load_study_config(config if config else (preset or "demo"))
+    costs = None
+    if dry_run:  # computed first: a bad --gpu or JSON fails before anything is printed
+        from rankscope.study.cost import format_costs, study_costs
+
+        costs = format_costs(study_costs(cfg.to_run_configs(Path(out)), cfg.launcher.nproc, gpu or "h100",
+                                         gpu_check_json))
     result = run_study(cfg, out, dry_run=dry_run, progress=not quiet)
+    if costs:
+        print(costs)
     if result.failed:
         print(f"{len(result.failed)} job(s) failed: {', '.join(j.id for j in result.failed)} "
               f"(details in {Path(out) / 'status.json'}); re-run the same command to retry them", file=sys.stderr)
