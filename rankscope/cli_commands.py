@@ -41,13 +41,23 @@ def analyze(
     workers: int = typer.Option(1, help="CPU worker processes (each gets cores // workers threads); 2 is ~25 % "
                                 "faster than 1 on a 2-core machine."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="On a failed checkpoint or metric, compute the rest "
+                                    "and record the failure as an 'error: ...' row (still exits 1)."),
 ) -> None:
-    """Compute the study's diagnostics for every checkpoint of the given runs (cached per checkpoint)."""
-    from rankscope.diagnostics.analyze import analyze as run_analyze
+    """Compute the study's diagnostics for every checkpoint of the given runs (cached per checkpoint).
 
-    frame = run_analyze(run_dirs, metrics=metrics or None, out=out, mode=mode, n_tokens=n_tokens,
-                        settings=_json_option(settings, "--settings"), device=device, progress=not quiet,
-                        use_cache=not no_cache, workers=workers)
+    Exits 1 when a checkpoint or metric could not be computed (the message names it), 2 on a user error.
+    """
+    from rankscope.diagnostics.analyze import analyze as run_analyze
+    from rankscope.errors import AnalysisFailed
+
+    try:
+        frame = run_analyze(run_dirs, metrics=metrics or None, out=out, mode=mode, n_tokens=n_tokens,
+                            settings=_json_option(settings, "--settings"), device=device, progress=not quiet,
+                            use_cache=not no_cache, workers=workers, keep_going=keep_going)
+    except AnalysisFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None  # not typer.Exit: exit 1 whatever the caller's standalone mode
     typer.echo(f"{len(frame)} rows -> {out / 'diagnostics.parquet'}")
 
 

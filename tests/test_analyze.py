@@ -35,20 +35,21 @@ def _make_run(root: Path, name: str, method: str, steps: list[int]) -> Path:
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), default=list))
     torch.manual_seed(0)
-    model = cfg.method_class()(cfg.method_config(), Schedule(10, 1)).prepare(LlamaLM(cfg.model_config()))
+    method = cfg.method_class()(cfg.method_config(), Schedule(10, 1))
+    model = method.prepare(LlamaLM(cfg.model_config()))
     for step in steps:
-        _save(run_dir, model, step)
+        _save(run_dir, model, step, method.state_dict())
     return run_dir
 
 
-def _save(run_dir: Path, model: torch.nn.Module, step: int) -> None:
+def _save(run_dir: Path, model: torch.nn.Module, step: int, method_state: dict | None = None) -> None:
     from rankscope.training.checkpoint import save_checkpoint
 
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    save_checkpoint(run_dir, step, model_state=model.state_dict(), optimizer_state=None, method_state={},
-                    rng_states=[], train_state={"step": step})
+    save_checkpoint(run_dir, step, model_state=model.state_dict(), optimizer_state=None,
+                    method_state=method_state or {}, rng_states=[], train_state={"step": step})
 
 
 def _batch() -> EvalBatch:
@@ -103,6 +104,8 @@ def test_second_call_does_no_work_and_new_checkpoints_are_computed(tmp_path, cou
 
 
 def test_errors_become_rows_and_are_not_cached(tmp_path, monkeypatch):
+    from rankscope.errors import AnalysisFailed
+
     full = _make_run(tmp_path / "runs", "full", "full_rank", [1, 2])
     diag = registry.all_diagnostics()["spectra"]
     calls = []
@@ -115,11 +118,14 @@ def test_errors_become_rows_and_are_not_cached(tmp_path, monkeypatch):
 
     monkeypatch.setitem(registry._REGISTRY, "spectra", dataclasses.replace(diag, fn=flaky))
     out = tmp_path / "analysis"
-    df = analyze([full], metrics=["w_erank"], out=out, batch=_batch(), progress=False)
+    with pytest.raises(AnalysisFailed) as failed:
+        analyze([full], metrics=["w_erank"], out=out, batch=_batch(), progress=False, keep_going=True)
+    df = failed.value.frame
     err = df[df.note.str.startswith("error")]
     assert len(err) == 1 and err.step.iloc[0] == 2 and "corrupt matrix" in err.note.iloc[0]
     assert (df[df.step == 1].metric == "w_erank").any()
-    analyze([full], metrics=["w_erank"], out=out, batch=_batch(), progress=False)
+    with pytest.raises(AnalysisFailed):
+        analyze([full], metrics=["w_erank"], out=out, batch=_batch(), progress=False, keep_going=True)
     assert calls == [1, 2, 2]  # step 1 cached, the failed step retried
 
 

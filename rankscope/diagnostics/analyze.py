@@ -10,8 +10,11 @@ computation. Each group is scheduled by its kind:
   CKA = 1 rows act as the "is full-rank" flag the predictor expects);
 * pairwise: every unordered pair of runs of the same scale at every shared step.
 
-Every task is cached (``cache.py``), so a second call computes only what is new; one failing task becomes
-an ``error: ...`` row and the rest go on.
+Every task is cached (``cache.py``), so a second call computes only what is new. A failing task (an
+unreadable checkpoint, a metric that raised) is never a silent row: by default the call stops at the first
+failure with :class:`AnalysisFailed` naming the checkpoint and the error (the CLI exits 1); with
+``keep_going`` the rest is computed, each failure becomes an ``error: ...`` row, the table is written, and
+``AnalysisFailed`` is raised at the end. A run folder without checkpoints is a :class:`UserError`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from rankscope.diagnostics.cache import RowCache, task_key
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch, RunHandle
 from rankscope.diagnostics.registry import Diagnostic, all_diagnostics, group_of_metric
 from rankscope.diagnostics.table import Row, rows_to_frame, write_table
-from rankscope.errors import UserError
+from rankscope.errors import AnalysisFailed, UserError
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,25 @@ def _error_row(diag: Diagnostic, task: dict[str, Any], mode: str, settings: dict
                note=f"error: {type(exc).__name__}: {exc}")
 
 
+def _failure(name: str, task: dict[str, Any], exc: Exception) -> str:
+    """One line: which group, which checkpoint(s), which error."""
+    from rankscope.training.checkpoint import step_dir
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    ckpts = [str(step_dir(path, s)) for path, steps in _key_runs(task) for s in steps]
+    where = "" if any(c in first for c in ckpts) else f" (checkpoint {', '.join(ckpts)})"  # said once is enough
+    kind = "" if isinstance(exc, UserError) else f"{type(exc).__name__}: "
+    return f"{name} on run {task['run'].name!r} step {task['step']}{where}: {kind}{first}"
+
+
+def _check_runs(runs: Sequence[RunHandle]) -> None:
+    empty = [str(r.path) for r in runs if not r.steps]
+    if empty:
+        raise UserError(f"run folder(s) {', '.join(empty)} have no complete checkpoint (no checkpoints/step_*/ with "
+                        f"train_state.json): train them first (or let the running job save one), or leave them "
+                        f"out of the analyze arguments")
+
+
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
@@ -143,19 +165,23 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
             out: str | Path = "analysis", mode: str = "default", n_tokens: int = DEFAULT_TOKENS,
             settings: dict[str, dict[str, Any]] | None = None, device: str = "cpu", progress: bool = True,
             seed: int = 0, batch: EvalBatch | None = None, use_cache: bool = True,
-            workers: int = 1) -> pd.DataFrame:
+            workers: int = 1, keep_going: bool = False) -> pd.DataFrame:
     """Compute the diagnostics of ``metrics`` over the runs and write ``<out>/diagnostics.{parquet,csv}``.
 
     ``settings`` overrides group defaults (``{"spectra": {"dtype": "float64"}}``); ``batch`` replaces the
     shared evaluation batch (tests, studies that fix their own tokens). ``workers`` > 1 computes the tasks
     of each group in that many processes with cpu_count // workers threads each (CPU only; results and
     their order are the same). Returns the table.
+
+    Raises :class:`AnalysisFailed` when a task fails: at once (nothing written) unless ``keep_going``, which
+    computes the rest, records each failure as an ``error: ...`` row, writes the table and raises at the end.
     """
     if mode not in ("default", "faithful"):
         raise UserError(f"mode must be 'default' or 'faithful', got {mode!r}")
     runs = [r if isinstance(r, RunHandle) else RunHandle.open(r) for r in run_dirs]
     if not runs:
         raise UserError("analyze needs at least one run folder")
+    _check_runs(runs)
     out = Path(out)
     groups = resolve_groups(metrics)
     resolved = resolve_settings(groups, settings)
@@ -171,6 +197,7 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
         return shared["batch"]
 
     rows: list[Row] = []
+    failures: list[str] = []
     timings: dict[str, dict[str, float]] = {}
     on_cpu = str(device).startswith("cpu")
     if on_cpu:
@@ -204,8 +231,16 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                     for r in got:
                         r.settings = r.settings or stamp
                     cache.put(key, got)
-                else:  # one bad checkpoint must not sink the study
-                    log.warning("%s failed: %s: %s", where, type(exc).__name__, exc)
+                else:
+                    failure = _failure(name, task, exc)
+                    if not keep_going:
+                        raise AnalysisFailed(
+                            f"analyze could not compute {failure}. Nothing was written to "
+                            f"{out / 'diagnostics.parquet'} (finished tasks are cached, so a re-run after the fix "
+                            f"is quick); pass --keep-going to compute the rest and record failures as error rows",
+                            [failure])
+                    log.info("failed: %s", failure)  # reported once, in the AnalysisFailed at the end
+                    failures.append(failure)
                     got = [_error_row(diag, task, mode, resolved[name], exc)]
                 results[i] = got
                 if bar is not None:
@@ -218,6 +253,10 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
     frame = rows_to_frame(rows)
     write_table(frame, out / "diagnostics")
     _write_timings(out / "analysis_timings.json", timings)  # not timings.json: the study writes that one
+    if failures:
+        shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3 else "")
+        raise AnalysisFailed(f"analyze: {len(failures)} task(s) failed and are recorded as 'error: ...' rows in "
+                             f"{out / 'diagnostics.parquet'}: {shown}", failures, frame)
     return frame
 
 
@@ -261,9 +300,10 @@ class _Pool:
         if not todo:
             return
         if self.workers <= 1 or len(todo) == 1:
+            batch = batch_fn()  # outside the try: unreadable data is the user's error, not one task's
             for i, task, key in todo:
                 try:
-                    yield i, task, key, compute_task(name, task, settings, mode, device, seed, batch_fn()), None
+                    yield i, task, key, compute_task(name, task, settings, mode, device, seed, batch), None
                 except Exception as exc:  # noqa: BLE001 - reported as an error row by the caller
                     yield i, task, key, None, exc
             return

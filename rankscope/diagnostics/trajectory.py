@@ -8,11 +8,13 @@ coordinates are √λ_j u_{ji}.
 
 Registered as kind ``checkpoint`` but it only does work at a run's **last** saved step (earlier steps
 return no rows): it needs the whole trajectory, and the registry's kinds are per checkpoint. The rows are
-attributed to that last step.
+attributed to that last step. A run with fewer than 3 checkpoints gets one ``traj_pca_evr`` row with value
+NaN and a ``skipped: ...`` note, so the table says why the metric is missing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -90,8 +92,13 @@ def trajectory(ctx: AnalysisContext, n_components: int = 2, half_width: float = 
     ``traj_pc1_sharpness`` (grid ±``half_width`` on the unit-norm d_1), ``traj_pc1_curve``.
     """
     steps = [s for s in ctx.run.steps if s <= ctx.step]
-    if ctx.step != ctx.run.steps[-1] or len(steps) < 3:
+    if ctx.step != ctx.run.steps[-1]:
         return []
+    if len(steps) < 3:
+        note = (f"skipped: trajectory PCA needs at least 3 checkpoints (2 before the final one); run "
+                f"{ctx.run.name!r} has {len(steps)} (steps {steps}): save more (--save-every / --save-steps)")
+        return [ctx.row("traj_pca_evr", math.nan, scope="component", name="1", note=note,
+                        space="dense" if ctx.run.has_dense_form else "native", settings=dict(steps=steps))]
     model, space = ctx.run.analysis_model(ctx.step)
     params = live_params(model)
     final = {n: p.clone() for n, p in params.items()}

@@ -64,13 +64,17 @@ def analysis_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -
 
 
 def run_analyze(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path, progress: bool) -> None:
-    """Diagnostics over every checkpoint of every run, with one cache shared by all re-runs."""
+    """Diagnostics over every checkpoint of every run, with one cache shared by all re-runs.
+
+    ``keep_going``: a failed checkpoint is an error row in the written table, and the AnalysisFailed raised at
+    the end fails this stage (the study exits 1; the next re-run retries only the failed tasks).
+    """
     from rankscope.diagnostics.analyze import analyze
 
     a = cfg.analysis
     analyze([r.run_dir for r in runs], metrics=list(a.metrics) if a.metrics else None, out=results, mode=a.mode,
             n_tokens=a.n_tokens, settings={k: dict(v) for k, v in a.settings.items()}, device=a.device,
-            progress=progress, workers=a.workers)
+            progress=progress, workers=a.workers, keep_going=True)
 
 
 def eval_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
