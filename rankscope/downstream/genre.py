@@ -70,13 +70,12 @@ def majority_rate(items: Sequence[dict]) -> float:
 
 def bow_baseline(items: Sequence[dict]) -> float:
     """Test accuracy of a bag-of-words logistic regression: what lexical cues alone give, no pre-training."""
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
+    from rankscope.downstream.linear import CountVectorizer, LogisticRegression
 
     train = [it for it in items if it["part"] == "train"]
     test = [it for it in items if it["part"] == "test"]
-    vec = CountVectorizer(lowercase=True, min_df=2, binary=True)
+    vec = CountVectorizer(min_df=2, binary=True)
     x_train = vec.fit_transform([it["text"] for it in train])
-    clf = LogisticRegression(max_iter=2000, C=1.0).fit(x_train, [it["label"] for it in train])
+    clf = LogisticRegression(c=1.0).fit(x_train, [it["label"] for it in train])
     pred = clf.predict(vec.transform([it["text"] for it in test]))
     return float(np.mean(pred == np.array([it["label"] for it in test])))

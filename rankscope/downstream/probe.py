@@ -47,13 +47,11 @@ def mean_pooled_features(model: nn.Module, tokenizer, texts: Sequence[str], *, m
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, is_train: np.ndarray, c: float = 1.0) -> np.ndarray:
     """Per-test-item correctness (0/1) of a logistic regression fitted on the train rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    from rankscope.downstream.linear import LogisticRegression, standardize
 
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    clf.fit(features[is_train], labels[is_train])
-    return (clf.predict(features[~is_train]) == labels[~is_train]).astype(float)
+    x_train, x_test = standardize(features[is_train], features[~is_train])
+    clf = LogisticRegression(c=c).fit(x_train, labels[is_train])
+    return (clf.predict(x_test) == labels[~is_train]).astype(float)
 
 
 def score_probe(model: nn.Module, tokenizer, items: Sequence[dict], **kwargs) -> np.ndarray:
