@@ -255,3 +255,26 @@ def test_stable_spam_matches_reference_from_equations():
     rows = {r["quantity"]: r for r in memory_table(model, opt, type(method), c, SMOKE)}
     assert rows["optimizer_state"]["rel_diff"] == 0.0
     assert progress_factor(0, 10, 0.5) == 1.0 and progress_factor(11, 10, 0.5) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name,keys", [("spam", {"support": torch.int64}),
+                                       ("stable_spam", {"total_step": torch.float32, "max_ema": torch.float32}),
+                                       ("loro", {"total_step": torch.float32})])
+def test_counters_and_indices_keep_their_dtype_on_load_with_bf16_params(name, keys):
+    """torch casts loaded state to the parameter dtype; counters/indices must survive a bf16-pure resume."""
+    method, model = build(name, **({"density": 0.5} if name == "spam" else {}))
+    model.to(torch.bfloat16)
+    opt = method.build_optimizer(model)
+    backward(model, 0)
+    opt.step()
+    tensors, meta = flatten_optimizer_state(opt.state_dict())
+    twin_opt = method.build_optimizer(model)
+    twin_opt.load_state_dict(unflatten_optimizer_state({k: v.clone() for k, v in tensors.items()}, meta))
+    checked = 0
+    for p, state in twin_opt.state.items():
+        for key, dtype in keys.items():
+            if key in state:
+                assert state[key].dtype == dtype and torch.equal(state[key], opt.state[p][key]), key
+                checked += 1
+        assert state["exp_avg"].dtype == torch.bfloat16
+    assert checked > 0

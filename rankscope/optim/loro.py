@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.state_dtypes import load_keeping
+
 
 @torch.no_grad()
 def loro_exact_step(M: torch.Tensor, N: torch.Tensor, dM: torch.Tensor, dN: torch.Tensor,
@@ -79,6 +81,10 @@ class LOROAdamW(Optimizer):
         for g in self.param_groups:
             if g["loro_pairs"] and len(g["params"]) % 2:
                 raise ValueError("a loro_pairs group must hold factor pairs [M1, N1, M2, N2, ...]")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """``total_step`` stays a float32 CPU counter (torch would move and cast it like a moment)."""
+        load_keeping(self, super().load_state_dict, state_dict, {"total_step": "cpu"})
 
     def _direction(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, float, int]:
         """Adam moments, then (direction, effective lr, total update count) for parameter p."""

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.state_dtypes import load_keeping
+
 
 def spam_warmup_scale(k: int, reset_every: int, warmup: int) -> float:
     """s(t) of step 3 above for update k (no warm-up before the first reset, nor when warmup = 0)."""
@@ -77,14 +79,7 @@ class SPAMAdamW(Optimizer):
                 raise ValueError(f"density must be in (0, 1], got {group['density']}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch casts every non-``step`` state tensor to the parameter's dtype; the int support must not be."""
-        supports = {idx: entry.pop("support") for idx, entry in state_dict["state"].items() if "support" in entry}
-        super().load_state_dict(state_dict)
-        params = [p for g in self.param_groups for p in g["params"]]
-        for idx, support in supports.items():
-            p = params[int(idx)]
-            self.state[p]["support"] = support.to(device=p.device, dtype=torch.int64)
-            state_dict["state"][idx]["support"] = support
+        load_keeping(self, super().load_state_dict, state_dict, {"support": "param"})  # int index, not float
 
     def _seed(self, group: dict, reset_index: int, param_index: int) -> int:
         return group["mask_seed"] + 1_000_003 * reset_index + 7919 * param_index

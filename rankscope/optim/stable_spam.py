@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.state_dtypes import load_keeping
+
 SCALARS = ("max_ema", "norm_ema", "norm_sq_ema")
 
 
@@ -48,6 +50,10 @@ class StableSPAMAdamW(Optimizer):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, gamma1=gamma1, gamma2=gamma2,
                         gamma3=gamma3, reset_every=reset_every, total_steps=total_steps, eta=eta)
         super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Counters and running scalars stay float32 (torch would cast them to a bf16 parameter's dtype)."""
+        load_keeping(self, super().load_state_dict, state_dict, {k: "param" for k in ("total_step", *SCALARS)})
 
     @torch.no_grad()
     def step(self, closure=None):
