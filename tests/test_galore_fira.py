@@ -124,9 +124,9 @@ def test_fira_matches_fira_package(shape, wd, alpha, scaled):
         compare_moments(ours, theirs, mine[:1], ref[:1])
         zeta_ours, zeta_ref = ours.state[mine[0]]["zeta"], theirs.state[ref[0]]["scaling_grad"]
         zeta_ref = torch.as_tensor(zeta_ref, dtype=torch.float32)
-        # ours derives ‖S‖ from ‖g‖² − (2β − β²)‖r‖² (S is never formed); with ~2 % of the energy outside
-        # the subspace that difference cancels to ~1e-5 relative, so ζ gets a looser bound than the weights
-        torch.testing.assert_close(zeta_ours, zeta_ref, rtol=1e-4, atol=0)
+        # ours derives ‖S‖ from ‖g‖² − (2β − β²)‖r‖² (S is never formed) except where that cancels (rows
+        # with > 90 % of their energy inside the subspace get their residual formed): ζ as tight as W
+        torch.testing.assert_close(zeta_ours, zeta_ref, rtol=1e-5, atol=0)
 
     run_pair(ours, theirs, mine, ref, scripted(shape, seed=4), check)
 
