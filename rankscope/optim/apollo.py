@@ -33,7 +33,7 @@ as for Fira), the rank is clamped to min(m, n), and P is not kept in memory unle
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -110,7 +110,7 @@ class APOLLOAdamW(GaLoreAdamW):
             raise ValueError(f"limiter_gamma must be >= 1 (or None: no limiter), got {gamma}")
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = super().step(closure)
         if not self.cache_projection:
             self._projections.clear()  # P lives for one step only: the state stays moments + seed + ζ
