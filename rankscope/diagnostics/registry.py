@@ -34,6 +34,22 @@ class Diagnostic:
 
 _REGISTRY: dict[str, Diagnostic] = {}
 
+#: Other names of one quantity. The cross-method interpolation barrier is ``imib`` in the authors' code and
+#: IMBH in summaries of the paper: the same number, stored as ``imib*`` and accepted under either name.
+ALIASES: dict[str, str] = {"imbh": "imib", "imbh_rel": "imib_rel", "imbh_lin": "imib_lin",
+                           "imbh_curve": "imib_curve"}
+
+
+def canonical_metric(name: str) -> str:
+    """The stored metric id of ``name`` (``imbh`` -> ``imib``; any other name unchanged, case kept)."""
+    return ALIASES.get(str(name).lower(), name)
+
+
+def display_name(metric: str) -> str:
+    """How tables and the report show a metric: ``imib`` as ``imib (IMBH)``, so both names are visible."""
+    aka = [a for a, m in ALIASES.items() if m == metric]
+    return f"{metric} (IMBH{aka[0][4:]})" if aka else metric
+
 
 def diagnostic(name: str, *, kind: str, metrics: tuple[str, ...], axis: str, **defaults: Any):
     """Register ``fn(ctx, **settings) -> list[Row]`` under ``name``."""
@@ -66,9 +82,10 @@ def all_diagnostics() -> dict[str, Diagnostic]:
 
 
 def group_of_metric(metric: str) -> Diagnostic:
-    """The diagnostic group that emits ``metric`` (e.g. ``w_erank`` -> spectra)."""
+    """The diagnostic group that emits ``metric`` (e.g. ``w_erank`` -> spectra; ``imbh`` -> imib)."""
+    metric = canonical_metric(metric)
     for diag in all_diagnostics().values():
         if metric in diag.metrics or diag.name == metric:
             return diag
-    known = sorted({m for d in _REGISTRY.values() for m in d.metrics} | set(_REGISTRY))
+    known = sorted({m for d in _REGISTRY.values() for m in d.metrics} | set(_REGISTRY) | set(ALIASES))
     raise KeyError(f"unknown metric {metric!r}; known metrics and groups: {', '.join(known)}")

@@ -97,7 +97,9 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
             raise UserError(f"prediction table needs a {col!r} column; it has {list(table.columns)}")
     table = table.reset_index(drop=True)
     messages: list[str] = []
-    feats = _default_features(table, messages) if features is None else list(features)
+    from rankscope.diagnostics.registry import canonical_metric  # "imbh" is "imib" (one quantity)
+
+    feats = _default_features(table, messages) if features is None else [canonical_metric(f) for f in features]
     missing = [f for f in feats if f not in table.columns]
     if missing:
         raise UserError(f"feature(s) {missing} are not columns of the prediction table; available: "

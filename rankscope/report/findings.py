@@ -96,7 +96,7 @@ def check_f3(diag: pd.DataFrame) -> Finding:
     f = Finding(
         "F3",
         "Each method converges to a geometrically distinct basin.",
-        "imib > 0 (95% interval above 0) for every method pair at the final step; trend over steps "
+        "imib (= IMBH, one quantity) > 0 (95% interval above 0) for every method pair at the final step; trend over steps "
         "reported as Kendall τ(step, imib), for context only.",
     )
     rows = diag[(diag["metric"] == "imib") & (diag["scope"] == "pair")].copy()

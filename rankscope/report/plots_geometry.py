@@ -28,7 +28,7 @@ SPECTRA = ("w_erank", "w_stable_rank", "dw_rel_fro", "dw_erank")
 def barrier_heatmap(diag: pd.DataFrame) -> Figure:
     fig_ = Figure(
         "barrier-heatmap",
-        "Inter-method interpolation barriers (IMIB)",
+        "Inter-method interpolation barriers (IMIB, also called IMBH: one quantity)",
         "imib (Frankle form, loss units) for every method pair (rows) at every saved step "
         "(columns), mean over seeds. Grey 'n/a' = excluded (CoLA has no dense form).",
     )
@@ -51,7 +51,7 @@ def barrier_heatmap(diag: pd.DataFrame) -> Figure:
     for (i, j), v in np.ndenumerate(values):
         text = "n/a" if not np.isfinite(v) else f"{v:.3g}"
         ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if v > mid else "black")
-    fig.colorbar(im, ax=ax, label="imib")
+    fig.colorbar(im, ax=ax, label="imib (IMBH)")
     fig_.uri = fig_to_uri(fig)
     return fig_
 

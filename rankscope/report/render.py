@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from rankscope.diagnostics.registry import display_name
 from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_downstream import prediction_schemes
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
@@ -233,7 +234,7 @@ def _missing(data: StudyData, figures: list[Figure], findings: list[Finding]) ->
     items += [f"figure {f.name}: {f.missing}" for f in figures if f.missing]
     items += [f"finding {f.id}: {f.reason}" for f in findings if f.reason.startswith("missing")]
     present = set(data.diagnostics["metric"].dropna().astype(str)) if len(data.diagnostics) else set()
-    absent = [m for m in HEADLINE if m not in present]
+    absent = [display_name(m) for m in HEADLINE if m not in present]
     if absent:
         items.append("headline metrics (diagnostics.md §2.5) with no rows: " + ", ".join(absent))
     return items
