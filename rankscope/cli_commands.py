@@ -106,11 +106,12 @@ def predict(
     out: Optional[Path] = typer.Option(None, help="Output folder (default: TABLE_DIR)."),
     features: Optional[list[str]] = typer.Option(None, "--feature", help="Metric ids to add to log-PPL (default: headline set)."),
     bootstrap_iters: int = typer.Option(1000, help="Case-bootstrap resamples for the CIs."),
+    target: str = typer.Option("avg_acc", help="avg_acc | shift_nll[:TEXT] | ft_acc | forgetting."),
 ) -> None:
     """Predict downstream accuracy from perplexity alone vs perplexity + geometric/spectral metrics."""
     from rankscope.downstream.commands import cmd_predict
 
-    path = cmd_predict(table_dir, out=out, features=features, bootstrap_iters=bootstrap_iters)
+    path = cmd_predict(table_dir, out=out, features=features, bootstrap_iters=bootstrap_iters, target=target)
     typer.echo(f"wrote {path}")
 
 
@@ -141,8 +142,12 @@ def report(
     out: Optional[Path] = typer.Option(None, help="Output HTML path (default: STUDY_DIR/report.html)."),
 ) -> None:
     """Render the self-contained HTML report of a study folder (no network needed to open it)."""
+    from rankscope.report.load import study_folder_problem
     from rankscope.report.render import render_report
 
-    if not study_dir.is_dir():
-        raise UserError(f"study folder {study_dir} does not exist")
+    problem = study_folder_problem(study_dir)  # refuse before writing anything
+    if problem is None and out is not None and out.is_dir():
+        problem = f"--out {out} is a folder; give the HTML file to write, e.g. --out {out / 'report.html'}"
+    if problem:
+        raise UserError(problem)
     typer.echo(f"report: {render_report(study_dir, out)}")

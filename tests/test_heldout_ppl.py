@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankscope.data.tokenizer import load_tokenizer
-from rankscope.downstream.heldout import HeldoutText, parse_texts
+from rankscope.downstream.heldout import HeldoutText, parse_texts, split_long
 from rankscope.downstream.ppl import DocScores, bootstrap, score_texts
 from rankscope.errors import UserError
 
@@ -110,8 +110,17 @@ def test_texts_from_files_and_embedded(tmp_path):
     austen = HeldoutText("embedded:test:austen")
     docs = austen.sample(max_bytes=20_000, seed=3)
     assert docs == austen.sample(max_bytes=20_000, seed=3) and sum(len(d.encode()) for d in docs) >= 20_000
-    assert set(docs) <= set(austen.documents())
+    pieces = {p for d in austen.documents() for p in split_long(d, 4000)}
+    assert set(docs) <= pieces and max(len(d.encode()) for d in docs) < 4000 + 2000
     assert [t.name for t in parse_texts(["embedded:validation", str(tmp_path / "a.txt")])] == ["embedded:validation", "a"]
+
+
+def test_long_documents_are_cut_at_paragraph_breaks():
+    doc = "\n".join(f"paragraph {i} " + "word " * 50 for i in range(40))
+    pieces = split_long(doc, 1000)
+    assert len(pieces) > 5 and "\n".join(pieces) == doc
+    assert all(len(p.encode()) < 1000 + 300 for p in pieces)
+    assert split_long(doc, 0) == [doc] and split_long("short", 1000) == ["short"]
 
 
 @pytest.mark.parametrize("spec, column, message", [
@@ -145,7 +154,10 @@ def test_ppl_runs_join_a_table(make_smoke_config):
     cmd_ppl([cfg.run_dir], ["val", "embedded:test:brown"], max_bytes=0, max_docs=3, bootstrap_iters=50, out=stem)
     cmd_ppl([cfg.run_dir], ["val"], max_bytes=0, max_docs=3, bootstrap_iters=50, out=stem)  # replaces, never duplicates
     table = read_table(stem.with_suffix(".parquet"))
-    assert len(table) == 6 and set(table["name"]) == {"val", "embedded:test:brown"}
-    assert set(table["metric"]) == {"heldout_nll", "heldout_ppl", "heldout_bpb"}
+    assert len(table) == 7 and set(table["name"]) == {"val", "embedded:test:brown"}
+    assert set(table["metric"]) == {"heldout_nll", "heldout_ppl", "heldout_bpb", "shift_gap_nll"}
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
-    assert len(read_table(cfg.run_dir / "results" / "heldout.parquet")) == 6
+    nll = table[table["metric"] == "heldout_nll"].set_index("name")["value"]
+    gap = table[table["metric"] == "shift_gap_nll"]["value"].item()
+    assert gap == pytest.approx(nll["embedded:test:brown"] - nll["val"], abs=1e-12)
+    assert len(read_table(cfg.run_dir / "results" / "heldout.parquet")) == 7

@@ -113,3 +113,43 @@ def test_cmd_predict_reads_a_table_dir(tmp_path):
     assert json.loads(out.read_text())["features"] == ["m1", "m2"]
     with pytest.raises(UserError, match="no diagnostics.parquet"):
         cmd_predict(tmp_path / "out")
+
+
+def _long_tables(wide: pd.DataFrame, target_metric: str, scope: str, names=("x",)):
+    diag = [{"run": r["run"], "method": r["method"], "step": 200, "metric": m, "value": v, "scope": "model",
+             "name": ""} for _, r in wide.iterrows() for m, v in (("m1", r["m1"]), ("val_loss", np.log(r["ppl"])))]
+    down = [{"run": r["run"], "method": r["method"], "step": step, "metric": target_metric,
+             "value": r["y"] + (0 if step == 200 and name == names[0] else 5.0), "scope": scope, "name": name}
+            for _, r in wide.iterrows() for step in (100, 200) for name in names]  # only final step, named text
+    return pd.DataFrame(diag), pd.DataFrame(down)
+
+
+@pytest.mark.parametrize("target, metric, scope, names", [
+    ("shift_nll", "heldout_nll", "text", ("embedded:all:austen", "val")),
+    ("shift_nll:a.txt", "heldout_nll", "text", ("a.txt", "b.txt")),
+    ("ft_acc", "ft_acc", "finetune", ("genre",)),
+    ("forgetting", "ft_forgetting", "finetune", ("genre",)),
+])
+def test_every_target_reads_its_rows_and_finds_the_metric_signal(tmp_path, target, metric, scope, names):
+    from rankscope.downstream.predict import target_stem
+
+    wide = synthetic(0.05)
+    diag, down = _long_tables(wide, metric, scope, names)
+    res = predict_from_tables(diag, down, wide[["run", "method", "seed"]], target=target, bootstrap_iters=60)
+    np.testing.assert_allclose(res.table["y"], wide["y"])
+    assert res.target == target and res.gain("loo")[1] > 0  # metric carries signal: CI of the gain above 0
+    paths = res.write(tmp_path)
+    assert paths["json"].name == f"{target_stem(target)}.json" != "prediction.json"
+    assert json.loads(paths["json"].read_text())["target"] == target
+
+
+def test_target_errors_name_the_fix():
+    wide = synthetic(0.05)
+    diag, down = _long_tables(wide, "heldout_nll", "text", ("a.txt", "b.txt"))
+    with pytest.raises(UserError, match=r"shift_nll:<label>.*a\.txt"):
+        predict_from_tables(diag, down, wide[["run", "method"]], target="shift_nll", bootstrap_iters=5)
+    with pytest.raises(UserError, match="unknown prediction target"):
+        predict_from_tables(diag, down, wide[["run", "method"]], target="robustness", bootstrap_iters=5)
+    with pytest.raises(UserError, match="rankscope ppl"):
+        predict_from_tables(diag, down[down["run"] != "r0"], wide[["run", "method"]], target="shift_nll:a.txt",
+                            bootstrap_iters=5)

@@ -91,18 +91,19 @@ def _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online) -> None:
 
 
 def cmd_predict(table_dir: str | Path, out: str | Path | None = None, features: Sequence[str] | None = None,
-                bootstrap_iters: int = 1000, seed: int = 0) -> Path:
+                bootstrap_iters: int = 1000, seed: int = 0, target: str = "avg_acc") -> Path:
     """Fit the downstream predictors from a study's tables.
 
     ``table_dir`` holds ``diagnostics.parquet`` (or .csv), ``downstream.parquet`` and ``runs.csv`` (run,
     method, seed, optional ppl); or a ready per-model table ``prediction_table.csv`` (run, method, ppl, y,
-    metric columns). Writes prediction.json, prediction_features.csv and prediction.png into ``out``.
+    metric columns). Writes prediction.json, prediction_features.csv and prediction.png into ``out``
+    (``prediction_<target>.*`` for another target: shift_nll[:<text>], ft_acc, forgetting).
     """
     from rankscope.downstream.predict import predict, predict_from_tables
 
     d = Path(table_dir)
     out_dir = Path(out) if out else d
-    kwargs = {"bootstrap_iters": bootstrap_iters, "seed": seed}
+    kwargs = {"bootstrap_iters": bootstrap_iters, "seed": seed, "target": target}
     feats = list(features) if features else None
     if (d / "prediction_table.csv").is_file():
         result = predict(pd.read_csv(d / "prediction_table.csv"), feats, **kwargs)
@@ -111,6 +112,9 @@ def cmd_predict(table_dir: str | Path, out: str | Path | None = None, features: 
         runs = d / "runs.csv"
         if not runs.is_file():
             raise UserError(f"{runs} is missing: list the runs to compare (columns run, method[, seed, ppl])")
+        extra = [_read(d, stem) for stem in ("heldout", "finetune") if _has(d, stem)]
+        if extra:  # rankscope ppl / the fine-tuning probe may have written their own tables beside it
+            down = pd.concat([down, *extra], ignore_index=True)
         result = predict_from_tables(diag, down, pd.read_csv(runs), feats, **kwargs)
     paths = result.write(out_dir)
     for line in result.messages + result.warnings:
@@ -120,6 +124,10 @@ def cmd_predict(table_dir: str | Path, out: str | Path | None = None, features: 
         print(f"{name}: CV R² log-PPL {s['baseline']['r2']:.3f}, + metrics {s['extended']['r2']:.3f}, "
               f"difference {gain:+.3f} [{lo:+.3f}, {hi:+.3f}]")
     return paths["json"]
+
+
+def _has(d: Path, stem: str) -> bool:
+    return any((d / f"{stem}{suffix}").is_file() for suffix in (".parquet", ".csv"))
 
 
 def _read(d: Path, stem: str) -> pd.DataFrame:

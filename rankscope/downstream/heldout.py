@@ -13,7 +13,10 @@ A text is named by one string, so the CLI, the study config and the API share on
 Files and hub datasets go through :func:`rankscope.data.sources.iter_texts`, the reader training uses, so a
 bad file fails with the same message. Documents are sampled in a seeded order and taken whole until a
 UTF-8 byte budget is reached: the budget does not depend on the tokenizer, so runs with different
-tokenizers are scored on the same documents and their bits per byte compare.
+tokenizers are scored on the same documents and their bits per byte compare. Documents longer than
+``chunk_bytes`` (default 4000, about 1000 tokens) are first cut at paragraph breaks into pieces of about that
+size, each scored from a fresh start: the embedded corpus has long documents (chapters, addresses), and a
+bootstrap over a handful of them would say little. C4 documents are mostly shorter and stay whole.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rankscope.config import DataConfig
 from rankscope.errors import UserError
 
 DEFAULT_MAX_BYTES = 400_000  # about 100k tokens of English under the embedded BPE
+DEFAULT_CHUNK_BYTES = 4_000  # longer documents are cut at paragraph breaks, so the bootstrap has many units
 
 
 @dataclass(frozen=True)
@@ -80,16 +84,34 @@ class HeldoutText:
                           text_column=self.column, val_split=self.split, streaming=True)
 
     def sample(self, data: DataConfig | None = None, max_bytes: int = DEFAULT_MAX_BYTES, max_docs: int = 0,
-               seed: int = 0) -> list[str]:
-        """Documents in a seeded order, taken whole until ``max_bytes`` UTF-8 bytes (0: no limit)."""
+               seed: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[str]:
+        """Documents (or pieces, see the module docstring) in a seeded order, taken whole until ``max_bytes``
+        UTF-8 bytes (0: no limit)."""
         if self.spec.startswith("hf:"):  # a stream: take from its head instead of reading it all
-            return _head(self, data, max_bytes, max_docs)
-        docs = [d for d in self.documents(data) if d.strip()]
+            docs = _head(self, data, max_bytes, max_docs)
+            return [p for d in docs for p in split_long(d, chunk_bytes)]
+        docs = [p for d in self.documents(data) if d.strip() for p in split_long(d, chunk_bytes)]
         if not docs:
             raise UserError(f"held-out text {self.spec!r} has no non-empty documents")
         order = list(range(len(docs)))
         random.Random(seed).shuffle(order)
         return _take((docs[i] for i in order), max_bytes, max_docs)
+
+
+def split_long(text: str, chunk_bytes: int) -> list[str]:
+    """``text`` cut at paragraph breaks (newlines) into pieces of about ``chunk_bytes`` (0: whole)."""
+    if not chunk_bytes or len(text.encode("utf-8")) <= chunk_bytes:
+        return [text]
+    pieces, current, size = [], [], 0
+    for para in text.split("\n"):
+        current.append(para)
+        size += len(para.encode("utf-8")) + 1
+        if size >= chunk_bytes:
+            pieces.append("\n".join(current))
+            current, size = [], 0
+    if current:
+        pieces.append("\n".join(current))
+    return [p for p in pieces if p.strip()]
 
 
 def _take(docs, max_bytes: int, max_docs: int) -> list[str]:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankscope.diagnostics.table import Row, read_table, rows_to_frame, write_table
-from rankscope.downstream.heldout import DEFAULT_MAX_BYTES, HeldoutText, parse_texts
+from rankscope.downstream.heldout import DEFAULT_CHUNK_BYTES, DEFAULT_MAX_BYTES, HeldoutText, parse_texts
 
 METRICS = ("heldout_nll", "heldout_ppl", "heldout_bpb")
 BOOTSTRAP_ITERS = 1000
@@ -135,6 +135,29 @@ def score_rows(scores: DocScores, text: HeldoutText, *, run: str, method: str, s
                 note=f"held-out text {text.spec}") for m in METRICS]
 
 
+def gap_rows(reference: DocScores, shifted: DocScores, text: HeldoutText, *, run: str, method: str, step: int,
+             scale: str = "", seed: int | None = None, settings: dict | None = None, iters: int = BOOTSTRAP_ITERS,
+             boot_seed: int = 0, reference_name: str = "val") -> list[Row]:
+    """``shift_gap_nll`` = NLL(text) - NLL(reference): how much worse the model does off its own domain.
+
+    The two texts are different documents, so the interval resamples each one independently.
+    """
+    value = shifted.totals()["heldout_nll"] - reference.totals()["heldout_nll"]
+    lo = hi = math.nan
+    if iters and len(reference.nll) > 1 and len(shifted.nll) > 1:
+        rng = np.random.default_rng(boot_seed)
+
+        def draws(sc: DocScores) -> np.ndarray:
+            idx = rng.integers(0, len(sc.nll), size=(iters, len(sc.nll)))
+            return sc.nll[idx].sum(1) / np.maximum(sc.tokens[idx].sum(1), 1)
+
+        lo, hi = np.percentile(draws(shifted) - draws(reference), [2.5, 97.5]).tolist()
+    info = {**(settings or {}), "text": text.spec, "reference": reference_name, "bootstrap_iters": iters}
+    return [Row(run=run, method=method, step=step, metric="shift_gap_nll", value=float(value), ci_low=lo, ci_high=hi,
+                scope="text", name=text.name, space="native", scale=scale, seed=seed, settings=info,
+                note=f"NLL on {text.spec} minus NLL on {reference_name}")]
+
+
 def merge_table(frame: pd.DataFrame, stem: Path) -> pd.DataFrame:
     """Write ``frame`` into the table at ``stem``, replacing rows with the same (run, step, metric, scope, name)."""
     keys = ["run", "step", "metric", "scope", "name"]
@@ -153,6 +176,7 @@ def merge_table(frame: pd.DataFrame, stem: Path) -> pd.DataFrame:
 
 def ppl_runs(run_dirs: Sequence[str | Path], texts: Sequence[str | dict | HeldoutText], steps="final", *,
              max_bytes: int = DEFAULT_MAX_BYTES, max_docs: int = 0, seed: int = 0,
+             chunk_bytes: int = DEFAULT_CHUNK_BYTES,
              bootstrap_iters: int = BOOTSTRAP_ITERS, out: str | Path | None = None,
              device: str = "cpu") -> pd.DataFrame:
     """Score checkpoints of each run on each held-out text; write per-run and (optionally) combined tables."""
@@ -165,17 +189,23 @@ def ppl_runs(run_dirs: Sequence[str | Path], texts: Sequence[str | dict | Heldou
     for run_dir in map(Path, run_dirs):
         cfg = read_run_config(run_dir)
         tokenizer = load_tokenizer(cfg.data.tokenizer)
-        docs = {t.name: t.sample(cfg.data, max_bytes, max_docs, seed) for t in parsed}
-        settings = {"max_bytes": max_bytes, "max_docs": max_docs, "seed": seed, "tokenizer": cfg.data.tokenizer}
+        docs = {t.name: t.sample(cfg.data, max_bytes, max_docs, seed, chunk_bytes) for t in parsed}
+        settings = {"max_bytes": max_bytes, "max_docs": max_docs, "chunk_bytes": chunk_bytes, "seed": seed,
+                    "tokenizer": cfg.data.tokenizer}
         rows: list[Row] = []
         for step in _steps(run_dir, steps):
             model, _ = load_model(run_dir, step, device=device)
+            scored: dict[str, DocScores] = {}
+            ident = {"run": cfg.name, "method": cfg.method, "step": step, "scale": cfg.model, "seed": cfg.train.seed,
+                     "iters": bootstrap_iters, "boot_seed": seed}
             for text in parsed:
                 t0 = time.perf_counter()
-                scores = score_texts(model, tokenizer, docs[text.name])
-                rows += score_rows(scores, text, run=cfg.name, method=cfg.method, step=step, scale=cfg.model,
-                                   seed=cfg.train.seed, iters=bootstrap_iters, boot_seed=seed,
+                scored[text.name] = score_texts(model, tokenizer, docs[text.name])
+                rows += score_rows(scored[text.name], text, **ident,
                                    settings={**settings, "seconds": round(time.perf_counter() - t0, 2)})
+            if "val" in scored:  # in-domain reference present: the shift gap of every other text
+                rows += [r for t in parsed if t.name != "val"
+                         for r in gap_rows(scored["val"], scored[t.name], t, **ident, settings=settings)]
             del model
         frame = rows_to_frame(rows)
         merge_table(frame, run_dir / "results" / "heldout")

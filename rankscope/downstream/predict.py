@@ -31,6 +31,14 @@ HEADLINE = ("rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_s
 PPL_METRICS = ("ppl", "val_ppl", "eval_ppl", "perplexity")
 LOSS_METRICS = ("val_loss", "eval_loss", "loss")
 ID_COLUMNS = ("run", "method", "seed", "scale", "ppl", "y")
+# What the predictor can predict: name -> (downstream-table metric, scope, description). All are read at each
+# run's final step; the predictors always start from log in-domain perplexity.
+TARGETS = {
+    "avg_acc": ("avg_acc", "model", "average zero-shot accuracy on the offline tasks"),
+    "shift_nll": ("heldout_nll", "text", "log perplexity (NLL per token) on a shifted held-out text"),
+    "ft_acc": ("ft_acc", "finetune", "task accuracy after the fine-tuning probe"),
+    "forgetting": ("ft_forgetting", "finetune", "forgetting: in-domain NLL after − before the fine-tuning probe"),
+}
 
 
 @dataclass
@@ -44,6 +52,7 @@ class PredictionResult:
     messages: list[str] = field(default_factory=list)
     bootstrap_iters: int = 0
     seed: int = 0
+    target: str = "avg_acc"  # a TARGETS key (shift_nll:<text> names the text)
     table: pd.DataFrame | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
@@ -60,11 +69,12 @@ class PredictionResult:
         lo, hi = s["ci"]["diff"][metric]
         return s["diff"][metric], lo, hi
 
-    def write(self, out_dir: str | Path) -> dict[str, Path]:
+    def write(self, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+        """``<stem>.json``, ``<stem>_features.csv``, ``<stem>.png``; stem: prediction[_<target>]."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "prediction.json", "csv": out / "prediction_features.csv",
-                 "png": out / "prediction.png"}
+        stem = stem or target_stem(self.target)
+        paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}_features.csv", "png": out / f"{stem}.png"}
         paths["json"].write_text(self.to_json() + "\n", encoding="utf-8")
         table = self.table.copy() if self.table is not None else pd.DataFrame()
         for name, s in self.schemes.items():
@@ -74,6 +84,36 @@ class PredictionResult:
         table.to_csv(paths["csv"], index=False)
         plot_predictions(self, paths["png"])
         return paths
+
+
+def target_stem(target: str) -> str:
+    """File stem of a target's outputs: ``prediction`` for zero-shot accuracy, else ``prediction_<target>``."""
+    if target == "avg_acc":
+        return "prediction"
+    return "prediction_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in target)
+
+
+def target_values(downstream_df: pd.DataFrame, target: str = "avg_acc") -> pd.Series:
+    """y per run at its final step: a TARGETS key; ``shift_nll:<text>`` picks the held-out text by name."""
+    kind, _, text = target.partition(":")
+    if kind not in TARGETS:
+        raise UserError(f"unknown prediction target {target!r}; choose one of: {', '.join(TARGETS)} "
+                        "(shift_nll:<text label> to pick a held-out text)")
+    metric, scope, _ = TARGETS[kind]
+    down = downstream_df[downstream_df["metric"] == metric]
+    if kind == "shift_nll":
+        names = sorted(set(down["name"].astype(str)) - {"val"})
+        if text:
+            down = down[down["name"].astype(str) == text]
+        elif len(names) == 1:
+            down = down[down["name"].astype(str) == names[0]]
+        else:
+            raise UserError(f"target shift_nll: name the shifted text as shift_nll:<label>; the table has "
+                            f"{names or 'no held-out text (run `rankscope ppl --text ...`)'}")
+    if down.empty:
+        return pd.Series(dtype=float, name="y")
+    down = down[down["step"] == down.groupby("run")["step"].transform("max")]
+    return down.groupby("run")["value"].mean().rename("y")
 
 
 def _clean(obj: Any) -> Any:
@@ -90,7 +130,7 @@ def _clean(obj: Any) -> Any:
 
 
 def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, bootstrap_iters: int = 1000,
-            seed: int = 0, schemes: Sequence[str] = ("loo", "lomo")) -> PredictionResult:
+            seed: int = 0, schemes: Sequence[str] = ("loo", "lomo"), target: str = "avg_acc") -> PredictionResult:
     """Fit and cross-validate both predictors on a per-model table (columns: method, ppl, y, metrics...)."""
     for col in ("method", "ppl", "y"):
         if col not in table.columns:
@@ -126,7 +166,7 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
     names = ["log_ppl", *feats]
     return PredictionResult(n=n, features=feats, schemes=results, weights=dict(zip(names, weights.tolist())),
                             alpha=alpha, warnings=warnings, messages=messages, bootstrap_iters=bootstrap_iters,
-                            seed=seed, table=table)
+                            seed=seed, target=target, table=table)
 
 
 def _default_features(table: pd.DataFrame, messages: list[str]) -> list[str]:
@@ -173,12 +213,14 @@ def final_values(frame: pd.DataFrame, metrics: Sequence[str] | None = None) -> p
 
 
 def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFrame, runs_meta: pd.DataFrame | Sequence[dict],
-                        features: Sequence[str] | None = None, **kwargs: Any) -> PredictionResult:
+                        features: Sequence[str] | None = None, target: str = "avg_acc",
+                        **kwargs: Any) -> PredictionResult:
     """Assemble the per-run table (final step per run) from long-format tables and run :func:`predict`.
 
     ``runs_meta`` has one row per run with ``run`` and ``method`` (``seed``, ``scale`` and ``ppl`` optional;
     without ``ppl`` it is read from a ``ppl``-like or ``val_loss``-like metric of the diagnostics table).
-    ``y`` is the downstream ``avg_acc`` at each run's final step (else the mean ``acc`` of its tasks).
+    ``y`` is the downstream ``avg_acc`` at each run's final step (else the mean ``acc`` of its tasks), or
+    another of :data:`TARGETS` (shifted-text NLL, fine-tuned accuracy, forgetting) read from the same table.
     """
     meta = pd.DataFrame(list(runs_meta)) if not isinstance(runs_meta, pd.DataFrame) else runs_meta.copy()
     if not {"run", "method"} <= set(meta.columns):
@@ -192,12 +234,11 @@ def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFram
                             "the diagnostics table")
         ppl = diag[ppl_col] if ppl_col else np.exp(diag[loss_col])
         meta = meta.merge(ppl.rename("ppl"), left_on="run", right_index=True, how="left")
-    down = downstream_df.copy()
-    last = down.groupby("run")["step"].transform("max")
-    down = down[down["step"] == last]
-    avg = down[down["metric"] == "avg_acc"].groupby("run")["value"].mean()
-    if avg.empty:
-        acc = down[(down["metric"] == "acc") & ~down["name"].astype(str).str.endswith("_hard")]
+    avg = target_values(downstream_df, target)
+    if avg.empty and target == "avg_acc":
+        down = downstream_df[downstream_df["metric"] == "acc"]
+        down = down[down["step"] == down.groupby("run")["step"].transform("max")]
+        acc = down[~down["name"].astype(str).str.endswith("_hard")]
         avg = acc.groupby("run")["value"].mean()
     meta = meta.merge(avg.rename("y"), left_on="run", right_index=True, how="left")
     drop_cols = set(PPL_METRICS) | set(LOSS_METRICS)
@@ -205,9 +246,12 @@ def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFram
     table = meta.merge(metric_cols, left_on="run", right_index=True, how="left")
     lacking = table[table[["ppl", "y"]].isna().any(axis=1)]["run"].tolist()
     if lacking:
-        raise UserError(f"run(s) {lacking} have no perplexity or no downstream accuracy; run `rankscope eval` "
+        how = {"avg_acc": "rankscope eval", "shift_nll": "rankscope ppl --text ..."}.get(
+            target.partition(":")[0], "the fine-tuning probe (rankscope finetune)")
+        raise UserError(f"run(s) {lacking} have no perplexity or no downstream value of target {target!r}; run "
+                        f"`{how}` "
                         "and the validation step for them, or leave them out of runs_meta")
-    return predict(table, features, **kwargs)
+    return predict(table, features, target=target, **kwargs)
 
 
 def plot_predictions(result: PredictionResult, path: str | Path) -> Path:
@@ -228,9 +272,10 @@ def plot_predictions(result: PredictionResult, path: str | Path) -> Path:
         lo, hi = float(np.min(y)), float(np.max(y))
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=1, ls="--")
-        ax.set_title(f"Downstream accuracy, {scheme.upper()} predictions (n = {result.n})")
-    ax.set_xlabel("measured average accuracy")
-    ax.set_ylabel("predicted average accuracy")
+        ax.set_title(f"{result.target}, {scheme.upper()} predictions (n = {result.n})")
+    what = TARGETS.get(result.target.partition(":")[0], ("", "", result.target))[2]
+    ax.set_xlabel(f"measured: {what}", fontsize=8)
+    ax.set_ylabel("predicted")
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
