@@ -174,7 +174,7 @@ def test_low_rank_dense_form_equals_forward_and_theory():
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
 def test_refactorisation_preserves_w_and_balances_factors(dtype, tol):
     gen = torch.Generator().manual_seed(0)
-    layer = LowRankLinear(40, 24, 6, gen).to(dtype)
+    layer = LowRankLinear(40, 24, 6, 3.0, gen).to(dtype)
     with torch.no_grad():
         layer.lr_B.mul_(5.0)  # unbalanced: ‖B‖ ≫ ‖A‖
     before = layer.dense_weight().clone()

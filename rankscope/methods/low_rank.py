@@ -10,10 +10,12 @@ with two options offered here:
 * ``reset_moments`` (with re-factorisation): zero the AdamW moments of A and B at each re-factorisation
   (the old moments refer to the old factor coordinates). The Adam step counter is kept, as ReLoRA does.
 
-Init: both factors N(0, 1)·r^{-1/4}(n+m)^{-1/4}, as CoLA, so Var[(BA)_ij] ≈ 1/(n+m). Dense form: B A
-(fp32, one cast), so the method enters every dense-weight diagnostic and the cross-method barrier.
-Deviation: Glentis et al.'s launcher is not reproduced; init, lr and the re-factorisation period here are
-rankscope choices [not paper-verified].
+As in Glentis et al.'s code (OptimAI-Lab/Memory_Efficient_Pretraining, ``pt_low_rank``): W = s·B A with
+s = alpha/r (alpha 32), both factors Kaiming-uniform with a = √5 (nn.Linear's default: A ~ U(±1/√n),
+B ~ U(±1/√r)), no dropout, lr 1.5e-3 at 60m (their script). Dense form: s·B A (fp32, one cast), so the
+method enters every dense-weight diagnostic and the cross-method barrier. Deviations: the lr at the other
+sizes and the re-factorisation period are rankscope choices [not paper-verified]; smoke/tiny keep
+s = 0.25 (alpha 2 / 16 at rank 8 / 64), as ReLoRA does.
 """
 
 from __future__ import annotations
@@ -26,33 +28,41 @@ from torch import nn
 from torch.optim import Optimizer
 
 from rankscope.methods.base import Method, MethodConfig
-from rankscope.methods.layers import SwappedLinear, _f32, _param, seeded_generator, swap_targets
+from rankscope.methods.layers import (
+    SwappedLinear,
+    _f32,
+    _param,
+    kaiming_a_sqrt5,
+    seeded_generator,
+    swap_targets,
+)
 from rankscope.methods.registry import register
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 
 
 class LowRankLinear(SwappedLinear):
-    """y = B (A x) with A (r×n) and B (m×r): parameters ``lr_A``, ``lr_B``."""
+    """y = s·B (A x) with A (r×n), B (m×r), s = alpha/r: parameters ``lr_A``, ``lr_B``."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int,
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float | None = None,
                  generator: torch.Generator | None = None, like: torch.Tensor | None = None) -> None:
         super().__init__(in_features, out_features, rank)
-        std = rank ** -0.25 * (in_features + out_features) ** -0.25
-        self.lr_A = _param(torch.randn(rank, in_features, generator=generator) * std, like)
-        self.lr_B = _param(torch.randn(out_features, rank, generator=generator) * std, like)
+        self.alpha = float(rank if alpha is None else alpha)
+        self.scale = self.alpha / rank
+        self.lr_A = _param(kaiming_a_sqrt5(rank, in_features, generator), like)
+        self.lr_B = _param(kaiming_a_sqrt5(out_features, rank, generator), like)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.linear(x, self.lr_A), self.lr_B)
+        return self.scale * F.linear(F.linear(x, self.lr_A), self.lr_B)
 
     @torch.no_grad()
     def dense_weight(self) -> torch.Tensor:
         with torch.autocast(self.lr_A.device.type, enabled=False):
-            return (_f32(self.lr_B) @ _f32(self.lr_A)).to(self.lr_A.dtype)
+            return (self.scale * (_f32(self.lr_B) @ _f32(self.lr_A))).to(self.lr_A.dtype)
 
     @torch.no_grad()
     def refactor(self) -> None:
-        """Balanced re-factorisation B, A ← Q_B U √S, √S Vᵀ Q_Aᵀ from the SVD of B A (never formed)."""
+        """Balanced re-factorisation B, A ← Q_B U √S, √S Vᵀ Q_Aᵀ from the SVD of B A (never formed); s is kept."""
         with torch.autocast(self.lr_A.device.type, enabled=False):
             B, A = _f32(self.lr_B), _f32(self.lr_A)
             qb, rb = torch.linalg.qr(B)  # m×r, r×r
@@ -70,7 +80,8 @@ class LowRank(Method):
     @dataclass(frozen=True)
     class Config(MethodConfig):
         rank: int = 128  # r of A (r×n) and B (m×r)
-        lr: float = 1e-3
+        alpha: float = 32.0  # scale s = alpha / rank
+        lr: float = 1.5e-3
         refactor_every: int = 0  # T: balanced SVD re-factorisation after every T-th update (0: off)
         reset_moments: bool = False  # zero A/B moments at each re-factorisation (Glentis et al.)
 
@@ -81,19 +92,19 @@ class LowRank(Method):
                 raise ValueError("reset_moments=True acts at re-factorisations: set refactor_every > 0")
 
     Config.PRESET_DEFAULTS = {
-        "smoke": {"rank": 8},
-        "tiny": {"rank": 64},
-        "60m": {"rank": 128},
-        "130m": {"rank": 256},
+        "smoke": {"rank": 8, "alpha": 2.0},
+        "tiny": {"rank": 64, "alpha": 16.0},
+        "60m": {"rank": 128},  # Glentis et al.'s 60m script: r 128, alpha 32, lr 1.5e-3
+        "130m": {"rank": 256},  # [not paper-verified] beyond 60m
         "350m": {"rank": 256},
         "1b": {"rank": 512},
     }
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        rank, gen = self.config.rank, seeded_generator()
+        c, gen = self.config, seeded_generator()
 
         def build(_: str, linear: nn.Linear) -> nn.Module:
-            return LowRankLinear(linear.in_features, linear.out_features, rank, gen, like=linear.weight)
+            return LowRankLinear(linear.in_features, linear.out_features, c.rank, c.alpha, gen, like=linear.weight)
 
         swap_targets(model, build)
         return model
