@@ -10,10 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rankscope.methods.registry import available
 from rankscope.training import checkpoint as ckpt
 from rankscope.training.loop import train
-
-from rankscope.methods.registry import available
 
 METHODS = tuple(available())  # every registered method, so a new one is covered for free
 # Small periods so that the resumed half crosses each method's periodic event: GaLore/Fira refresh at
