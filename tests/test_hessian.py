@@ -9,13 +9,16 @@ import torch
 
 from rankscope.diagnostics.context import AnalysisContext, EvalBatch
 from rankscope.diagnostics.hessian import (
+    _dot,
     exact_hvp,
     fd_hvp,
+    fd_top_eigenvalue,
     hessian,
     hutchinson_trace,
     loss_terms,
     model_loss_terms,
     power_iteration,
+    richardson_hvp,
     start_vector,
 )
 from rankscope.models.llama import LlamaLM
@@ -99,3 +102,84 @@ def test_hessian_group_reports_iterations():
     by = {r.metric: r for r in rows}
     assert "iterations=" in by["hess_top_eig"].note and by["hess_top_eig"].space == "dense"
     assert by["hess_trace"].stderr is not None
+
+
+def sharp_problem(sharpness: float):
+    """L(θ) = Σ_i c_i (1 − cos(a_i·(Qx)_i)) / a_i² at x = 0: ∇L = 0, H = Qᵀdiag(c)Q, so λ_max = c_0 = 5 exactly,
+    but along the top direction curvature changes on a scale 1/a_0 (``sharpness``): a central difference with
+    step ε sees c_0·sin(a_0ε)/(a_0ε), 1.9 % low at a_0ε = 0.338."""
+    c = torch.tensor([5.0, 1.0, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01], dtype=torch.float64)
+    a = torch.tensor([sharpness] + [1.0] * 7, dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    theta = {"w": torch.zeros(2, 3, dtype=torch.float64), "b": torch.zeros(2, dtype=torch.float64)}
+
+    def loss(params, batch):
+        x = q @ torch.cat([params["w"].reshape(-1), params["b"]])
+        return (c * (1 - torch.cos(a * x)) / a**2).sum()
+
+    return theta, loss
+
+
+def test_plain_fd_misses_the_spec_bound_on_a_sharp_direction_and_the_default_meets_it():
+    theta, loss = sharp_problem(0.338 / 5e-3)
+    terms, v0 = loss_terms(loss), start_vector(theta, seed=0)
+    exact = power_iteration(exact_hvp(terms, theta), v0, tol=1e-9, max_iter=200)
+    assert exact.converged and exact.eigenvalue == pytest.approx(5.0, rel=1e-9)
+    plain = power_iteration(fd_hvp(terms, theta, eps=5e-3), v0, tol=1e-9, max_iter=200)
+    assert plain.converged and (5.0 - plain.eigenvalue) / 5.0 == pytest.approx(0.019, abs=5e-4)  # the old default
+    res = fd_top_eigenvalue(terms, theta, v0, eps=5e-3, tol=1e-3)
+    assert res.converged and abs(res.eigenvalue - 5.0) / 5.0 < 1e-4  # spec bound: 5e-3
+    assert res.step_error is not None and res.step_error < 1e-3 * 5.0
+
+
+def test_converged_is_false_when_the_step_cannot_resolve_the_curvature():
+    theta, loss = sharp_problem(2.0 / 5e-3)  # a_0ε = 2: Richardson at ε is 3 % low, at ε/2 0.2 %
+    terms, v0 = loss_terms(loss), start_vector(theta, seed=0)
+    res = fd_top_eigenvalue(terms, theta, v0, eps=5e-3, tol=1e-3, max_iter=200)
+    assert not res.converged and res.step_error > 1e-3 * abs(res.eigenvalue)
+    finer = fd_top_eigenvalue(terms, theta, v0, eps=5e-4, tol=1e-3, max_iter=200)  # the fix the flag asks for
+    assert finer.converged and abs(finer.eigenvalue - 5.0) / 5.0 < 5e-3
+
+
+def test_converged_means_a_small_residual_not_a_small_change():
+    """Top eigenvalues 2 % apart (5, 4.9), start mostly on the second: |Δλ| falls below tol while λ is still
+    2 % low; the residual test (some eigenvalue lies within ‖Hv − λv‖ of λ) does not stop there."""
+    eigs = torch.tensor([5.0, 4.9, 1.0, 0.5], dtype=torch.float64)
+    hess = torch.diag(eigs)
+    terms = loss_terms(lambda p, _: 0.5 * p["x"] @ hess @ p["x"])
+    theta = {"x": torch.zeros(4, dtype=torch.float64)}
+    v0 = {"x": torch.tensor([0.1, 1.0, 0.3, 0.3], dtype=torch.float64)}
+    res = power_iteration(exact_hvp(terms, theta), v0, tol=1e-3, max_iter=40)
+    assert any(abs(b - a) <= 1e-3 * abs(b) for a, b in zip(res.history, res.history[1:]))  # old rule would stop
+    assert not res.converged and res.iterations == 40 and res.eigenvalue < 5.0 * (1 - 5e-3)
+    long = power_iteration(exact_hvp(terms, theta), v0, tol=1e-3, max_iter=5000)
+    assert long.converged and abs(long.eigenvalue - 5.0) <= 1e-3 * 5.0
+
+
+def test_richardson_hvp_on_a_llama_beats_plain_fd_against_exact():
+    """Smoke LLaMA (MATH SDPA for the exact HVP) along its sharpest direction found by 15 exact iterations:
+    plain FD at ε = 5e-3 misses vᵀHv by more than the 5e-3 bound; Richardson is within 1e-4."""
+    model, batch = smoke_setup()
+    theta = {n: p.detach().float() for n, p in model.named_parameters()}
+    terms = model_loss_terms(model, batch)
+    v = power_iteration(exact_hvp(terms, theta), start_vector(theta, 0), tol=1e-9, max_iter=15).vector
+    truth = _dot(v, exact_hvp(terms, theta)(v))
+    plain = _dot(v, fd_hvp(terms, theta, 5e-3)(v))
+    extrapolated = _dot(v, richardson_hvp(terms, theta, 5e-3)(v))
+    assert abs(plain - truth) > 5e-3 * abs(truth)
+    assert abs(extrapolated - truth) < 1e-4 * abs(truth)
+
+
+def test_hessian_group_default_is_checked_fd():
+    model, batch = smoke_setup()
+
+    class Run:
+        name, method, scale, seed, steps = "full", "full_rank", "smoke", 0, [10]
+
+        def analysis_model(self, step):
+            return copy.deepcopy(model), "dense"
+
+    (row,) = hessian(AnalysisContext(run=Run(), step=10, batch=batch), max_iter=3)
+    assert row.settings["hvp"] == "fd_richardson" and "fd_step_error=" in row.note
+    assert "converged=False" in row.note  # 3 iterations cannot pass the residual test on this model
