@@ -26,7 +26,8 @@ def test_branch_equals_direct_wsd_run_and_resumes_bit_exactly(make_smoke_config,
     branch = create_branch(parent.run_dir, step=4, cooldown=2)
     assert branch.train.steps == 6 and branch.train.decay == 2 and branch.train.warmup == parent.train.warmup
     assert branch_info(branch.run_dir) == {"parent": parent.name, "parent_dir": str(parent.run_dir.resolve()),
-                                           "step": 4, "cooldown": 2, "budget": 6, "decay_shape": "1-sqrt"}
+                                           "step": 4, "cooldown": 2, "budget": 6, "copied_checkpoint": 4,
+                                           "decay_shape": "1-sqrt"}
     train(branch, resume=True, progress=False)
     # the same schedule trained from scratch in one go gives the same weights
     direct = make_smoke_config(f"d_{method}", method=method, steps=6, schedule="wsd", decay_steps=2)
@@ -43,6 +44,13 @@ def test_branch_equals_direct_wsd_run_and_resumes_bit_exactly(make_smoke_config,
     # the parent's checkpoint is untouched, and creating the branch again returns it
     assert ckpt.read_train_state(parent.run_dir, 4)["config_hash"] == parent.fingerprint()
     assert create_branch(parent.run_dir, step=4, cooldown=2).fingerprint() == branch.fingerprint()
+    # a decay start without a checkpoint: the branch copies step 4 and re-trains 5 at the constant rate
+    late = create_branch(parent.run_dir, step=5, cooldown=1)
+    train(late, resume=True, progress=False)
+    direct5 = make_smoke_config(f"d5_{method}", method=method, steps=6, schedule="wsd", decay_steps=1)
+    train(direct5, progress=False)
+    e, f = _weights(late.run_dir, 6), _weights(direct5.run_dir, 6)
+    assert all(torch.equal(e[k], f[k]) for k in e)
     # analysis rebuilds the branch model from its folder alone, like any run
     model = ckpt.load_model(branch.run_dir)
     model = model[0] if isinstance(model, tuple) else model
@@ -59,8 +67,8 @@ def test_branch_errors(make_smoke_config):
     train(wsd, progress=False)
     with pytest.raises(UserError, match="stable phase"):
         create_branch(wsd.run_dir, 4, 1)
-    with pytest.raises(UserError, match="no checkpoint at step 3"):
-        create_branch(wsd.run_dir, 3, 1)
+    with pytest.raises(UserError, match="no checkpoint at or before step 1"):
+        create_branch(wsd.run_dir, 1, 1)
     create_branch(wsd.run_dir, 2, 1)
     with pytest.raises(UserError, match="another branch"):
         create_branch(wsd.run_dir, 2, 2, name="wsd_b2")

@@ -5,7 +5,8 @@
     train(cfg, resume=True)                                          # trains updates 41..50 with the decay
 
 The branch folder starts as a copy of the parent's ``step_<s>`` checkpoint (hard links where possible), its
-metrics up to s, and a ``config.json`` that is the parent's config with ``steps = s + cooldown``,
+metrics up to s (or of its latest checkpoint before s, whence the branch re-trains the constant-rate
+updates up to s, identical to the parent's), and a ``config.json`` that is the parent's config with ``steps = s + cooldown``,
 ``schedule = wsd``, ``decay_steps = cooldown`` and the parent's absolute warmup. Its ``meta.json`` is the
 parent's plus ``branch: {parent, parent_dir, step, cooldown}``. Training it is a plain resume, so it is
 resumable, bit-exact, and every command (analyze, eval, export-hf) treats it as any run folder. A branch is
@@ -38,10 +39,9 @@ def branch_config(parent: RunConfig, step: int, cooldown: int, name: str = "", o
     if t.schedule != "wsd":
         raise UserError(f"cannot branch run {parent.name!r}: it uses schedule={t.schedule!r}; cooldown branches "
                         f"need a warmup-stable-decay parent (train.schedule=wsd)")
-    stable_end = t.steps - t.decay
-    if not t.warmup <= step <= stable_end:
+    if step < t.warmup or (step > t.steps - t.decay and step <= t.steps):
         raise UserError(f"cannot branch run {parent.name!r} at step {step}: branch points must lie in its stable "
-                        f"phase, steps {t.warmup}..{stable_end} (after warmup, before its own decay)")
+                        f"phase, steps {t.warmup}..{t.steps - t.decay} (after warmup, before its own decay)")
     if cooldown < 1:
         raise UserError(f"cooldown branch of {parent.name!r} at step {step}: cooldown must be >= 1 update, "
                         f"got {cooldown}")
@@ -67,28 +67,31 @@ def create_branch(parent_dir: str | Path, step: int, cooldown: int, name: str = 
             raise UserError(f"branch folder {run_dir} exists but describes another branch (config hash "
                             f"{old.fingerprint()}, expected {cfg.fingerprint()}); delete it or choose another name")
         return replace(cfg, train=replace(cfg.train, save_steps=old.train.save_steps, eval_every=old.train.eval_every))
-    src = ckpt.step_dir(parent_dir, step)
-    if step not in ckpt.list_checkpoints(parent_dir):
-        raise UserError(f"parent run {parent_dir} has no checkpoint at step {step} (it has "
-                        f"{ckpt.list_checkpoints(parent_dir) or 'none'}); add {step} to its save_steps")
+    stable_end = parent.train.steps - parent.train.decay
+    usable = [c for c in ckpt.list_checkpoints(parent_dir) if c <= min(step, stable_end)]
+    if not usable:
+        raise UserError(f"parent run {parent_dir} has no checkpoint at or before step {step} in its stable phase "
+                        f"(it has {ckpt.list_checkpoints(parent_dir) or 'none'}); add {step} to its save_steps")
+    start = usable[-1]  # the branch re-trains start..step at the constant rate (the parent's trajectory)
+    src = ckpt.step_dir(parent_dir, start)
     tmp = run_dir.parent / f".tmp_branch_{run_dir.name}_{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    dest = ckpt.step_dir(tmp, step)
+    dest = ckpt.step_dir(tmp, start)
     dest.parent.mkdir(parents=True)
     shutil.copytree(src, dest, copy_function=_link_or_copy)
     state_path = dest / "train_state.json"
     (state_path).unlink()  # a hard link: rewrite a fresh file, never the parent's
-    state = ckpt.read_train_state(parent_dir, step)
+    state = ckpt.read_train_state(parent_dir, start)
     state.update(config_hash=cfg.fingerprint(), branched_from=str(parent_dir.resolve()))
     state_path.write_text(json.dumps(state, indent=2, sort_keys=True))
     for name_ in BRANCH_COPY:
         if (parent_dir / name_).is_file():
             shutil.copy2(parent_dir / name_, tmp / name_)
-    _copy_metrics(parent_dir / "metrics.jsonl", tmp / "metrics.jsonl", step)
+    _copy_metrics(parent_dir / "metrics.jsonl", tmp / "metrics.jsonl", start)
     meta = json.loads((parent_dir / "meta.json").read_text()) if (parent_dir / "meta.json").is_file() else {}
     meta.update(config_hash=cfg.fingerprint(), branch={
         "parent": parent.name, "parent_dir": str(parent_dir.resolve()), "step": step, "cooldown": cooldown,
-        "budget": step + cooldown, "decay_shape": cfg.train.decay_shape})
+        "budget": step + cooldown, "copied_checkpoint": start, "decay_shape": cfg.train.decay_shape})
     ckpt.write_json_atomic(tmp / "meta.json", meta)
     ckpt.write_json_atomic(tmp / "config.json", cfg.to_dict())
     run_dir.parent.mkdir(parents=True, exist_ok=True)
