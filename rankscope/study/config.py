@@ -20,6 +20,7 @@ from typing import Any
 
 from rankscope.config import DataConfig, RunConfig
 from rankscope.errors import UserError
+from rankscope.study.parity import ParitySettings
 
 PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m")
 ALL_METHODS: tuple[str, ...] = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
@@ -104,6 +105,7 @@ class StudyConfig:
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     downstream: DownstreamSettings = field(default_factory=DownstreamSettings)
     predict: PredictSettings = field(default_factory=PredictSettings)
+    parity: ParitySettings = field(default_factory=ParitySettings)  # comparison at perplexity parity
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def __post_init__(self) -> None:
@@ -133,8 +135,29 @@ class StudyConfig:
         bad = [s for s in self.checkpoint_steps if not 0 < s <= self.steps]
         if bad:
             raise UserError(f"study: checkpoint_steps {bad} are outside 1..steps={self.steps}")
+        bad = [s for s in self.parity.branch_steps if not 0 < s <= self.steps - self.decay_steps]
+        if bad:
+            raise UserError(f"study: parity.branch_steps {bad} are outside the stable phase 1.."
+                            f"{self.steps - self.decay_steps} (steps minus the cooldown of the main runs)")
 
     # --- derived values ------------------------------------------------------------------------
+    @property
+    def decay_steps(self) -> int:
+        """The main runs' WSD cooldown under parity protocol wsd-branches (0 otherwise)."""
+        if self.parity.protocol != "wsd-branches":
+            return 0
+        return max(1, round(self.parity.cooldown_fraction * self.steps))
+
+    @property
+    def branch_steps(self) -> tuple[int, ...]:
+        """Decay starts of the cooldown branches: explicit, or the stable-phase checkpoints after warmup."""
+        if self.parity.protocol != "wsd-branches":
+            return ()
+        if self.parity.branch_steps:
+            return tuple(sorted(set(self.parity.branch_steps)))
+        warmup = self.steps // 10 if self.warmup_steps < 0 else self.warmup_steps
+        return tuple(s for s in self.save_steps if warmup <= s <= self.steps - self.decay_steps)
+
     @property
     def save_steps(self) -> tuple[int, ...]:
         """Checkpoint steps: explicit ones, or ``checkpoints`` evenly spaced ending at ``steps``.
@@ -142,9 +165,9 @@ class StudyConfig:
         The paper's schedule (10 checkpoints, every 1K/2K/6K at 10K/20K/60K steps) is this rule with 10.
         """
         if self.checkpoint_steps:
-            return tuple(sorted(set(self.checkpoint_steps) | {self.steps}))
+            return tuple(sorted(set(self.checkpoint_steps) | {self.steps} | set(self.parity.branch_steps)))
         n = min(self.checkpoints, self.steps)
-        return tuple(sorted({round(self.steps * i / n) for i in range(1, n + 1)}))
+        return tuple(sorted({round(self.steps * i / n) for i in range(1, n + 1)} | set(self.parity.branch_steps)))
 
     def accumulation(self) -> int:
         """Micro-batches per update on each process, from the global batch when one is given."""
@@ -172,6 +195,8 @@ class StudyConfig:
                       "micro_batch_size": self.micro_batch_size, "grad_accum": self.accumulation(),
                       "eval_every": self.eval_every if self.eval_every else save[0], "eval_tokens": self.eval_tokens,
                       "save_every": 0, "save_steps": save}
+        if self.parity.protocol == "wsd-branches":  # the main runs are the cooled models of the full budget
+            train_base.update(schedule="wsd", decay_steps=self.decay_steps, decay_shape=self.parity.decay_shape)
         out = []
         for seed in self.seeds:
             for method in self.methods:
@@ -193,7 +218,7 @@ class StudyConfig:
 
 # --- loading --------------------------------------------------------------------------------------
 _SECTIONS = {"data": DataConfig, "analysis": AnalysisSettings, "downstream": DownstreamSettings,
-             "predict": PredictSettings, "launcher": LauncherConfig}
+             "predict": PredictSettings, "parity": ParitySettings, "launcher": LauncherConfig}
 
 
 def _build(cls, values: Any, where: str):

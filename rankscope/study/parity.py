@@ -21,6 +21,47 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 TARGET_KINDS = ("auto", "reference")
+PROTOCOLS = ("off", "wsd-branches", "full-schedules")
+
+
+@dataclass(frozen=True)
+class ParitySettings:
+    """The study's ``parity`` section: how cooled models of several budgets are made and which one is chosen."""
+
+    protocol: str = "off"  # off | wsd-branches (WSD runs + cooldown branches) | full-schedules (cosine runs)
+    target: float | str = "auto"  # a perplexity | auto (slowest method within budget) | reference (full-rank)
+    reference: str = "full_rank"  # the method of target: reference
+    tolerance: float = 0.02  # a parity model is within ±tolerance of the target perplexity
+    cap: float = 1.0  # budget cap as a multiple of the study's steps (wsd-branches: at most 1)
+    branch_steps: tuple[int, ...] = ()  # wsd-branches: decay starts (default: the stable-phase checkpoints)
+    cooldown_fraction: float = 0.2  # cooldown share of a cooled model's steps (the main runs' decay too)
+    decay_shape: str = "1-sqrt"  # linear | cosine | 1-sqrt
+    budgets: tuple[float, ...] = (0.5, 1.0)  # full-schedules: run lengths as multiples of steps (1.0 = main)
+    extra_branch: bool = True  # train one more cooled model at the predicted crossing when none is within
+
+    def __post_init__(self) -> None:
+        from rankscope.errors import UserError
+
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"parity.protocol={self.protocol!r} is not valid; choose one of: {', '.join(PROTOCOLS)}")
+        if isinstance(self.target, str) and self.target not in TARGET_KINDS:
+            raise UserError(f"parity.target={self.target!r} is not valid: give a perplexity (e.g. 400) or one of "
+                            f"{', '.join(TARGET_KINDS)}")
+        if not isinstance(self.target, str) and not float(self.target) > 1:
+            raise UserError(f"parity.target={self.target} must be a perplexity > 1")
+        if not 0 < self.tolerance < 1:
+            raise UserError(f"parity.tolerance={self.tolerance} must be in (0, 1), e.g. 0.02 for ±2 %")
+        if not 0 < self.cooldown_fraction < 1:
+            raise UserError(f"parity.cooldown_fraction={self.cooldown_fraction} must be in (0, 1), e.g. 0.2")
+        if self.cap <= 0 or (self.protocol == "wsd-branches" and self.cap > 1):
+            raise UserError(f"parity.cap={self.cap}: must be > 0, and at most 1 for wsd-branches (every cooled "
+                            f"model is a branch of the study's runs); use full-schedules for a larger cap")
+        if self.decay_shape not in ("linear", "cosine", "1-sqrt"):
+            raise UserError(f"parity.decay_shape={self.decay_shape!r}: choose linear, cosine or 1-sqrt")
+
+    @property
+    def enabled(self) -> bool:
+        return self.protocol != "off"
 
 
 @dataclass(frozen=True)
