@@ -131,3 +131,25 @@ def test_console_script_run_without_checkpoints_exits_2(tmp_path):
     proc = run_cli("analyze", str(empty), "--out", str(tmp_path / "a2"), "-m", "w_erank", "--quiet")
     assert_clean_failure(proc, 2)
     assert "no complete checkpoint" in proc.stderr and str(empty) in proc.stderr
+
+
+def test_no_nan_row_without_a_note(tmp_path):
+    """Undefined values (a zero matrix's spectral gap, the variance of one direction) say why in the note."""
+    from safetensors.torch import load_file, save_file
+
+    run = _make_run(tmp_path / "runs", "full", "full_rank", [1])
+    path = step_dir(run, 1) / "model.safetensors"
+    state = load_file(path)
+    zeroed = next(k for k in state if k.endswith("down_proj.weight"))
+    state[zeroed] = state[zeroed].zero_()
+    save_file(state, path)
+    table = analyze([run], metrics=["w_spectral_gap", "rand_variance"], out=tmp_path / "a", batch=_batch(),
+                    progress=False, settings={"landscape_random": {"n_directions": 1, "n_points": 3,
+                                                                   "max_tokens": 32}})
+    bad = table[~table.value.apply(math.isfinite)]
+    assert len(bad) and bad.note.fillna("").str.len().gt(0).all(), bad[["metric", "name", "note"]]
+    gap = table[(table.metric == "w_spectral_gap") & (table.scope == "matrix") & table.name.str.contains("down_proj")]
+    assert gap.note.str.startswith("undefined: a zero matrix").any()
+    model_gap = table[(table.metric == "w_spectral_gap") & (table.scope == "model")]
+    assert math.isfinite(model_gap.value.iloc[0]) and "mean over" in model_gap.note.iloc[0]
+    assert "n_directions >= 2" in table[table.metric == "rand_variance"].note.iloc[0]

@@ -236,10 +236,14 @@ def activations(ctx, layers="all", mask_pads: bool | None = None, dtype: str = "
     res = similarity_by_layer(ref_model, model, ctx.batch, ids, ctx.device, mask, getattr(torch, dtype), same)
     n_tokens = int(token_mask(ctx.batch.labels).sum()) if mask else int(ctx.batch.labels.numel())
     rows = []
+    undefined = "undefined: layers of different width, or a zero reference activation"
     for metric, values in res.items():
         for layer, v in zip(ids, values):
-            rows.append(ctx.row(metric, v, scope="layer", name=str(layer), space=space, n_tokens=n_tokens))
+            rows.append(ctx.row(metric, v, scope="layer", name=str(layer), space=space, n_tokens=n_tokens,
+                                note="" if math.isfinite(v) else undefined))
         finite = [v for v in values if math.isfinite(v)]
+        note = "" if len(finite) == len(values) else (
+            f"mean over {len(finite)} of {len(values)} layers (undefined for the rest)" if finite else undefined)
         rows.append(ctx.row(metric, sum(finite) / len(finite) if finite else math.nan, scope="model",
-                            space=space, n_tokens=n_tokens))
+                            space=space, n_tokens=n_tokens, note=note))
     return rows

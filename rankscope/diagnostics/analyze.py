@@ -230,6 +230,8 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                     stamp = dict(resolved[name])  # one shared dict: rows are many, settings are few
                     for r in got:
                         r.settings = r.settings or stamp
+                        if not r.note and not math.isfinite(r.value):  # never an unexplained NaN
+                            r.note = f"undefined: {name} gave {r.value} here (no reason recorded)"
                     cache.put(key, got)
                 else:
                     failure = _failure(name, task, exc)

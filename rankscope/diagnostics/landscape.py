@@ -165,7 +165,8 @@ def landscape_random(
     kw = dict(space=space, settings=settings, n_tokens=batch.n_tokens)
     return [
         ctx.row("rand_sharpness", st.sharpness, stderr=st.sharpness_se, **kw),
-        ctx.row("rand_variance", st.variance, stderr=st.variance_se, **kw),
+        ctx.row("rand_variance", st.variance, stderr=st.variance_se,
+                note="" if n_directions > 1 else "undefined: variance across directions needs n_directions >= 2", **kw),
         ctx.row("rand_center_gap", st.center_gap, stderr=st.center_gap_se, **kw),
         *curve_rows(ctx, "rand_curve", alphas, st.mean_curve, st.curve_se, **kw),
     ]
@@ -191,7 +192,8 @@ def _svd_landscape(ctx: AnalysisContext, prefix: str, sigma_weighted: bool, k: i
     return [
         ctx.row(f"{prefix}_top1_sharpness", top1.sharpness, **kw),
         ctx.row(f"{prefix}_topk_sharpness", topk.sharpness, stderr=topk.sharpness_se, **kw),
-        ctx.row(f"{prefix}_topk_variance", topk.variance, stderr=topk.variance_se, **kw),
+        ctx.row(f"{prefix}_topk_variance", topk.variance, stderr=topk.variance_se,
+                note="" if k > 1 else "undefined: variance across directions needs k >= 2", **kw),
         *curve_rows(ctx, f"{prefix}_top1_curve", alphas, top1.mean_curve, None, **kw),
         *curve_rows(ctx, f"{prefix}_topk_curve", alphas, topk.mean_curve, topk.curve_se, **kw),
     ]

@@ -30,6 +30,11 @@ SPECTRAL_KEYS = (
 )
 ALPHA_KEYS = ("alpha", "alpha_weighted", "alpha_xmin", "alpha_n_tail", "alpha_ks")
 _NOT_SUMMARISED = {"alpha_xmin", "alpha_n_tail", "alpha_ks"}  # fit diagnostics: per matrix only
+_NO_GAP = "a zero matrix or a single singular value has no s2/s1"
+_NO_FIT = "fewer than n_min nonzero eigenvalues for the power-law fit"
+# Why a value can be NaN: written into the row's note, so a NaN in the table is never unexplained.
+_UNDEFINED = {"spectral_gap": _NO_GAP, "sv2_sv1": _NO_GAP, "alpha": _NO_FIT, "alpha_weighted": _NO_FIT,
+              "alpha_xmin": _NO_FIT, "alpha_ks": _NO_FIT, "rel_fro": "the earlier matrix is zero"}
 WW_EVALS_THRESH = 1e-5  # weightwatcher drops eigenvalues below this before fitting (ww_compat only)
 RELEASE_MAX_ELEMENTS = 4_000_000  # the release skips larger matrices (faithful mode)
 _LAYER = re.compile(r"layers\.(\d+)\.")
@@ -215,7 +220,8 @@ def summary_rows(ctx, prefix: str, per_matrix: list[tuple[str, str, dict[str, fl
     groups: dict[tuple[str, str, str], list[dict[str, float]]] = defaultdict(list)
     for name, space, vals in per_matrix:
         for key, v in vals.items():
-            rows.append(ctx.row(prefix + key, v, scope="matrix", name=name, space=space, **row_kw))
+            note = "" if math.isfinite(v) else f"undefined: {_UNDEFINED.get(key, 'not finite for this matrix')}"
+            rows.append(ctx.row(prefix + key, v, scope="matrix", name=name, space=space, note=note, **row_kw))
         layer, kind = _layer_and_type(name)
         if layer is not None:
             groups[(space, "layer", layer)].append(vals)
@@ -227,7 +233,10 @@ def summary_rows(ctx, prefix: str, per_matrix: list[tuple[str, str, dict[str, fl
                 continue
             finite = [d[key] for d in items if math.isfinite(d[key])]
             value = sum(finite) / len(finite) if finite else math.nan
-            rows.append(ctx.row(prefix + key, value, scope=scope, name=name, space=space, **row_kw))
+            note = "" if len(finite) == len(items) else (
+                f"mean over {len(finite)} of {len(items)} matrices (undefined for the rest)" if finite
+                else f"undefined for all {len(items)} matrices: {_UNDEFINED.get(key, 'not finite')}")
+            rows.append(ctx.row(prefix + key, value, scope=scope, name=name, space=space, note=note, **row_kw))
     return rows
 
 
