@@ -14,8 +14,8 @@ N: n×r) and are stepped as LORO; other groups take the plain Adam step.
 
 Deviations from the release (written down as the issue asks): triangular solves instead of general
 ``torch.linalg.solve`` (same result, the factors are triangular); decoupled decay uses the group lr (the
-release multiplies by the bias-corrected step size) and is not applied in the exact step (nor is it in the
-release); the exact-step decision uses a per-parameter update counter ``total_step`` saved with the state
+release multiplies by the bias-corrected step size; lazy factor steps decay at lr·s, being AdamW at
+lr·s, which is torch's fused kernel here) and is not applied in the exact step (nor is it in the release); the exact-step decision uses a per-parameter update counter ``total_step`` saved with the state
 (the release reads the loop's counter), so resume is exact.
 
 State per parameter, all tensors: ``step`` (bias correction; reset at refresh), ``total_step``,
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.galore import _plain_adamw
 from rankscope.optim.state_dtypes import load_keeping
 
 
@@ -84,27 +85,45 @@ class LOROAdamW(Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """``total_step`` stays a float32 CPU counter (torch would move and cast it like a moment)."""
-        load_keeping(self, super().load_state_dict, state_dict, {"total_step": "cpu"})
+        load_keeping(self, super().load_state_dict, state_dict, {"total_step": "cpu", "step": "step"})
 
-    def _direction(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, float, int]:
-        """Adam moments, then (direction, effective lr, total update count) for parameter p."""
+    def _state(self, p: torch.Tensor) -> dict:
         state = self.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32)
+        if not state:  # step on the device only for CUDA (the fused kernel's requirement), as GaLoreAdamW
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if p.is_cuda else "cpu")
             state["total_step"] = torch.zeros((), dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
+        return state
+
+    def _direction(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, float]:
+        """Adam moments of p, then (direction d, effective lr) in the group's Adam form."""
+        state = self._state(p)
         beta1, beta2 = group["betas"]
         state["step"] += 1
-        state["total_step"] += 1
         k = int(state["step"].item())
         m, v, g = state["exp_avg"], state["exp_avg_sq"], p.grad
         m.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         bc1, bc2 = 1 - beta1 ** k, 1 - beta2 ** k
         if group["adam_form"] == "torch":
-            return (m / bc1) / ((v / bc2).sqrt() + group["eps"]), group["lr"], int(state["total_step"].item())
-        return m / (v.sqrt() + group["eps"]), group["lr"] * math.sqrt(bc2) / bc1, int(state["total_step"].item())
+            return (m / bc1) / ((v / bc2).sqrt() + group["eps"]), group["lr"]
+        return m / (v.sqrt() + group["eps"]), group["lr"] * math.sqrt(bc2) / bc1
+
+    def _adam_step(self, params: list[torch.Tensor], group: dict, lr: float) -> None:
+        """Plain (decoupled) Adam at ``lr`` on ``params``: torch's fused kernel for the torch form."""
+        if not params:
+            return
+        states = [self._state(p) for p in params]
+        if group["adam_form"] == "torch":
+            _plain_adamw(params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                         [st["exp_avg_sq"] for st in states], [st["step"] for st in states], lr=lr,
+                         betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"])
+            return
+        for p in params:  # folded: W ← W − η_k·m/(√v+ε), then decay
+            d, eff = self._direction(p, group)
+            p.add_(d, alpha=-eff * lr / group["lr"] if group["lr"] else 0.0)
+            p.mul_(1 - lr * group["weight_decay"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -113,38 +132,29 @@ class LOROAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            decay = 1 - group["lr"] * group["weight_decay"]
-            torch_form = group["adam_form"] == "torch"
             params = [p for p in group["params"] if p.grad is not None]
-            if group["loro_pairs"]:
-                pairs = list(zip(group["params"][0::2], group["params"][1::2]))
-                if any((M.grad is None) != (N.grad is None) for M, N in pairs):
-                    raise RuntimeError("LORO: one factor of a pair has a gradient and the other not")
-                for M, N in pairs:
-                    if M.grad is None:
-                        continue
-                    dM, lr, k = self._direction(M, group)
-                    dN, _, _ = self._direction(N, group)
-                    K = group["exact_every"]
-                    if K > 0 and k % K == 0:
-                        M_new, N_new = loro_exact_step(M, N, dM, dN, lr)
-                        M.copy_(M_new)
-                        N.copy_(N_new)
-                        continue
-                    for p, d in ((M, dM), (N, dN)):
-                        if torch_form:
-                            p.mul_(decay)
-                        p.add_(d, alpha=-lr * group["lr_scaler"])
-                        if not torch_form:
-                            p.mul_(decay)
-            else:
-                for p in params:
-                    d, lr, _ = self._direction(p, group)
-                    if torch_form:
-                        p.mul_(decay)
-                    p.add_(d, alpha=-lr)
-                    if not torch_form:
-                        p.mul_(decay)
+            for p in params:
+                self._state(p)["total_step"] += 1
+            if not group["loro_pairs"]:
+                self._adam_step(params, group, group["lr"])
+                continue
+            pairs = list(zip(group["params"][0::2], group["params"][1::2]))
+            if any((M.grad is None) != (N.grad is None) for M, N in pairs):
+                raise RuntimeError("LORO: one factor of a pair has a gradient and the other not")
+            lazy: list[torch.Tensor] = []
+            K = group["exact_every"]
+            for M, N in pairs:
+                if M.grad is None:
+                    continue
+                if K > 0 and int(self.state[M]["total_step"].item()) % K == 0:
+                    dM, lr = self._direction(M, group)
+                    dN, _ = self._direction(N, group)
+                    M_new, N_new = loro_exact_step(M, N, dM, dN, lr)
+                    M.copy_(M_new)
+                    N.copy_(N_new)
+                else:
+                    lazy += [M, N]
+            self._adam_step(lazy, group, group["lr"] * group["lr_scaler"])
         self._maybe_refresh()
         return loss
 

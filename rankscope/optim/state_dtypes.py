@@ -15,7 +15,8 @@ from torch.optim import Optimizer
 
 
 def load_keeping(opt: Optimizer, load, state_dict: dict[str, Any], keys: dict[str, str]) -> None:
-    """``load(state_dict)`` (the parent's load_state_dict) with ``keys`` (name -> "cpu" | "param") kept."""
+    """``load(state_dict)`` (the parent's load_state_dict) with ``keys`` kept: name -> "cpu" | "param" |
+    "step" (the parameter's device for CUDA parameters, else the CPU: where a fused kernel wants it)."""
     kept = {idx: {k: entry.pop(k) for k in keys if k in entry} for idx, entry in state_dict["state"].items()}
     try:
         load(state_dict)
@@ -26,4 +27,5 @@ def load_keeping(opt: Optimizer, load, state_dict: dict[str, Any], keys: dict[st
     for idx, entries in kept.items():
         p = params[int(idx)]
         for k, v in entries.items():
-            opt.state[p][k] = v.to(device="cpu" if keys[k] == "cpu" else p.device)
+            on_param = keys[k] == "param" or (keys[k] == "step" and p.is_cuda)
+            opt.state[p][k] = v.to(device=p.device if on_param else "cpu")
