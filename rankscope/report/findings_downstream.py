@@ -170,6 +170,36 @@ def check_f7(prediction: Mapping[str, Any]) -> Finding:
     if not prediction:
         f.reason = "missing: results/prediction.json"
         return f
+    return _gain_verdict(f, prediction)
+
+
+# Beyond zero-shot accuracy (downstream/predict.py TARGETS): what each extra target asks of the metrics.
+TARGET_CLAIMS = {
+    "shift_nll": "perplexity on a shifted held-out text",
+    "ft_acc": "task accuracy after the fine-tuning probe",
+    "forgetting": "forgetting under the fine-tuning probe (in-domain NLL after − before)",
+}
+
+
+def check_targets(predictions: Mapping[str, Mapping[str, Any]]) -> list[Finding]:
+    """One F7-style row per extra prediction target: do the metrics add predictive power beyond log-PPL?"""
+    out = []
+    for target, pred in sorted(predictions.items()):
+        kind, _, text = target.partition(":")
+        what = TARGET_CLAIMS.get(kind, target) + (f" ({text})" if text else "")
+        f = Finding(
+            f"F7·{target}",
+            f"Geometric and spectral metrics add predictive power beyond in-domain perplexity for {what}.",
+            "Same predictor, CV and paired bootstrap as F7, with this target instead of zero-shot accuracy.",
+        )
+        out.append(_gain_verdict(f, pred) if isinstance(pred, Mapping) else f)
+        if not isinstance(pred, Mapping):
+            f.reason = f"missing: {pred}"
+    return out
+
+
+def _gain_verdict(f: Finding, prediction: Mapping[str, Any]) -> Finding:
+    """Verdict from the predictor's paired interval of (extended − baseline) CV R² (or MAE)."""
     schemes = prediction_schemes(prediction)
     name = next((n for n in ("loo", "main") if n in schemes), next(iter(schemes), None))
     chosen = schemes.get(name or "", {})

@@ -18,11 +18,12 @@ import pandas as pd
 
 from rankscope.diagnostics.registry import display_name
 from rankscope.report.findings import evaluate_findings
-from rankscope.report.findings_downstream import prediction_schemes
+from rankscope.report.findings_downstream import check_targets, prediction_schemes
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
 from rankscope.report.load import StudyData, load_study
 from rankscope.report.plots import build_figures
 from rankscope.report.plots_common import Figure, ordered
+from rankscope.report.robustness import finetune_html, load_robustness, shift_html
 from rankscope.report.stats import Finding
 
 # The 16 headline metrics of diagnostics.md §2.5; the "missing data" list names the ones with no rows.
@@ -39,6 +40,8 @@ SECTIONS = (
     ("activations", "Activation similarity"),
     ("downstream", "Downstream"),
     ("prediction", "Predicting downstream accuracy"),
+    ("shift", "Distribution shift"),
+    ("finetune", "Fine-tuning pressure"),
 )
 SCALE_NOTE = (
     "These are findings of the paper (arXiv 2605.13652: LLaMA 60M–350M trained on C4), restated as "
@@ -246,6 +249,8 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         raise FileNotFoundError(f"study folder not found: {study_dir}")
     data = load_study(study_dir)
     findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
+    robust = load_robustness(study_dir)
+    findings += check_targets(robust.targets)
     figures = build_figures(data)
     scale = str(data.study.get("model") or (data.runs[0].config.get("model") if data.runs else "") or "this")
     title = f"rankscope report: {Path(study_dir).resolve().name}"
@@ -269,6 +274,10 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
             parts.append(_downstream_table(data.downstream))
         if key == "prediction":
             parts.append(_prediction_html(data.prediction))
+        if key == "shift":
+            parts.append(shift_html(robust.heldout))
+        if key == "finetune":
+            parts.append(finetune_html(robust.finetune))
     parts += [
         "<h2>Timings</h2>",
         _timings_html(data),

@@ -61,6 +61,38 @@ class PredictSettings:
 
 
 @dataclass(frozen=True)
+class OODSettings:
+    """Distribution shift and fine-tuning pressure on each run's final checkpoint (downstream.md).
+
+    The ``ood`` stage scores the run's own validation text (``val``, in-domain), every text listed here, and,
+    when ``data.holdout_source`` leaves a source out, that source (``shift``). The ``finetune`` stage runs
+    the fine-tuning probe with these settings (``null``: no probe).
+    """
+
+    texts: tuple[Any, ...] = ()  # files, hf:NAME[:CONFIG], embedded:SPLIT[:SOURCES], or {spec, split, column, label}
+    max_bytes: int = 200_000  # UTF-8 bytes per text (whole documents in a seeded order; 0: all)
+    bootstrap_iters: int = 1000  # bootstrap resamples over documents
+    finetune: dict[str, Any] | None = None  # FinetuneSettings fields, e.g. {steps: 8, lr: 3.0e-4}; None: no probe
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from rankscope.downstream.heldout import parse_texts
+
+        parse_texts(self.texts)  # malformed entries fail when the config is read, not after training
+        if self.finetune is not None:
+            self.finetune_settings()
+
+    def finetune_settings(self):
+        from rankscope.downstream.finetune import FinetuneSettings
+
+        return _build(FinetuneSettings, dict(self.finetune or {}), "ood.finetune")
+
+    def enabled(self, data: DataConfig) -> bool:
+        """Whether the ood stage has anything to measure beyond the in-domain text."""
+        return bool(self.texts) or bool(data.holdout_source)
+
+
+@dataclass(frozen=True)
 class LauncherConfig:
     """How each training job is started: in a subprocess, under torchrun, or as a submitit (Slurm) job."""
 
@@ -106,6 +138,7 @@ class StudyConfig:
     downstream: DownstreamSettings = field(default_factory=DownstreamSettings)
     predict: PredictSettings = field(default_factory=PredictSettings)
     parity: ParitySettings = field(default_factory=ParitySettings)  # comparison at perplexity parity
+    ood: OODSettings = field(default_factory=OODSettings)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
 
     def __post_init__(self) -> None:
@@ -218,7 +251,7 @@ class StudyConfig:
 
 # --- loading --------------------------------------------------------------------------------------
 _SECTIONS = {"data": DataConfig, "analysis": AnalysisSettings, "downstream": DownstreamSettings,
-             "predict": PredictSettings, "parity": ParitySettings, "launcher": LauncherConfig}
+             "predict": PredictSettings, "parity": ParitySettings, "ood": OODSettings, "launcher": LauncherConfig}
 
 
 def _build(cls, values: Any, where: str):

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-STAGE_WEIGHT = {"analyze": 0.30, "eval": 0.10, "predict": 0.02, "report": 0.02}  # × total training steps
+STAGE_WEIGHT = {"analyze": 0.30, "eval": 0.10, "ood": 0.03, "finetune": 0.08, "predict": 0.02, "report": 0.02}  # × total training steps
 
 
 def last_logged_step(run_dir: Path) -> int:

@@ -92,6 +92,45 @@ def run_eval(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None
                   device=d.device)
 
 
+def ood_texts(cfg: StudyConfig) -> list:
+    """In-domain ``val``, the configured texts, and ``shift`` when a source is left out."""
+    from rankscope.downstream.heldout import parse_texts
+
+    return parse_texts(["val", *cfg.ood.texts, *(["shift"] if cfg.data.holdout_source else [])])
+
+
+def ood_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
+    o = cfg.ood
+    key = [[asdict(t) for t in ood_texts(cfg)], o.max_bytes, o.bootstrap_iters, _run_keys(runs, final_only=True)]
+    return Stamp(results, "ood", key, [results / "heldout.parquet"])
+
+
+def run_ood(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
+    """Perplexity and bits per byte of each final checkpoint on in-domain and shifted held-out texts."""
+    from rankscope.downstream.ppl import ppl_runs
+
+    for suffix in (".parquet", ".csv"):  # rebuilt whole: a text dropped from the config must not linger
+        (results / f"heldout{suffix}").unlink(missing_ok=True)
+    o = cfg.ood
+    ppl_runs([r.run_dir for r in runs], ood_texts(cfg), "final", max_bytes=o.max_bytes,
+             bootstrap_iters=o.bootstrap_iters, out=results / "heldout", device=o.device)
+
+
+def finetune_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
+    return Stamp(results, "finetune", [cfg.ood.finetune, _run_keys(runs, final_only=True)],
+                 [results / "finetune.parquet"])
+
+
+def run_finetune(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
+    """The fine-tuning probe on each final checkpoint (cached per checkpoint inside each run folder)."""
+    from rankscope.downstream.finetune import finetune_runs
+
+    for suffix in (".parquet", ".csv"):
+        (results / f"finetune{suffix}").unlink(missing_ok=True)
+    finetune_runs([r.run_dir for r in runs], "final", cfg.ood.finetune_settings(), out=results / "finetune",
+                  device=cfg.ood.device)
+
+
 def final_ppl(run_dir: Path) -> float | None:
     """Validation perplexity of the run's last eval line in metrics.jsonl."""
     ppl = None
@@ -108,7 +147,7 @@ def final_ppl(run_dir: Path) -> float | None:
 
 
 def predict_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
-    inputs = [_file_hash(results / "diagnostics.parquet"), _file_hash(results / "downstream.parquet")]
+    inputs = [_file_hash(results / f"{stem}.parquet") for stem in ("diagnostics", "downstream", "heldout", "finetune")]
     return Stamp(results, "predict", [asdict(cfg.predict), inputs, [r.name for r in runs]],
                  [results / "prediction.json"])
 
@@ -129,6 +168,42 @@ def run_predict(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> N
     result = predict_from_tables(diag, down, meta, list(p.features) if p.features else None,
                                  bootstrap_iters=p.bootstrap_iters, seed=0)
     result.write(results)
+    _predict_targets(cfg, meta, diag, results)
+
+
+def _predict_targets(cfg: StudyConfig, meta: list[dict], diag, results: Path) -> None:
+    """Shifted NLL (per text), fine-tuned accuracy and forgetting, when those stages wrote rows.
+
+    ``prediction_targets.json`` records each target's output file or why it was not fitted.
+    """
+    import pandas as pd
+
+    from rankscope.diagnostics.table import read_table
+    from rankscope.downstream.predict import predict_from_tables, target_stem
+    from rankscope.errors import UserError
+
+    for stale in results.glob("prediction_*"):  # targets of an earlier run that may no longer apply
+        if stale.name not in ("prediction_targets.json", "prediction_features.csv"):
+            stale.unlink()
+    extra = [read_table(results / f"{stem}.parquet") for stem in ("heldout", "finetune")
+             if (results / f"{stem}.parquet").is_file()]
+    targets: list[str] = []
+    if extra and "heldout_nll" in set(extra[0]["metric"]):
+        targets += [f"shift_nll:{n}" for n in sorted(set(extra[0]["name"].astype(str)) - {"val"})]
+    if any("ft_acc" in set(e["metric"]) for e in extra):
+        targets += ["ft_acc", "forgetting"]
+    down = pd.concat(extra, ignore_index=True) if extra else None
+    record: dict[str, str] = {}
+    p = cfg.predict
+    for target in targets:
+        try:
+            res = predict_from_tables(diag, down, meta, list(p.features) if p.features else None, target=target,
+                                      bootstrap_iters=p.bootstrap_iters, seed=0)
+        except UserError as exc:
+            record[target] = f"not fitted: {exc}"
+            continue
+        record[target] = res.write(results, target_stem(target))["json"].name
+    write_json_atomic(results / "prediction_targets.json", record)
 
 
 def run_report(out_dir: Path) -> Path:

@@ -1,0 +1,148 @@
+"""Report panels for "same perplexity, different robustness": distribution shift and fine-tuning pressure.
+
+Reads what the study's ood and finetune stages wrote (``results/heldout.parquet``, ``results/finetune.parquet``,
+``results/prediction_targets.json``); every part is optional and an absent one yields an explanatory note.
+Numbers are means over seeds of each method's final checkpoint; intervals are the stages' bootstraps
+(averaged over seeds when there are several, so with one seed they are that run's interval).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rankscope.report.htmlkit import esc, fmt, fmt_interval, table
+from rankscope.report.plots_common import ordered
+from rankscope.report.stats import kendall_tau
+
+IN_DOMAIN = "val"
+
+
+@dataclass
+class RobustnessData:
+    heldout: pd.DataFrame = field(default_factory=pd.DataFrame)
+    finetune: pd.DataFrame = field(default_factory=pd.DataFrame)
+    targets: dict[str, Any] = field(default_factory=dict)  # target -> prediction json, or why it is absent
+
+
+def load_robustness(study_dir: str | Path) -> RobustnessData:
+    results = Path(study_dir) / "results"
+    data = RobustnessData()
+    for name in ("heldout", "finetune"):
+        path = results / f"{name}.parquet"
+        if path.is_file():
+            try:
+                setattr(data, name, pd.read_parquet(path))
+            except (OSError, ValueError):
+                pass
+    record_path = results / "prediction_targets.json"
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        for target, entry in record.items():
+            path = results / str(entry)
+            if str(entry).endswith(".json") and path.is_file():
+                data.targets[target] = json.loads(path.read_text())
+            else:
+                data.targets[target] = str(entry)
+    return data
+
+
+def _final(frame: pd.DataFrame) -> pd.DataFrame:
+    if frame.empty:
+        return frame
+    return frame[frame["step"] == frame.groupby("run")["step"].transform("max")]
+
+
+def _cell(rows: pd.DataFrame) -> str:
+    if rows.empty:
+        return "–"
+    ci = fmt_interval(rows["ci_low"].mean(), rows["ci_high"].mean())
+    return f"{fmt(rows['value'].mean())} {ci if ci != '–' else ''}".strip()
+
+
+def method_means(rows: pd.DataFrame, metric: str, name: str) -> dict[str, float]:
+    sub = rows[(rows["metric"] == metric) & (rows["name"].astype(str) == name)]
+    return sub.groupby("method")["value"].mean().to_dict()
+
+
+def ranking_survives(in_domain: dict[str, float], shifted: dict[str, float]) -> tuple[float, list[str]]:
+    """Kendall τ of the method orders by in-domain and by shifted perplexity, and the pairs that swap."""
+    methods = [m for m in ordered(in_domain) if m in shifted]
+    if len(methods) < 2:
+        return math.nan, []
+    a, b = np.array([in_domain[m] for m in methods]), np.array([shifted[m] for m in methods])
+    swaps = [f"{m} vs {n}" for i, m in enumerate(methods) for j, n in enumerate(methods)
+             if i < j and (a[i] - a[j]) * (b[i] - b[j]) < 0]
+    return kendall_tau(a, b), swaps
+
+
+def shift_html(heldout: pd.DataFrame) -> str:
+    """In-domain vs shifted perplexity per method, the shift gap, and whether the ranking survives."""
+    if heldout.empty:
+        return ('<p class="note">No held-out-text results: add an <code>ood</code> section to the study config '
+                "(texts, or data.holdout_source for leave-one-source-out).</p>")
+    rows = _final(heldout)
+    texts = [t for t in sorted(set(rows["name"].astype(str))) if t != IN_DOMAIN]
+    methods = ordered(rows["method"].unique())
+    headers = ["method", "in-domain ppl (val)"]
+    for t in texts:
+        headers += [f"ppl: {t}", f"gap (nats/token): {t}"]
+    body = []
+    for m in methods:
+        r = rows[rows["method"] == m]
+        line = [m, _cell(r[(r["metric"] == "heldout_ppl") & (r["name"] == IN_DOMAIN)])]
+        for t in texts:
+            line += [_cell(r[(r["metric"] == "heldout_ppl") & (r["name"] == t)]),
+                     _cell(r[(r["metric"] == "shift_gap_nll") & (r["name"] == t)])]
+        body.append(line)
+    parts = [table(headers, body)]
+    notes = []
+    ref = method_means(rows, "heldout_ppl", IN_DOMAIN)
+    for t in texts:
+        tau, swaps = ranking_survives(ref, method_means(rows, "heldout_ppl", t))
+        if math.isnan(tau):
+            continue
+        verdict = "survives the shift" if not swaps else f"changes under the shift (swapped: {', '.join(swaps)})"
+        notes.append(f"{t}: Kendall τ between the method orders by in-domain and by shifted perplexity = "
+                     f"{fmt(tau, 3)}; the ranking {verdict}.")
+    bpb = rows[rows["metric"] == "heldout_bpb"]
+    if not bpb.empty:
+        notes.append("Bits per byte (tokenizer-independent) are in results/heldout.parquet, metric heldout_bpb.")
+    notes.append("Gap = NLL on the text − NLL on the run's own validation text, 95% interval from independent "
+                 "bootstraps over documents (pieces of about 4 kB). Final checkpoints (equal steps).")
+    parts.append("".join(f"<p>{esc(n)}</p>" for n in notes))
+    return "".join(parts)
+
+
+def finetune_html(ft: pd.DataFrame) -> str:
+    """Per method: frozen-probe accuracy, accuracy after the probe's fine-tuning, gain, forgetting."""
+    if ft.empty:
+        return ('<p class="note">No fine-tuning probe results: set <code>ood.finetune</code> in the study config '
+                "(e.g. {} for the defaults).</p>")
+    rows = _final(ft)
+    metrics = (("ft_zero_shot_acc", "frozen probe acc"), ("ft_acc", "fine-tuned acc"), ("ft_gain", "gain"),
+               ("ft_nll_before", "in-domain NLL before"), ("ft_nll_after", "after"), ("ft_forgetting", "forgetting"))
+    body = []
+    for m in ordered(rows["method"].unique()):
+        r = rows[rows["method"] == m]
+        body.append([m, *(_cell(r[r["metric"] == key]) for key, _ in metrics)])
+    settings = rows["settings"].iloc[0] if "settings" in rows.columns and len(rows) else "{}"
+    try:
+        s = json.loads(settings) if isinstance(settings, str) else dict(settings)
+    except ValueError:
+        s = {}
+    proto = (f"Protocol: task {s.get('task', '?')}, {s.get('mode', '?')} fine-tuning, {s.get('steps', '?')} steps × "
+             f"{s.get('batch_size', '?')} items, lr {s.get('lr', '?')}, seed {s.get('seed', '?')}, texts cut to "
+             f"{s.get('max_tokens', '?')} tokens; {s.get('n_train', '?')} train / {s.get('n_test', '?')} test items. "
+             "Gain = fine-tuned − frozen-probe accuracy (paired bootstrap over test items); forgetting = in-domain "
+             "NLL after − before (nats/token, paired bootstrap over paragraphs).")
+    return table(["method", *(label for _, label in metrics)], body) + f"<p>{esc(proto)}</p>"
