@@ -197,3 +197,15 @@ def test_train_with_a_bad_set_value_exits_2(tmp_path, args, expected):
     proc = _train(tmp_path, *args)
     assert_clean_failure(proc, 2)
     assert expected in proc.stderr
+
+
+def test_streamed_hub_records_without_text_are_one_error(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    records = [{"text": "fine"}, {"body": "no text here"}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: iter(records))
+    data = DataConfig(source="hf", dataset="me/corpus", streaming=False)
+    with pytest.raises(UserError, match=r"record 1 has no text column 'text'; its fields are \['body'\]"):
+        list(iter_texts(data, "validation"))
+    records[1] = {"text": None}
+    with pytest.raises(UserError, match="record 1 has a non-string text column"):
+        list(iter_texts(data, "validation"))

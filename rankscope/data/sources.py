@@ -88,5 +88,11 @@ def _iter_hub(data: DataConfig, split: str) -> Iterator[str]:
         )
     if data.streaming and split == data.train_split:
         ds = ds.shuffle(seed=42, buffer_size=data.shuffle_buffer)
-    for record in ds:
-        yield str(record[data.text_column])
+    for i, record in enumerate(ds):
+        text = record.get(data.text_column) if isinstance(record, dict) else None
+        if not isinstance(text, str):  # streamed datasets may not list their columns up front
+            what = "has no" if not isinstance(record, dict) or data.text_column not in record else "has a non-string"
+            raise UserError(f"hub dataset {data.dataset!r} record {i} {what} text column {data.text_column!r}"
+                            f"{'; its fields are ' + str(sorted(record)) if isinstance(record, dict) else ''}. "
+                            f"Pass --text-column NAME of a string field.")
+        yield text
