@@ -8,8 +8,10 @@ direction of a small LLaMA, ε = 5e-3 underestimates λ_max by ~2 % (spec bound 
 
 So the default (``fd_richardson``) runs power iteration on D_ε, then polishes the vector with Richardson's
 extrapolation R_ε = (4·D_{ε/2} − D_ε)/3, whose error is O(ε⁴), and checks the step error by comparing
-vᵀR_ε v with vᵀR_{ε/2} v. ``converged`` is true only when power iteration has settled *and* that step-error
-estimate is within ``tol``, so an estimate the step size cannot resolve is flagged instead of trusted.
+vᵀR_ε v with vᵀR_{ε/2} v. ``converged`` is true only when the residual ‖Rv − λv‖ ≤ tol·|λ| (an eigenvalue
+lies that close) *and* that step-error estimate is within ``tol``, so an estimate the iteration or the step size
+cannot resolve is flagged instead of trusted. Curvature that changes on a scale far below ε stays invisible to
+any finite difference: use a smaller ``eps`` or ``hvp="exact"`` when a flagged estimate matters.
 Extra cost: a few HVPs of 4 gradients each at the end. ``hvp="exact"`` runs double backward inside
 ``sdpa_kernel(SDPBackend.MATH)`` (exact; ~1.8× the memory).
 
