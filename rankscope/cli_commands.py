@@ -101,6 +101,23 @@ def ppl(
 
 
 @app.command()
+def finetune(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
+    steps: str = typer.Option("final", help="final | all | comma-separated checkpoint steps."),
+    settings: Optional[str] = typer.Option(None, help="JSON FinetuneSettings overrides, e.g. "
+                                           "'{\"steps\": 10, \"lr\": 3e-4, \"mode\": \"lora\"}'."),
+    out: Optional[Path] = typer.Option(None, help="Also merge the rows into this table (e.g. results/finetune)."),
+    device: str = typer.Option("cpu", help="cpu | cuda."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Recompute cached checkpoints."),
+) -> None:
+    """Fine-tuning probe: identical brief fine-tuning per checkpoint; accuracy, gain and forgetting."""
+    from rankscope.downstream.commands import cmd_finetune
+
+    cmd_finetune(run_dirs, steps=steps, settings=_json_option(settings, "--settings"), out=out, device=device,
+                 use_cache=not no_cache)
+
+
+@app.command()
 def predict(
     table_dir: Path = typer.Argument(..., help="Folder with diagnostics + downstream tables and runs.csv (a study's results/)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: TABLE_DIR)."),

@@ -161,3 +161,15 @@ def test_ppl_runs_join_a_table(make_smoke_config):
     gap = table[table["metric"] == "shift_gap_nll"]["value"].item()
     assert gap == pytest.approx(nll["embedded:test:brown"] - nll["val"], abs=1e-12)
     assert len(read_table(cfg.run_dir / "results" / "heldout.parquet")) == 7
+
+
+def test_cli_bad_text_file_exits_2_without_traceback(make_smoke_config, capsys):
+    from rankscope.cli import main
+    from rankscope.training.loop import train
+
+    cfg = make_smoke_config("pplcli", steps=1)
+    train(cfg, progress=False)
+    with pytest.raises(SystemExit) as exc:
+        main(["ppl", str(cfg.run_dir), "--text", str(cfg.run_dir / "nope.jsonl")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "nope.jsonl" in err and "does not exist" in err and "Traceback" not in err

@@ -67,6 +67,25 @@ def cmd_ppl(run_dirs: Sequence[str | Path], texts: Sequence[str], steps: str = "
     return frame
 
 
+def cmd_finetune(run_dirs: Sequence[str | Path], steps: str = "final", settings: dict | None = None,
+                 out: str | Path | None = None, device: str = "cpu", use_cache: bool = True) -> pd.DataFrame:
+    """The fine-tuning probe (downstream/finetune.py) on checkpoints of each run; ``settings`` overrides."""
+    from dataclasses import fields
+
+    from rankscope.downstream.finetune import FinetuneSettings, finetune_runs
+
+    known = {f.name for f in fields(FinetuneSettings)}
+    unknown = sorted(set(settings or {}) - known)
+    if unknown:
+        raise UserError(f"--settings: unknown finetune field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
+    frame = finetune_runs(run_dirs, parse_steps(steps), FinetuneSettings(**(settings or {})), out=out,
+                          device=device, use_cache=use_cache)
+    for _, r in frame.iterrows():
+        print(f"{r['run']:>20} step {r['step']:>7} {r['metric']:>17} {r['value']:.4g} "
+              f"[{r['ci_low']:.4g}, {r['ci_high']:.4g}]")
+    return frame
+
+
 def _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online) -> None:
     import json
 
