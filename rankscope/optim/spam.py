@@ -28,6 +28,9 @@ Deviations from the release (TianjinYellow/SPAM-Optimizer), written down as the 
 * The release passes its LR warm-up length (``--warmup_steps``, 1000) as SPAM's momentum warm-up instead
   of ``--warmup_epoch`` (150); rankscope uses ``warmup`` = 150 unless set.
 
+Speed: dense torch-form parameters are clipped in place and stepped by torch's multi-tensor AdamW kernel at
+lr·s(t) (decay rescaled so it stays lr·wd); sparse supports and the folded form run one tensor at a time.
+
 State per parameter: ``step`` (float32 scalar), ``exp_avg``, ``exp_avg_sq`` (full or support-sized) and,
 when sparse, ``support`` (int64). Everything is a tensor; resume is bit-exact.
 """
@@ -41,6 +44,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.galore import _plain_adamw
 from rankscope.optim.state_dtypes import load_keeping
 
 
@@ -79,14 +83,14 @@ class SPAMAdamW(Optimizer):
                 raise ValueError(f"density must be in (0, 1], got {group['density']}")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        load_keeping(self, super().load_state_dict, state_dict, {"support": "param"})  # int index, not float
+        load_keeping(self, super().load_state_dict, state_dict, {"support": "param", "step": "step"})  # int index, not float
 
     def _seed(self, group: dict, reset_index: int, param_index: int) -> int:
         return group["mask_seed"] + 1_000_003 * reset_index + 7919 * param_index
 
     def _init_state(self, p: torch.Tensor, group: dict, index: int) -> dict:
         state = self.state[p]
-        state["step"] = torch.zeros((), dtype=torch.float32)
+        state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if p.is_cuda else "cpu")
         if group["density"] < 1.0:
             state["support"] = draw_support(p.numel(), group["density"], self._seed(group, 0, index), p.device)
             size: tuple[int, ...] = (state["support"].numel(),)
@@ -103,44 +107,69 @@ class SPAMAdamW(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, wd, eps, gap = group["lr"], group["weight_decay"], group["eps"], group["reset_every"]
+            fused: dict[float, list[tuple[torch.Tensor, dict]]] = {}  # warm-up scale -> dense torch-form params
             for index, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 state = self.state[p] if self.state.get(p) else self._init_state(p, group, index)
-                state["step"] += 1
-                k = int(state["step"].item())
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                sparse = "support" in state
-                if gap > 0 and k % gap == 0:
-                    m.zero_()
-                    v.zero_()
-                    if sparse:
-                        state["support"] = draw_support(p.numel(), group["density"],
-                                                        self._seed(group, k // gap, index), p.device)
-                support = state.get("support")
-                g = p.grad.reshape(-1).index_select(0, support) if sparse else p.grad.clone()
-                ca = group["clip_after"]
-                if group["threshold"] > 0 and k >= ca and (gap <= 0 or k % gap >= ca):
-                    bound = (group["threshold"] * v).sqrt()
-                    spike = g.square() > group["threshold"] * v
-                    g = torch.where(spike, g.sign() * bound, g)
-                m.mul_(beta1).add_(g, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                scale = spam_warmup_scale(k, gap, group["warmup"])
-                bc1, bc2 = 1 - beta1 ** k, 1 - beta2 ** k
-                if group["adam_form"] == "torch":
-                    p.mul_(1 - lr * wd)
-                    upd = (m / bc1) / ((v / bc2).sqrt() + eps)
-                    step_size = lr * scale
+                k = int(state["step"].item()) + 1
+                if "support" not in state and group["adam_form"] == "torch":
+                    self._maybe_reset(p, state, group, index, k)
+                    self._clip(p.grad, state, group, k)  # in place: the loop drops the gradient next
+                    fused.setdefault(spam_warmup_scale(k, group["reset_every"], group["warmup"]), []).append(
+                        (p, state))
                 else:
-                    upd = m / (v.sqrt() + eps)
-                    step_size = lr * scale * math.sqrt(bc2) / bc1
-                if sparse:
-                    p.view(-1).index_add_(0, support, upd, alpha=-step_size)
-                else:
-                    p.add_(upd, alpha=-step_size)
-                if group["adam_form"] == "folded" and wd:
-                    p.mul_(1 - lr * wd)
+                    self._python_step(p, state, group, index, k)
+            for scale, items in fused.items():  # one multi-tensor AdamW call per distinct warm-up scale
+                ps, sts = [p for p, _ in items], [st for _, st in items]
+                _plain_adamw(ps, [p.grad for p in ps], [st["exp_avg"] for st in sts],
+                             [st["exp_avg_sq"] for st in sts], [st["step"] for st in sts], lr=group["lr"] * scale,
+                             betas=group["betas"], eps=group["eps"], weight_decay=group["weight_decay"] / scale)
         return loss
+
+    def _maybe_reset(self, p: torch.Tensor, state: dict, group: dict, index: int, k: int) -> None:
+        """Step 1 for update k: zero m and v (and redraw a sparse support) when k mod ΔT = 0."""
+        gap = group["reset_every"]
+        if gap > 0 and k % gap == 0:
+            state["exp_avg"].zero_()
+            state["exp_avg_sq"].zero_()
+            if "support" in state:
+                state["support"] = draw_support(p.numel(), group["density"], self._seed(group, k // gap, index),
+                                                p.device)
+
+    @staticmethod
+    def _clip(g: torch.Tensor, state: dict, group: dict, k: int) -> None:
+        """Step 2, in place: clamping g to ±√(θ·v) is exactly the rule g² > θv → sign(g)·√(θv)."""
+        gap, ca, theta = group["reset_every"], group["clip_after"], group["threshold"]
+        if theta > 0 and k >= ca and (gap <= 0 or k % gap >= ca):
+            bound = state["exp_avg_sq"].mul(theta).sqrt_()
+            torch.minimum(g, bound, out=g)
+            torch.maximum(g, bound.neg_(), out=g)
+
+    def _python_step(self, p: torch.Tensor, state: dict, group: dict, index: int, k: int) -> None:
+        """Sparse momentum or the folded form: one tensor at a time."""
+        beta1, beta2 = group["betas"]
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        state["step"] += 1
+        sparse = "support" in state
+        self._maybe_reset(p, state, group, index, k)  # first: a redrawn support decides what is gathered
+        g = p.grad.reshape(-1).index_select(0, state["support"]) if sparse else p.grad.clone()
+        self._clip(g, state, group, k)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        scale = spam_warmup_scale(k, group["reset_every"], group["warmup"])
+        bc1, bc2 = 1 - beta1 ** k, 1 - beta2 ** k
+        if group["adam_form"] == "torch":
+            p.mul_(1 - lr * wd)
+            upd = (m / bc1) / ((v / bc2).sqrt() + eps)
+            step_size = lr * scale
+        else:
+            upd = m / (v.sqrt() + eps)
+            step_size = lr * scale * math.sqrt(bc2) / bc1
+        if sparse:
+            p.view(-1).index_add_(0, state["support"], upd, alpha=-step_size)
+        else:
+            p.add_(upd, alpha=-step_size)
+        if group["adam_form"] == "folded" and wd:
+            p.mul_(1 - lr * wd)
