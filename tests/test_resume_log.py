@@ -87,7 +87,10 @@ def test_stale_temp_folders_are_cleaned_on_resume(make_smoke_config, one_thread)
     (root / ".tmp_step_000008_999999").mkdir()
     # Killed between the two renames of a re-save: only the .old_ copy of step 4 exists.
     (root / "step_000004").rename(root / ".old_step_000004_999999")
-    assert ckpt.remove_stale_temp(cfg.run_dir) == [".old_step_000004_999999", ".tmp_step_000008_999999"]
+    (cfg.run_dir / ".meta.json.999999.tmp").write_text("{")
+    assert ckpt.remove_stale_temp(cfg.run_dir) == [".meta.json.999999.tmp", ".old_step_000004_999999",
+                                                   ".tmp_step_000008_999999"]
+    assert not (cfg.run_dir / ".meta.json.999999.tmp").exists()
     assert sorted(p.name for p in root.iterdir()) == ["step_000004"]
 
 

@@ -175,7 +175,10 @@ def remove_stale_temp(run_dir: Path) -> list[str]:
     every other temp folder is deleted. Returns the names removed or restored.
     """
     root = Path(run_dir) / "checkpoints"
-    done: list[str] = []
+    # Half-written JSON files of write_json_atomic / the log truncation in the run folder itself.
+    done = [p.name for p in Path(run_dir).glob(".*.tmp") if p.is_file()]
+    for name in [*done, "metrics.jsonl.tmp"]:
+        (Path(run_dir) / name).unlink(missing_ok=True)
     if not root.is_dir():
         return done
     for p in sorted(root.iterdir()):
