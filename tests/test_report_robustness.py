@@ -51,3 +51,15 @@ def test_finetune_panel_and_target_findings(tmp_path):
     found = {f.id: f for f in check_targets(data.targets)}
     assert found["F7·ft_acc"].verdict == HOLDS
     assert found["F7·forgetting"].verdict == INCONCLUSIVE and "too few runs" in found["F7·forgetting"].reason
+
+
+def test_parity_models_get_their_own_panel(tmp_path):
+    from rankscope.report.robustness import shift_panels
+
+    frame = _rows({("full_rank", "heldout_ppl", "val"): 10.0, ("full_rank", "heldout_ppl", "shift"): 30.0})
+    (tmp_path / "results" / "parity").mkdir(parents=True)
+    frame.to_parquet(tmp_path / "results" / "heldout.parquet")
+    assert "At parity" not in shift_panels(load_robustness(tmp_path))
+    frame.to_parquet(tmp_path / "results" / "parity" / "heldout.parquet")
+    html = shift_panels(load_robustness(tmp_path))
+    assert "At equal steps" in html and "At parity" in html

@@ -23,7 +23,7 @@ from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval
 from rankscope.report.load import StudyData, load_study
 from rankscope.report.plots import build_figures
 from rankscope.report.plots_common import Figure, ordered
-from rankscope.report.robustness import finetune_html, load_robustness, shift_html
+from rankscope.report.robustness import finetune_panels, load_robustness, shift_panels
 from rankscope.report.stats import Finding
 
 # The 16 headline metrics of diagnostics.md §2.5; the "missing data" list names the ones with no rows.
@@ -275,9 +275,9 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         if key == "prediction":
             parts.append(_prediction_html(data.prediction))
         if key == "shift":
-            parts.append(shift_html(robust.heldout))
+            parts.append(shift_panels(robust))
         if key == "finetune":
-            parts.append(finetune_html(robust.finetune))
+            parts.append(finetune_panels(robust))
     parts += [
         "<h2>Timings</h2>",
         _timings_html(data),

@@ -28,19 +28,22 @@ IN_DOMAIN = "val"
 class RobustnessData:
     heldout: pd.DataFrame = field(default_factory=pd.DataFrame)
     finetune: pd.DataFrame = field(default_factory=pd.DataFrame)
+    parity_heldout: pd.DataFrame = field(default_factory=pd.DataFrame)  # results/parity/: the parity models
+    parity_finetune: pd.DataFrame = field(default_factory=pd.DataFrame)
     targets: dict[str, Any] = field(default_factory=dict)  # target -> prediction json, or why it is absent
 
 
 def load_robustness(study_dir: str | Path) -> RobustnessData:
     results = Path(study_dir) / "results"
     data = RobustnessData()
-    for name in ("heldout", "finetune"):
-        path = results / f"{name}.parquet"
-        if path.is_file():
-            try:
-                setattr(data, name, pd.read_parquet(path))
-            except (OSError, ValueError):
-                pass
+    for folder, prefix in ((results, ""), (results / "parity", "parity_")):
+        for name in ("heldout", "finetune"):
+            path = folder / f"{name}.parquet"
+            if path.is_file():
+                try:
+                    setattr(data, prefix + name, pd.read_parquet(path))
+                except (OSError, ValueError):
+                    pass
     record_path = results / "prediction_targets.json"
     if record_path.is_file():
         try:
@@ -118,7 +121,7 @@ def shift_html(heldout: pd.DataFrame) -> str:
     if not bpb.empty:
         notes.append("Bits per byte (tokenizer-independent) are in results/heldout.parquet, metric heldout_bpb.")
     notes.append("Gap = NLL on the text − NLL on the run's own validation text, 95% interval from independent "
-                 "bootstraps over documents (pieces of about 4 kB). Final checkpoints (equal steps).")
+                 "bootstraps over documents (pieces of about 4 kB).")
     parts.append("".join(f"<p>{esc(n)}</p>" for n in notes))
     return "".join(parts)
 
@@ -146,3 +149,18 @@ def finetune_html(ft: pd.DataFrame) -> str:
              "Gain = fine-tuned − frozen-probe accuracy (paired bootstrap over test items); forgetting = in-domain "
              "NLL after − before (nats/token, paired bootstrap over paragraphs).")
     return table(["method", *(label for _, label in metrics)], body) + f"<p>{esc(proto)}</p>"
+
+
+def shift_panels(data: RobustnessData) -> str:
+    """The shift panel at equal steps, and at parity when the study has parity models."""
+    out = "<h3>At equal steps (final checkpoints)</h3>" + shift_html(data.heldout)
+    if not data.parity_heldout.empty:
+        out += "<h3>At parity (each method's parity model)</h3>" + shift_html(data.parity_heldout)
+    return out
+
+
+def finetune_panels(data: RobustnessData) -> str:
+    out = "<h3>At equal steps (final checkpoints)</h3>" + finetune_html(data.finetune)
+    if not data.parity_finetune.empty:
+        out += "<h3>At parity (each method's parity model)</h3>" + finetune_html(data.parity_finetune)
+    return out
