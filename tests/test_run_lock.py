@@ -12,10 +12,12 @@ import socket
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 from helpers_fs import assert_clean_failure, assert_unchanged, run_cli, snapshot
 
+from rankscope.errors import UserError
 from rankscope.training import checkpoint as ckpt
 from rankscope.training import lock as lock_mod
 from rankscope.training.lock import LOCK_NAME, RunLock, RunLocked
@@ -120,15 +122,32 @@ SMOKE = ("--model", "smoke", "--steps", "2", "--micro-batch-size", "2", "--seq-l
          "--eval-tokens", "1024", "--warmup-steps", "1", "--quiet")
 
 
-@pytest.mark.parametrize("bad", [
-    ("--source", "files", "--train-files", "/no/such/train.txt"),
-    ("--tokenizer", "/no/such/tokenizer.json"),
-], ids=["missing-data-file", "bad-tokenizer"])
-@pytest.mark.parametrize("resume", [False, True], ids=["new", "resume"])
+@pytest.mark.parametrize("bad, resume", [
+    (("--source", "files", "--train-files", "/no/such/train.txt"), False),
+    (("--source", "files", "--train-files", "/no/such/train.txt"), True),
+    (("--tokenizer", "/no/such/tokenizer.json"), False),
+    (("--tokenizer", "someorg/no-such-tokenizer"), True),  # a hub name, offline
+], ids=["missing-data-file", "missing-data-file-resume", "bad-tokenizer", "offline-hub-tokenizer-resume"])
 def test_failed_start_writes_nothing(tmp_path, bad, resume):
-    proc = run_cli("train", *SMOKE, "--out-dir", tmp_path, "--name", "never", *bad, *(["--resume"] if resume else []))
+    proc = run_cli("train", *SMOKE, "--out-dir", tmp_path / "out", "--name", "never", *bad,
+                   *(["--resume"] if resume else []))
     assert_clean_failure(proc, 2)
-    assert not (tmp_path / "never").exists()
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [None, b"\xff\xfe\x00garbage", b"   \n\n"], ids=["missing", "undecodable", "blank"])
+def test_data_errors_in_the_loop_write_nothing(make_smoke_config, tmp_path, content):
+    """The loop itself (not only the CLI's checks) loads data before it creates the folder."""
+    from rankscope.config import DataConfig
+
+    path = tmp_path / "train.txt"
+    if content is not None:
+        path.write_bytes(content)
+    cfg = replace(make_smoke_config("never"), data=DataConfig(source="files", train_files=(str(path),),
+                                                               val_files=(str(path),), seq_len=64))
+    with pytest.raises(UserError):
+        train(cfg, progress=False)
+    assert not cfg.run_dir.exists()
 
 
 def test_failed_resume_of_damaged_checkpoint_changes_nothing(make_smoke_config, tmp_path, one_thread):

@@ -122,11 +122,15 @@ def open_run_folder(cfg: RunConfig, resume: bool, is_main: bool, allow_change: t
 def _open_main(cfg: RunConfig, resume: bool, allow: set[str]) -> RunFolder:
     run_dir = cfg.run_dir
     created = [p for p in (run_dir, *run_dir.parents) if not p.exists()][::-1]
-    run_dir.mkdir(parents=True, exist_ok=True)
     folder = RunFolder(cfg, 0, created=created)
     try:
+        run_dir.mkdir(parents=True, exist_ok=True)
         folder.lock = RunLock(run_dir).acquire()
         folder.start_step, folder.changes = _check(cfg, resume, allow)
+    except OSError as exc:
+        folder.abandon()
+        raise UserError(f"cannot create or lock the run folder {run_dir}: {exc.strerror or exc} ({exc.filename}); "
+                        f"choose a writable --out-dir") from None
     except BaseException:
         folder.abandon()
         raise
