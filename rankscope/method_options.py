@@ -55,7 +55,9 @@ def _convert(value: Any, typ: type) -> Any:
         if isinstance(value, (int, float)):
             out = value
         elif isinstance(value, str):
-            out = float(value.strip())
+            text = value.strip()
+            # "32" stays the int 32, as the YAML parsing of earlier versions gave: same config.json, same hash
+            out = int(text) if text.lstrip("+-").isdigit() else float(text)
         else:
             raise ValueError
         if not math.isfinite(out):

@@ -103,7 +103,8 @@ def test_set_values_are_converted_to_the_field_type():
     cfg = _run(method_options={"rank": "4", "lr": "1e-3", "grad_clip": "none", "zero_init_A": "true",
                                "reset": "zero", "alpha": "3"})
     assert cfg.method_options == {"rank": 4, "lr": 0.001, "grad_clip": None, "zero_init_A": True,
-                                  "reset": "zero", "alpha": 3.0}
+                                  "reset": "zero", "alpha": 3}
+    assert type(cfg.method_options["alpha"]) is int  # as YAML parsed "--set alpha=3" before: same config hash
     m = cfg.method_config()
     assert (m.rank, m.lr, m.grad_clip, m.zero_init_A, m.alpha) == (4, 0.001, None, True, 3.0)
     # Typed values (JSON/YAML) are checked, not rewritten: an old config.json keeps its fingerprint.
