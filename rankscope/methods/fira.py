@@ -7,8 +7,9 @@ Adam form (methods.md §2 "Adam core"), corrected in issue 14 item 8a: φ_i = �
 limiter read N, so the default ``torch`` form hands them the whole bias-corrected N = m̂/(√v̂+ε) and puts only
 lr on the step. Before, 1/(1-β₁ᵏ) rode on the step size as in torch's AdamW kernel; that is harmless for
 GaLore's linear update but made φ 10x too small at update 1, growing with the bias correction, and the
-limiter (≤ 1 % growth per update) turned that warm-up into a residual held back for ~50 updates (ζ 1.4
-instead of 14 after update 1; the residual at update 10 0.435x the equations'). ``faithful_release`` keeps
+limiter (≤ 1 % growth per update) turned that warm-up into a residual held back for up to ~230 updates
+(1.01²³¹ ≈ 10; in the issue's check ζ was 1.4 instead of 14 after update 1 and the residual at update 10
+0.435x the equations'). ``faithful_release`` keeps
 the fira package's folded form, m/(√v+ε) with lr·√(1-β₂ᵏ)/(1-β₁ᵏ) on the step, whose φ carries the factor
 (1-β₁ᵏ)/√(1-β₂ᵏ) (3.16 at update 1, about 6.5 at updates 10-15, 1.26 at 1000): that is the release's
 behaviour, reproduced, not endorsed. Item 8b (ζ when G lies almost in the subspace) is in

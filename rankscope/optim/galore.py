@@ -17,8 +17,9 @@ Python loop of per-tensor ops.
   The direction handed to ``_apply_update`` is the whole bias-corrected N = m̂/(√v̂+ε) and the step size is
   the plain lr. For GaLore's linear back-projection that is the same update as folding 1/(1-β₁ᵏ) into the
   step size, but Fira's φ and norm-growth limiter (and APOLLO's scaling) read N itself: with the factor
-  folded into the step they would see its warm-up (1/(1-β₁ᵏ) falls from 10 to 1) as a shrinking N, so the
-  limiter would hold back the residual for the first ~50 updates (issue 14, item 8a).
+  folded into the step they would see its warm-up ((1-β₁ᵏ) rises from 0.1 to 1) as a growing N, and the
+  limiter, which allows 1 % growth per update, would hold the residual back for up to ~230 updates
+  (1.01²³¹ ≈ 10; issue 14, item 8a).
 * ``"folded"`` (eps 1e-6): the transformers copy inside galore-torch/fira: η_k·m/(√v+ε) with
   η_k = lr·√(1-β₂ᵏ)/(1-β₁ᵏ), decay *after* the step. The plain group reuses the fused kernel with
   ε' = ε/√(1-β₂ᵏ), which is the same update algebraically.
