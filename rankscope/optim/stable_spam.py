@@ -104,11 +104,13 @@ class StableSPAMAdamW(Optimizer):
         """Steps 1-2 on p.grad, in place (computed in at least fp32), with s the update's moment counter."""
         g1, g2, g3, eps = group["gamma1"], group["gamma2"], group["gamma3"], group["eps"]
         g = p.grad.float()  # the same tensor for fp32 gradients
-        gmax = g.abs().max()
+        factor = g.abs()  # becomes the per-coordinate AdaClip factor: μ̂/max|g| on spikes, else 1
+        gmax = factor.max()
         mu = state["max_ema"].mul_(g3).add_((1 - g3) * gmax)
         mu_hat = mu / (1 - g3 ** s)
-        spikes = g.abs() > mu_hat
-        g[spikes] *= mu_hat / gmax
+        torch.where(factor > mu_hat, mu_hat / gmax, torch.ones((), dtype=g.dtype, device=g.device), out=factor)
+        g.mul_(factor)
+        del factor
         n = g.norm()
         a = state["norm_ema"].mul_(g1 * rho).add_((1 - g1 * rho) * n)
         b = state["norm_sq_ema"].mul_(g2).add_((1 - g2) * n * n)
