@@ -150,6 +150,9 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
         loop = restore_state(run_dir, start_step, model, optimizer, method, info, cfg)
     else:
         loop = LoopState(torch.zeros((), dtype=torch.float64, device=info.device))
+    if start_step >= t.steps:  # already finished: a no-op resume leaves the folder as it is
+        dist.teardown()
+        return _finished(run_dir, start_step)
     # The restore worked: only now does this process change the folder.
     folder.record_changes(info.is_main)
     if info.is_main:
@@ -229,6 +232,14 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
     log.close()
     dist.teardown()
     return TrainResult(run_dir, done, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
+
+
+def _finished(run_dir: Path, step: int) -> TrainResult:
+    from rankscope.training.logging import read_metrics
+
+    evals = [r["val_loss"] for r in read_metrics(run_dir) if r.get("kind") == "eval" and r.get("step") == step]
+    val = evals[-1] if evals else None
+    return TrainResult(run_dir, step, val, math.exp(min(val, 700)) if val is not None else None)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
