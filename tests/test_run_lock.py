@@ -173,3 +173,12 @@ def test_new_run_failing_before_its_first_update_is_removed(make_smoke_config, m
     with pytest.raises(RuntimeError, match="fell over"):
         train(cfg, progress=False)
     assert not cfg.run_dir.exists()
+
+
+def test_resuming_a_finished_run_changes_nothing(make_smoke_config, one_thread):
+    cfg = make_smoke_config("finished", steps=2)
+    first = train(cfg, progress=False)
+    before = snapshot(cfg.run_dir)
+    again = train(cfg, resume=True, progress=False)
+    assert_unchanged(before, cfg.run_dir)
+    assert again.step == 2 and again.val_loss == first.val_loss
