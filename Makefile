@@ -1,16 +1,22 @@
-# The two commands of the README. Each creates .venv if needed and installs what it needs.
-#   make demo   the demo study (six methods, tiny model, embedded corpus) ending in an HTML report
-#   make test   test dependencies (incl. headless Chromium) + the whole CPU test suite
+# The two commands of the README. Each creates its venv if needed and installs what it needs.
+#   make demo   the demo study (six methods, tiny model, embedded corpus) ending in an HTML report; runs in
+#               .venv-run, which holds the runtime dependencies only (what `pip install rankscope` gives)
+#   make test   test dependencies (incl. headless Chromium) into .venv + the whole CPU test suite
+#   make smoke  the demo's command on the smoke preset (~1 min) in .venv-run; fails if any job fails (CI)
 #   make gpu-check  on a CUDA machine: every method in bf16, resume, analyze GPU vs CPU, DDP, MFU, memory (< 10 min)
 PY       ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
 PIP      := $(BIN)/pip install -q -c constraints.txt
+RUN_VENV := .venv-run
+RUN_BIN  := $(RUN_VENV)/bin
+RUN_PIP  := $(RUN_BIN)/pip install -q -c constraints.txt
 OUT      ?= study_out/demo
+SMOKE_OUT ?= study_out/smoke
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-fast test-slow venv venv-test chromium bench gpu-check clean
+.PHONY: demo smoke test test-fast test-slow venv venv-test chromium bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -25,11 +31,28 @@ $(VENV)/.test: pyproject.toml constraints.txt | $(BIN)/python
 	$(PIP) -e '.[test]'
 	touch $@
 
-venv: $(VENV)/.runtime
+# Runtime dependencies only (no test extra: no sklearn, datasets, transformers, lm_eval, submitit), so the
+# demo proves that `pip install rankscope` is enough for the main job.
+$(RUN_BIN)/python:
+	$(PY) -m venv $(RUN_VENV)
+	$(RUN_PIP) --upgrade pip
+	$(RUN_PIP) torch==2.13.0
+
+$(RUN_VENV)/.runtime: pyproject.toml constraints.txt | $(RUN_BIN)/python
+	$(RUN_PIP) -e .
+	touch $@
+
+venv: $(RUN_VENV)/.runtime
 venv-test: $(VENV)/.test
 
-demo: $(VENV)/.runtime
-	$(BIN)/rankscope study --preset demo --out $(OUT)
+demo: $(RUN_VENV)/.runtime
+	$(RUN_BIN)/rankscope study --preset demo --out $(OUT)
+
+# The exit code is the proof (1 if any job failed); status.json is checked too, so a regression in the exit
+# code cannot hide a failed job.
+smoke: $(RUN_VENV)/.runtime
+	$(RUN_BIN)/rankscope study --preset smoke --out $(SMOKE_OUT) --quiet
+	$(RUN_BIN)/python scripts/check_study.py $(SMOKE_OUT)
 
 # Debian's chromium for the report's browser check (root on CI machines; skipped with a warning elsewhere).
 chromium:
@@ -59,4 +82,4 @@ gpu-check: $(VENV)/.runtime
 	$(BIN)/python scripts/gpu_check.py --out $(GPU_OUT)
 
 clean:
-	rm -rf $(VENV) study_out runs
+	rm -rf $(VENV) $(RUN_VENV) study_out runs

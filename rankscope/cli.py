@@ -42,7 +42,8 @@ def build_run_config(config: Optional[Path], set_: Optional[list[str]], options:
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON/YAML run config; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run folder from its last checkpoint."),
-    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method option KEY=VALUE (see `rankscope methods`)."),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="Method option KEY=VALUE, converted to the option's type "
+                                       "(see `rankscope methods`); --set lr=X is the same as --lr X."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or memory table."),
     allow_change: Optional[str] = typer.Option(
         None, "--allow-change", help="With --resume: settings that may differ from the run's config.json "
@@ -85,10 +86,19 @@ def export_hf(
     run_dir: Path = typer.Argument(..., help="Run folder."),
     out: Path = typer.Argument(..., help="Output folder for a Hugging Face LlamaForCausalLM (config + safetensors)."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the last)."),
+    force: bool = typer.Option(False, "--force", help="Write into OUT even if it is not empty (its files with "
+                               "the export's names are replaced)."),
 ) -> None:
     """Export a checkpoint's dense weights as a Hugging Face LLaMA folder (ReLoRA/SLTrain merged)."""
     from rankscope.models.hf import export_run
 
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise UserError(f"export-hf: {out} is inside the run folder {run_dir}; export to a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"export-hf: {out} is a file; give a folder for the Hugging Face model")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"export-hf: {out} is not empty; choose a new or empty folder, or pass --force to "
+                        f"overwrite its config.json, weights and tokenizer files")
     typer.echo(f"wrote {export_run(run_dir, out, step)}")
 
 
@@ -97,27 +107,64 @@ def _register_optional_commands() -> None:
     from rankscope import cli_commands  # noqa: F401
 
 
+INTERRUPTED = "interrupted; checkpoints intact, resume with --resume"
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The console script: exit 0 success, 1 failed work, 2 user error, 130 interrupted (README)."""
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command and return its exit code; user and usage errors are one line on stderr, no traceback.
+
+    In non-standalone mode typer/click return ``typer.Exit`` codes instead of exiting (and the installed
+    typer turns Ctrl-C into a returned 130), so the code is taken from the return value.
+    """
     _register_optional_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        return 2
     except KeyboardInterrupt:
-        typer.echo("interrupted; completed checkpoints are intact (resume with --resume)", err=True)
-        sys.exit(130)
+        code = 130
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    except Exception as exc:
+        handled = _click_error(exc)
+        if handled is None:
+            raise
+        code = handled
+    code = code if isinstance(code, int) else 0
+    if code == 130:
+        typer.echo(INTERRUPTED, err=True)
+    return code
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+
+def _click_error(exc: Exception) -> int | None:
+    """Exit code for a usage error or abort of click or of typer's bundled click (its own classes), else None.
+
+    Matched by behaviour, not class, because typer >= 0.2x ships ``typer._click`` whose exceptions are not
+    click's; both have ``format_message()`` and ``exit_code``.
+    """
+    module = type(exc).__module__.split(".")[0]
+    if module not in ("click", "typer"):
+        return None
+    if type(exc).__name__ == "Abort":  # click wraps Ctrl-C (and EOF at a prompt) in Abort
+        return 130 if isinstance(exc.__context__, KeyboardInterrupt) else 1
+    if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+        return None
+    ctx = getattr(exc, "ctx", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:  # bare `rankscope`: the help
+        text = ctx.get_help()  # typer's rich help prints itself (to stdout) and returns ""
+        if text:
+            typer.echo(text, err=True)
+        return int(exc.exit_code)
+    where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+    message = " ".join(str(exc.format_message()).split())
+    typer.echo(f"error: {message}{where}", err=True)
+    return int(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -70,4 +70,6 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, code: int = 2) -> No
     assert proc.returncode == code, msg
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, msg
     assert proc.stderr.strip(), msg
-    assert len(proc.stderr.strip().splitlines()) <= 6 and len(proc.stderr) < 1200, msg
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) <= 6 and len(proc.stderr) < 4000 and "" not in lines, msg
+    assert not any(ln.lstrip().startswith('File "') for ln in lines), msg

@@ -190,6 +190,26 @@ def _load_run(folder: Path, missing: list[str]) -> RunInfo:
     )
 
 
+def study_folder_problem(study_dir: str | Path) -> str | None:
+    """Why ``study_dir`` is not a study folder (None if it is), checked before the report writes anything.
+
+    A study folder holds ``study.json`` (written first by ``rankscope study``) or the ``runs/`` / ``results/``
+    folders of the contract above; a half-finished or failed study qualifies, a random folder does not.
+    """
+    root = Path(study_dir)
+    if not root.exists():
+        return f"study folder {root} does not exist"
+    if not root.is_dir():
+        return f"{root} is a file, not a study folder"
+    if (root / "study.json").is_file() or (root / "runs").is_dir() or (root / "results").is_dir():
+        return None
+    if (root / "config.json").is_file() and (root / "meta.json").is_file():
+        return (f"{root} is a run folder, not a study folder; give the folder passed to `rankscope study --out` "
+                f"(it holds study.json, runs/ and results/)")
+    return (f"{root} is not a study folder: it has no study.json, runs/ or results/; give the folder passed to "
+            f"`rankscope study --out`")
+
+
 def load_study(study_dir: str | Path) -> StudyData:
     """Read ``study_dir`` following the study-folder contract; never raises for missing parts."""
     root = Path(study_dir)

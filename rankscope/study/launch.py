@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rankscope.study.config import LauncherConfig
+from rankscope.study.guard import guarded
 from rankscope.study.jobs import Job, child_env
 
 # Called with (job, state, seconds, error) when a job finishes; the runner updates status and progress.
@@ -30,16 +31,21 @@ def _start(job: Job, log_path: Path, env: dict[str, str]):
     log = open(log_path, "ab")  # noqa: SIM115 - closed by _finish
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(job.command)}\n".encode())
     log.flush()
-    # Same process group as the study: killing the study (Ctrl-C, SIGKILL of the group) ends the job
-    # too, so no orphan keeps writing to a run folder the next invocation resumes.
-    return subprocess.Popen(list(job.command), stdout=log, stderr=subprocess.STDOUT, env=env), log
+    # Same process group as the study, so Ctrl-C in a terminal or a kill of the group reaches the job; and
+    # under the guard, so even a SIGKILL of the study alone ends the job: no orphan keeps writing to a run
+    # folder that the next invocation resumes.
+    return subprocess.Popen(guarded(list(job.command)), stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
 def _finish(code: int, log, log_path: Path) -> tuple[bool, str]:
+    """(ok, error); the error starts with the job's own ``error: ...`` line (e.g. a refused run-folder lock)."""
     log.close()
     if code == 0:
         return True, ""
-    return False, f"exit code {code}; log {log_path}:\n{tail(log_path.read_text(errors='replace'))}"
+    text = tail(log_path.read_text(errors="replace"))
+    reason = next((ln for ln in reversed(text.splitlines()) if ln.startswith("error: ")), "")
+    head = f"{reason[len('error: '):]} (exit code {code})" if reason else f"exit code {code}"
+    return False, f"{head}; log {log_path}:\n{text}"
 
 
 def thread_env(parallel: int) -> dict[str, str]:
@@ -80,9 +86,14 @@ def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Call
                 ok, err = _finish(code, log, logs / f"{job.run}.log")
                 report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
     except BaseException:  # Ctrl-C or an error in the study: stop every job this loop started
+        for _, proc, _, _ in running:  # SIGTERM first: torchrun (and the guard) pass it on to their workers
+            proc.terminate()
         for _, proc, log, _ in running:
-            proc.kill()
-            proc.wait()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             log.close()
         raise
 

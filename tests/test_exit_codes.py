@@ -1,0 +1,210 @@
+"""Exit codes through the installed ``rankscope`` console script, for every subcommand (README: exit codes).
+
+0 success, 1 failed work, 2 user or usage error (one short paragraph on stderr, no traceback), 130 on
+Ctrl-C. Every refused command leaves the folders it was pointed at byte-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers_fs import RANKSCOPE, assert_clean_failure, assert_unchanged, cli_env, run_cli, snapshot
+
+from rankscope.cli import INTERRUPTED
+
+pytestmark = pytest.mark.skipif(not RANKSCOPE.exists(), reason=f"console script {RANKSCOPE} not installed")
+
+TRAIN = ("--model", "smoke", "--micro-batch-size", "2", "--seq-len", "64", "--eval-every", "0", "--quiet")
+COMMANDS = ("train", "analyze", "eval", "predict", "study", "report", "methods", "export-hf")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A 4-step smoke run with checkpoints at steps 2 and 4, trained through the console script."""
+    root = tmp_path_factory.mktemp("cli")
+    proc = run_cli("train", *TRAIN, "--steps", "4", "--save-every", "2", "--out-dir", root, "--name", "r")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return root / "r"
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory) -> Path:
+    import pandas as pd
+
+    from rankscope.report.fixtures import make_synthetic_study
+
+    study = make_synthetic_study(tmp_path_factory.mktemp("study") / "s", n_checkpoints=3)
+    runs = sorted(p.name for p in (study / "runs").iterdir())
+    pd.DataFrame({"run": runs, "method": [r.rsplit("_s", 1)[0] for r in runs], "seed": 0,
+                  "ppl": [30.0 + i for i in range(len(runs))]}).to_csv(
+        study / "results" / "runs.csv", index=False)  # what the study's predict stage writes beside the tables
+    return study
+
+
+# ------------------------------------------------------------------------------------------- usage errors
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unknown_flag_is_one_line_exit_2(command):
+    proc = run_cli(command, "--no-such-flag")
+    assert_clean_failure(proc, 2)
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "--no-such-flag" in proc.stderr and f"rankscope {command} --help" in proc.stderr
+
+
+@pytest.mark.parametrize("command, argument", [("analyze", "run_dirs"), ("eval", "run_dirs"),
+                                               ("predict", "table_dir"), ("report", "study_dir"),
+                                               ("export-hf", "run_dir")])
+def test_missing_argument_is_one_line_exit_2(command, argument):
+    proc = run_cli(command)
+    assert_clean_failure(proc, 2)
+    assert proc.stderr.strip().count("\n") == 0 and f"Missing argument '{argument}'" in proc.stderr
+
+
+@pytest.mark.parametrize("args, names", [
+    (("train", "--steps", "abc"), "'--steps'"),
+    (("analyze", "x", "--n-tokens", "many"), "'--n-tokens'"),
+    (("eval", "x", "--max-items", "1.5"), "'--max-items'"),
+    (("export-hf", "x", "y", "--step", "last"), "'--step'"),
+    (("nosuchcommand",), "No such command"),
+])
+def test_bad_value_is_one_line_exit_2(tmp_path, args, names):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert_clean_failure(proc, 2)
+    assert proc.stderr.strip().count("\n") == 0 and names in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_bare_command_prints_help_exit_2():
+    proc = run_cli()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert all(c in proc.stdout + proc.stderr for c in COMMANDS)
+
+
+# ------------------------------------------------------------------------------------------ success: 0
+
+@pytest.mark.slow  # subprocesses that import torch and train: ~10-60 s
+def test_success_exit_0_for_every_subcommand(run_dir, study_dir, tmp_path):
+    ok = [
+        ("methods",),
+        ("train", "--help"),
+        ("export-hf", run_dir, tmp_path / "hf"),
+        ("analyze", run_dir, "--out", tmp_path / "analysis", "-m", "w_erank", "--n-tokens", "64", "--quiet"),
+        ("report", study_dir, "--out", tmp_path / "report.html"),
+        ("predict", study_dir / "results", "--out", tmp_path / "pred", "--bootstrap-iters", "20"),
+        ("study", "--preset", "smoke", "--out", tmp_path / "study", "--dry-run"),
+    ]
+    copy = tmp_path / "run_copy"  # eval writes results/ into its run folder
+    shutil.copytree(run_dir, copy)
+    ok.append(("eval", copy, "--max-items", "4", "--task", "cloze"))
+    for args in ok:
+        proc = run_cli(*args)
+        assert proc.returncode == 0, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, args
+    assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "report.html").is_file()
+    assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
+# ------------------------------------------------------------------------------ refusals: 2, nothing written
+
+@pytest.mark.slow  # subprocesses that import torch and train: ~10-60 s
+def test_refused_commands_leave_the_run_folder_byte_identical(run_dir, tmp_path):
+    before = snapshot(run_dir)
+    root, name = run_dir.parent, run_dir.name
+    refused = [
+        ("train", *TRAIN, "--steps", "4", "--out-dir", root, "--name", name),  # exists, no --resume
+        ("train", *TRAIN, "--steps", "4", "--out-dir", root, "--name", name, "--method", "galore", "--resume"),
+        ("train", *TRAIN, "--steps", "abc", "--out-dir", root, "--name", name, "--resume"),
+        ("analyze", run_dir, "--metric", "no_such_metric", "--out", tmp_path / "a"),
+        ("eval", run_dir, "--task", "no_such_task"),
+        ("eval", run_dir, "--steps", "99"),
+        ("report", run_dir),                                       # a run folder is not a study
+        ("export-hf", run_dir, run_dir / "hf"),                    # inside the run folder
+        ("export-hf", run_dir, tmp_path / "hf", "--step", "3"),    # no such checkpoint
+    ]
+    for args in refused:
+        proc = run_cli(*args)
+        assert_clean_failure(proc, 2)
+        assert_unchanged(before, run_dir)
+
+
+def test_report_refuses_a_folder_that_is_not_a_study(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    for args in ((folder,), (tmp_path / "typo",), (folder / "notes.txt",)):
+        proc = run_cli("report", *args)
+        assert_clean_failure(proc, 2)
+        assert_unchanged(before, tmp_path)
+    assert "not a study folder" in run_cli("report", folder).stderr
+
+
+def test_report_refuses_a_folder_as_out(study_dir, tmp_path):
+    before = snapshot(study_dir)
+    proc = run_cli("report", study_dir, "--out", tmp_path)
+    assert_clean_failure(proc, 2)
+    assert "--out" in proc.stderr and not any(tmp_path.iterdir())
+    assert_unchanged(before, study_dir)
+
+
+def test_export_hf_refuses_a_non_empty_folder_unless_forced(run_dir, tmp_path):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    before = snapshot(out)
+    proc = run_cli("export-hf", run_dir, out)
+    assert_clean_failure(proc, 2)
+    assert "not empty" in proc.stderr and "--force" in proc.stderr
+    assert_unchanged(before, out)
+    assert run_cli("export-hf", run_dir, out, "--force").returncode == 0
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    (tmp_path / "empty").mkdir()
+    assert run_cli("export-hf", run_dir, tmp_path / "empty").returncode == 0  # an empty folder is fine
+
+
+# ------------------------------------------------------------------------------------- failed work: 1
+
+@pytest.mark.slow  # subprocesses that import torch and train: ~10-60 s
+def test_study_with_a_failed_job_exits_1(tmp_path):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("base: smoke\nmethods: [full_rank]\nsteps: 3\ncheckpoint_steps: [3]\n"
+                   "method_options: {full_rank: {lr: 1.0e+30}}\n"
+                   "analysis: {metrics: [w_erank], n_tokens: 64}\ndownstream: {max_items: 4, bootstrap_iters: 5}\n")
+    proc = run_cli("study", "--config", cfg, "--out", tmp_path / "out", "--quiet")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "job(s) failed" in proc.stderr and "train:full_rank_s0" in proc.stderr
+    jobs = {j["id"]: j for j in json.loads((tmp_path / "out" / "status.json").read_text())["jobs"]}
+    assert jobs["train:full_rank_s0"]["state"] == "failed"
+    assert "non-finite" in jobs["train:full_rank_s0"]["error"].splitlines()[0]  # the job's own message first
+
+
+# ----------------------------------------------------------------------------------------- Ctrl-C: 130
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"exited early with {proc.returncode}: {proc.communicate()[1][-2000:]}"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow  # subprocesses that import torch and train: ~10-60 s
+def test_ctrl_c_during_train_exits_130_with_the_resume_hint(tmp_path):
+    run = tmp_path / "r"
+    proc = subprocess.Popen([str(RANKSCOPE), "train", *TRAIN, "--steps", "100000", "--log-every", "1",
+                             "--out-dir", str(tmp_path), "--name", "r"], env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size > 0, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert INTERRUPTED in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3, err
