@@ -230,8 +230,6 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                     stamp = dict(resolved[name])  # one shared dict: rows are many, settings are few
                     for r in got:
                         r.settings = r.settings or stamp
-                        if not r.note and not math.isfinite(r.value):  # never an unexplained NaN
-                            r.note = f"undefined: {name} gave {r.value} here (no reason recorded)"
                     cache.put(key, got)
                 else:
                     failure = _failure(name, task, exc)
@@ -249,7 +247,11 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                     bar.update(bar_id, description=where)
                     bar.advance(bar_id)
             timing["seconds"] += time.perf_counter() - t0
-            rows += [r for got in results for r in got]
+            group_rows = [r for got in results for r in got]
+            for r in group_rows:  # cached rows too: never an unexplained NaN
+                if not r.note and (r.value is None or not math.isfinite(r.value)):
+                    r.note = f"undefined: {r.metric} is {r.value} here (no reason recorded by {name})"
+            rows += group_rows
             for r in runs:
                 r._cache.clear()  # at most one checkpoint per run held between groups
     frame = rows_to_frame(rows)
