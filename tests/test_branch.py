@@ -65,8 +65,8 @@ def test_branch_errors(make_smoke_config):
         create_branch(cosine.run_dir, 2, 1)
     wsd = make_smoke_config("wsd", steps=4, schedule="wsd", decay_steps=1, save_steps=(2,))
     train(wsd, progress=False)
-    with pytest.raises(UserError, match="stable phase"):
-        create_branch(wsd.run_dir, 4, 1)
+    with pytest.raises(UserError, match="after the warmup"):
+        create_branch(wsd.run_dir, 0, 1)
     with pytest.raises(UserError, match="no checkpoint at or before step 1"):
         create_branch(wsd.run_dir, 1, 1)
     create_branch(wsd.run_dir, 2, 1)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rankscope.config import RunConfig
-from rankscope.study import stages
+from rankscope.study import parity_stage, stages
 from rankscope.study.config import StudyConfig
 from rankscope.study.jobs import STAGES, Job, StatusBook, run_finished, train_command, write_json_atomic
 from rankscope.study.launch import run_jobs_local, run_jobs_submitit
@@ -100,9 +100,11 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     with _terminate_as_exit(), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
         t0 = time.perf_counter()
         _train_stage(cfg, out_dir, runs, jobs, book, bar)
+        parity_models = parity_stage.train_and_choose(cfg, out_dir, runs, book, bar)  # baselines; parity.*
         ran = any(j.stage == "train" and j.state in ("done", "failed") for j in book.jobs.values())
         train_wall = time.perf_counter() - t0 if ran else None
         finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
+        parity_stage.later_stages(cfg, out_dir, parity_models, book, bar)
         _later_stages(cfg, out_dir, finished, book, bar, train_wall)
     result = StudyResult(out_dir, list(book.jobs.values()), _write_timings(results, book, train_wall))
     report = out_dir / "report.html"

@@ -39,9 +39,9 @@ def branch_config(parent: RunConfig, step: int, cooldown: int, name: str = "", o
     if t.schedule != "wsd":
         raise UserError(f"cannot branch run {parent.name!r}: it uses schedule={t.schedule!r}; cooldown branches "
                         f"need a warmup-stable-decay parent (train.schedule=wsd)")
-    if step < t.warmup or (step > t.steps - t.decay and step <= t.steps):
-        raise UserError(f"cannot branch run {parent.name!r} at step {step}: branch points must lie in its stable "
-                        f"phase, steps {t.warmup}..{t.steps - t.decay} (after warmup, before its own decay)")
+    if step < max(t.warmup, 1):
+        raise UserError(f"cannot branch run {parent.name!r} at step {step}: a cooldown starts after the warmup "
+                        f"(step >= {max(t.warmup, 1)}); the copied checkpoint comes from the stable phase")
     if cooldown < 1:
         raise UserError(f"cooldown branch of {parent.name!r} at step {step}: cooldown must be >= 1 update, "
                         f"got {cooldown}")
