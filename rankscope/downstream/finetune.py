@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -285,14 +284,13 @@ def finetune_runs(run_dirs: Sequence[str | Path], steps="final", settings: Finet
                 continue
             digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
             state_path = run_dir / "results" / "cache" / "finetune_state" / f"{digest}.pt"
-            t0 = time.perf_counter()
             model, _ = load_model(run_dir, step, device=device)
             res = finetune_model(model, tokenizer, cfg.data, s, state_path=state_path, stop_after=stop_after)
             if res is None:
                 return rows_to_frame(rows)
             info = {**asdict(s), "n_train": res["n_train"], "n_test": res["n_test"],
-                    "n_forget_paragraphs": len(res["before"].nll), "n_forget_tokens": int(res["before"].tokens.sum()),
-                    "seconds": round(time.perf_counter() - t0, 2)}
+                    "n_forget_paragraphs": len(res["before"].nll), "n_forget_tokens": int(res["before"].tokens.sum())}
+            # no wall-clock values in the table: identical studies give identical rows and settings hashes
             new = [Row(run=cfg.name, method=cfg.method, step=step, metric=m, value=v, ci_low=lo, ci_high=hi,
                        scope="finetune", name=s.task, space="native", mode=s.mode, scale=cfg.model,
                        seed=cfg.train.seed, settings=info, note=f"fine-tuning probe ({s.mode}, {s.steps} steps)")
