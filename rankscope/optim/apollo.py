@@ -15,8 +15,8 @@ Adam forms, decay placement and the refresh counter are :class:`~rankscope.optim
 
 **State is tensors only, and P is not in it**: per target ``exp_avg``, ``exp_avg_sq`` (r × max(m, n)),
 ``seed`` (int64 scalar, the seed of the current P), ``zeta`` and ``step``. P is regenerated from ``seed``
-whenever it is needed: every step by default (the memory the paper claims; ≈ 0.2x the projection GEMM's
-time at 60m), or once per redraw with ``cache_projection=True`` (r·min(m, n) more elements held outside the
+whenever it is needed: every step by default (the memory the paper claims; one P at a time exists during
+the step; ≈ 0.2x the projection GEMM's time at 60m), or once per redraw with ``cache_projection=True`` (r·min(m, n) more elements held outside the
 state dict, dropped on ``load_state_dict``). ``load_state_dict`` restores ``seed`` as int64 (torch would
 cast it to the parameter's float dtype and lose its low bits).
 
@@ -113,7 +113,7 @@ class APOLLOAdamW(GaLoreAdamW):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = super().step(closure)
         if not self.cache_projection:
-            self._projections.clear()  # P lives for one step only: the state stays moments + seed + ζ
+            self._projections.clear()  # P never outlives a step: the memory is moments + seed + ζ
         return loss
 
     # --- projection ------------------------------------------------------------------------------
@@ -131,12 +131,18 @@ class APOLLOAdamW(GaLoreAdamW):
         return True
 
     def _basis(self, p: torch.Tensor, st: dict[str, Any]) -> torch.Tensor:
+        """P of ``p``: the cached one, else regenerated from ``st["seed"]``.
+
+        Without ``cache_projection`` the entry is dropped as it is handed out (P is only needed to form R;
+        the update uses G), so at most one P exists at a time.
+        """
         seed = int(st["seed"])
-        cached = self._projections.get(p)
+        cached = self._projections.get(p) if self.cache_projection else self._projections.pop(p, None)
         if cached is None or cached[0] != seed:  # after a resume, or P is not cached between steps
             group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
             cached = (seed, random_projection(p.shape, self._rank(p, group), seed, p.device, p.dtype))
-            self._projections[p] = cached
+            if self.cache_projection:
+                self._projections[p] = cached
         return cached[1]
 
     # --- update ------------------------------------------------------------------------------------
