@@ -175,6 +175,7 @@ def test_kill_9_at_random_moments(make_smoke_config, tmp_path, one_thread):
             break
         _kill(proc)
         kills.append((_last_logged_step(run), ckpt.list_checkpoints(run)[-1:]))
+    print("kills (last logged step, last checkpoint):", kills)
     assert len(kills) >= 4, kills
     result = run_cli("train", "--config", config, "--name", "killed", "--resume", "--quiet")
     assert result.returncode == 0, result.stderr
