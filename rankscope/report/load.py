@@ -81,6 +81,7 @@ class StudyData:
     prediction: dict[str, Any] = field(default_factory=dict)
     prediction_png: bytes | None = None
     timings: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)  # results/baselines.json: n-gram perplexities
     missing: list[str] = field(default_factory=list)
 
 
@@ -229,6 +230,7 @@ def load_study(study_dir: str | Path) -> StudyData:
     png = results / "prediction.png"
     data.prediction_png = png.read_bytes() if png.is_file() else None
     data.timings = _read_json(results / "timings.json", miss, "timings")
+    data.baselines = (_read_json(results / "baselines.json", [], "baselines").get("baselines") or {})
     for job in data.status.get("jobs", []) or []:
         if job.get("state") in ("failed", "pending"):
             err = f": {job.get('error')}" if job.get("error") else ""

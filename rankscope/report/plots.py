@@ -42,12 +42,13 @@ def _curve_frame(runs: list[RunInfo], attr: str, column: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def training_curves(runs: list[RunInfo]) -> Figure:
+def training_curves(runs: list[RunInfo], baselines: dict | None = None) -> Figure:
     fig_ = Figure(
         "training-curves",
         "Training curves",
         "Left: training loss; right: validation perplexity (log scale), against tokens seen. "
-        "Mean over seeds; shaded = 95% band across seeds when there are several.",
+        "Mean over seeds; shaded = 95% band across seeds when there are several. Grey lines: exact unigram "
+        "(dotted) and bigram (dash-dot) perplexity of the validation split, when computed.",
     )
     train, evals = _curve_frame(runs, "train", "loss"), _curve_frame(runs, "evals", "val_ppl")
     if train.empty and evals.empty:
@@ -70,6 +71,9 @@ def training_curves(runs: list[RunInfo]) -> Figure:
         ax.xaxis.set_major_formatter(EngFormatter())  # 400k rather than 400000: ticks stay legible
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
+    for key, style in (("unigram_ppl", ":"), ("bigram_ppl", "-.")):
+        if (baselines or {}).get(key) and not evals.empty:
+            ax2.axhline(baselines[key], ls=style, color="grey", lw=1, label=key.split("_")[0])
     ax2.set_yscale("log")
     ax1.legend(fontsize=8)
     fig_.uri = fig_to_uri(fig)
@@ -197,7 +201,7 @@ def prediction_plot(png: bytes | None) -> Figure:
 
 # (section, figure name, builder) in report order; the name is repeated here so a crash keeps its slot.
 BUILDERS: list[tuple[str, str, Callable[[StudyData], Figure]]] = [
-    ("training", "training-curves", lambda d: training_curves(d.runs)),
+    ("training", "training-curves", lambda d: training_curves(d.runs, d.baselines)),
     ("landscape", "sharpness", lambda d: sharpness(d.diagnostics)),
     ("landscape", "landscape-curves", lambda d: landscape_curves(d.diagnostics)),
     ("interpolation", "barrier-heatmap", lambda d: barrier_heatmap(d.diagnostics)),

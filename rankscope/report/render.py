@@ -21,6 +21,7 @@ from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_downstream import check_targets, prediction_schemes
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
 from rankscope.report.load import StudyData, load_study
+from rankscope.report.parity_section import apply_baseline_verdicts, parity_html
 from rankscope.report.plots import build_figures
 from rankscope.report.plots_common import Figure, ordered
 from rankscope.report.robustness import finetune_panels, load_robustness, shift_panels
@@ -251,6 +252,7 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
     robust = load_robustness(study_dir)
     findings += check_targets(robust.targets)
+    apply_baseline_verdicts(findings, data.runs, data.baselines)  # not past unigram: no verdict
     figures = build_figures(data)
     scale = str(data.study.get("model") or (data.runs[0].config.get("model") if data.runs else "") or "this")
     title = f"rankscope report: {Path(study_dir).resolve().name}"
@@ -262,10 +264,12 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         _summary(data),
         "<h2>Runs</h2>",
         _runs_table(data),
-        "<h2>Findings of the paper, checked on these runs</h2>",
+        "<h2>Findings of the paper, checked on these runs (at equal steps)</h2>",
         f"<p>{esc(SCALE_NOTE.format(scale=scale))}</p>",
         _findings_summary(findings),
         *(_finding_html(f) for f in findings),
+        parity_html(Path(study_dir), data.runs, data.diagnostics, data.baselines, scale, HEADLINE, _finding_html,
+                    _downstream_table),
     ]
     for key, heading in SECTIONS:
         parts.append(f'<h2 id="{esc(key)}">{esc(heading)}</h2>')
