@@ -98,7 +98,7 @@ def test_dry_run_prints_commands_and_creates_nothing(tmp_path, capsys):
     train_lines = [line for line in text.splitlines() if "-m rankscope train --config" in line]
     assert len(train_lines) == len(ALL_METHODS) and all("--resume" in line for line in train_lines)
     assert all(f"{m}_s0.json" in text for m in ALL_METHODS)
-    assert not out.exists() and len(result.jobs) == len(ALL_METHODS) + 4
+    assert not out.exists() and len(result.jobs) == len(ALL_METHODS) + 6  # analyze eval ood finetune predict report
 
 
 def test_torchrun_command():
@@ -245,3 +245,33 @@ def test_parallel_local_jobs_overlap_split_threads_and_report_failures(tmp_path)
     spans = {j: json.loads((tmp_path / f"{j}.log").read_text().strip().splitlines()[-1]) for j in ("j0", "j1")}
     assert spans["j0"][0] < spans["j1"][1] and spans["j1"][0] < spans["j0"][1]  # the two ran at the same time
     assert spans["j0"][2] == str(max(1, (os.cpu_count() or 1) // 2))
+
+
+def test_smoke_study_measures_shift_and_finetuning(smoke_study):
+    """The ood and finetune stages: leave-one-source-out shift, a listed text, the probe, targets, panels."""
+    from rankscope.diagnostics.table import read_table
+
+    out, _, _ = smoke_study
+    states = {j["id"]: j["state"] for j in _status(out).values()}
+    assert states["ood"] in ("done", "skipped") and states["finetune"] in ("done", "skipped"), states  # rerun: skipped
+    heldout = read_table(out / "results" / "heldout.parquet")
+    assert set(heldout["name"]) == {"val", "shift", "embedded:test:brown"}
+    assert set(heldout["run"]) == {f"{m}_s0" for m in ALL_METHODS}
+    gaps = heldout[heldout["metric"] == "shift_gap_nll"]
+    assert len(gaps) == 2 * len(ALL_METHODS) and set(gaps["name"]) == {"shift", "embedded:test:brown"}
+    ft = read_table(out / "results" / "finetune.parquet")
+    assert len(ft) == 6 * len(ALL_METHODS) and set(ft["scope"]) == {"finetune"}
+    targets = json.loads((out / "results" / "prediction_targets.json").read_text())
+    assert set(targets) == {"shift_nll:shift", "shift_nll:embedded:test:brown", "ft_acc", "forgetting"}
+    html = (out / "report.html").read_text()
+    for text in ("Distribution shift", "Fine-tuning pressure", "F7·ft_acc", "F7·shift_nll:shift"):
+        assert text in html, text
+
+
+def test_ood_section_is_checked_when_read(tmp_path):
+    with pytest.raises(UserError, match="ood: unknown field"):
+        load_study_config(_write(tmp_path, "base: smoke\nood: {txts: [a.txt]}\n"))
+    with pytest.raises(UserError, match="ood.finetune.*stepz"):
+        load_study_config(_write(tmp_path, "base: smoke\nood: {finetune: {stepz: 3}}\n"))
+    with pytest.raises(UserError, match="spec"):
+        load_study_config(_write(tmp_path, "base: smoke\nood: {texts: [{split: validation}]}\n"))

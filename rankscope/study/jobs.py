@@ -18,7 +18,7 @@ from typing import Any
 from rankscope.config import RunConfig
 from rankscope.study.config import LauncherConfig
 
-STAGES = ("train", "analyze", "eval", "predict", "report")
+STAGES = ("train", "analyze", "eval", "ood", "finetune", "predict", "report")
 STATES = ("pending", "running", "done", "failed", "skipped")
 
 

@@ -72,6 +72,12 @@ def describe_plan(cfg: StudyConfig, out_dir: Path, jobs: list[Job]) -> str:
                    f"{list(a.metrics) if a.metrics else 'headline'}, n_tokens={a.n_tokens}, out={results})",
         "eval": f"in process: rankscope.downstream.evaluate.evaluate_runs(<{cfg.name} runs>, steps='final', "
                 f"max_items={d.max_items}, out={results / 'downstream'})",
+        "ood": (f"in process: rankscope.downstream.ppl.ppl_runs(<{cfg.name} runs>, texts=val + ood.texts"
+                f"{' + shift' if cfg.data.holdout_source else ''}) -> {results / 'heldout.parquet'}"
+                if cfg.ood.enabled(cfg.data) else "not configured (study config: ood)"),
+        "finetune": (f"in process: rankscope.downstream.finetune.finetune_runs(<{cfg.name} runs>, "
+                     f"{cfg.ood.finetune}) -> {results / 'finetune.parquet'}"
+                     if cfg.ood.finetune is not None else "not configured (study config: ood.finetune)"),
         "predict": f"in process: rankscope.downstream.predict.predict_from_tables(...) -> {results}/prediction.json",
         "report": f"in process: rankscope.report.render.render_report({out_dir}) -> {out_dir / 'report.html'}",
     }
@@ -176,13 +182,21 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
         ("analyze", lambda: stages.analysis_stamp(cfg, runs, results),
          lambda: stages.run_analyze(cfg, runs, results, progress=False), ()),
         ("eval", lambda: stages.eval_stamp(cfg, runs, results), lambda: stages.run_eval(cfg, runs, results), ()),
+        ("ood", lambda: stages.ood_stamp(cfg, runs, results), lambda: stages.run_ood(cfg, runs, results), ()),
+        ("finetune", lambda: stages.finetune_stamp(cfg, runs, results),
+         lambda: stages.run_finetune(cfg, runs, results), ()),
         ("predict", lambda: stages.predict_stamp(cfg, runs, results), lambda: stages.run_predict(cfg, runs, results),
          ("analyze", "eval")),
     ]
+    off = {"ood": not cfg.ood.enabled(cfg.data), "finetune": cfg.ood.finetune is None}
     for stage, make_stamp, work, needs in steps:
         job = book.jobs[stage]
         what = f"{len(runs)} run(s)"
         bar.start(stage, what, bar.stage_units(stage))
+        if off.get(stage):
+            book.update(job, "skipped", 0.0, "not configured (study config: ood)")
+            bar.finish_job(what)
+            continue
         blocked = [n for n in needs if book.jobs[n].state not in ("done", "skipped")]
         if not runs or blocked:
             why = f"needs {', '.join(blocked)}, which failed" if blocked else "no run finished training"
