@@ -62,7 +62,11 @@ class RunFolder:
         old_hash = ckpt.read_run_config(run_dir).fingerprint()
         ckpt.write_json_atomic(run_dir / "config.json", self.cfg.to_dict())
         meta_path = run_dir / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):  # missing or damaged: start a new one rather than lose the change
+            meta = {}
+        meta = meta if isinstance(meta, dict) else {}
         meta.setdefault("config_changes", []).append({
             "step": self.start_step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": self.changes,
             "from_hash": old_hash, "to_hash": self.cfg.fingerprint()})

@@ -48,9 +48,12 @@ def advice(run_dir) -> str:
 @torch.inference_mode()
 def heldout_loss(model: nn.Module, val, info: dist.DistInfo, precision: str) -> float:
     """Loss of the current weights on the first held-out micro-batch (every rank runs it: FSDP-safe)."""
+    first = next(iter(val.chunks()), None)
+    if first is None:  # no held-out data at all: the weights check alone decides
+        return 0.0
+    ids, labels = first
     was_training = model.training
     model.eval()
-    ids, labels = next(iter(val.chunks()))
     with dist.autocast_context(precision, info.device):
         loss = lm_loss(model(ids.to(info.device)), labels.to(info.device)).float()
     model.train(was_training)
