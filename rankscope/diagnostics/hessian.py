@@ -3,17 +3,20 @@
 Why finite differences: an autograd HVP differentiates the backward pass, and PyTorch's fused SDPA kernels
 (CPU flash included) have no double backward, so every autograd-HVP tool fails on a default LLaMA. The
 central difference D_ε v = (∇L(θ+εv) − ∇L(θ−εv)) / 2ε with ‖v‖ = 1 needs only first-order gradients
-(any kernel, ~half the memory) and is exact on quadratics, but its error is (ε²/6)·∇⁴L[v,v,v]: along a sharp
-direction of a small LLaMA, ε = 5e-3 underestimates λ_max by ~2 % (spec bound 5e-3).
+(any kernel, ~half the memory) and is exact on quadratics, but its error is (ε²/6)·∇⁴L[v,v,v] and sharp
+directions are the least quadratic: ε = 5e-3 (the old default) is 2 % low on an initialised smoke LLaMA and
+more than 100 % off after 60 training steps, whose top direction sits in a few embedding rows. Measured there
+against the exact HVP at the exact top vector: plain D_ε is off by 8e-3 at ε = 1e-3 and 9e-4 at 5e-4;
+Richardson's R_ε (below) by 1.5e-3 and 9e-5; fp32 round-off reaches ~1e-4 below ε = 2e-4.
 
-So the default (``fd_richardson``) runs power iteration on D_ε, then polishes the vector with Richardson's
-extrapolation R_ε = (4·D_{ε/2} − D_ε)/3, whose error is O(ε⁴), and checks the step error by comparing
-vᵀR_ε v with vᵀR_{ε/2} v. ``converged`` is true only when the residual ‖Rv − λv‖ ≤ tol·|λ| (an eigenvalue
-lies that close) *and* that step-error estimate is within ``tol``, so an estimate the iteration or the step size
-cannot resolve is flagged instead of trusted. Curvature that changes on a scale far below ε stays invisible to
-any finite difference: use a smaller ``eps`` or ``hvp="exact"`` when a flagged estimate matters.
-Extra cost: a few HVPs of 4 gradients each at the end. ``hvp="exact"`` runs double backward inside
-``sdpa_kernel(SDPBackend.MATH)`` (exact; ~1.8× the memory).
+So the default (``fd_richardson``, ε = 5e-4) runs power iteration on D_ε, then polishes the vector with
+R_ε = (4·D_{ε/2} − D_ε)/3, whose error is O(ε⁴), and checks the step error by comparing vᵀR_ε v with
+vᵀR_{ε/2} v; a failed check retries at ε/4 (at most twice). ``converged`` is true only when the residual
+‖Rv − λv‖ ≤ tol·|λ| (an eigenvalue lies that close) *and* the step error is within ``tol``, so an estimate
+the iteration or the step cannot resolve is flagged instead of trusted. Curvature that changes on a scale
+far below ε stays invisible to any finite difference: pass a smaller ``eps`` or ``hvp="exact"`` when a
+flagged estimate matters. Extra cost: a few HVPs of 4 gradients each at the end. ``hvp="exact"`` runs
+double backward inside ``sdpa_kernel(SDPBackend.MATH)`` (exact; ~1.8× the memory).
 
 Engines take ``terms_fn(params) -> iterable of scalar tensors`` whose sum is the loss at ``params`` (one
 term per micro-batch for models, so activations of only one micro-batch are alive), evaluated through
@@ -134,6 +137,7 @@ class EigResult:
     history: list[float] = field(default_factory=list)
     vector: Params | None = field(default=None, repr=False)  # the unit v with eigenvalue = vᵀHv
     step_error: float | None = None  # FD estimates: |vᵀR_ε v − vᵀR_{ε/2} v| (None for exact HVPs)
+    eps: float | None = None  # FD estimates: the step ε of that check (after refinements)
 
 
 def power_iteration(hvp: HVP, v0: Params, tol: float = 1e-3, max_iter: int = 50) -> EigResult:
@@ -161,23 +165,29 @@ def power_iteration(hvp: HVP, v0: Params, tol: float = 1e-3, max_iter: int = 50)
     return EigResult(history[-1], max_iter, False, history, v)
 
 
-def fd_top_eigenvalue(terms_fn: TermsFn, theta: Params, v0: Params, eps: float = 5e-3, tol: float = 1e-3,
-                      max_iter: int = 50, polish_iter: int = 5) -> EigResult:
+def fd_top_eigenvalue(terms_fn: TermsFn, theta: Params, v0: Params, eps: float = 5e-4, tol: float = 1e-3,
+                      max_iter: int = 50, polish_iter: int = 5, refinements: int = 2) -> EigResult:
     """λ_max from central differences with a checked step error (module docstring).
 
     Power iteration on D_ε, then up to ``polish_iter`` more on R_ε from its vector (one, when that vector
     already passes the residual test under R_ε), then the step-error check |vᵀR_ε v − vᵀR_{ε/2} v| ≤ tol·|λ|.
-    The eigenvalue returned is vᵀR_{ε/2} v, the finer of the two.
+    A failed check divides ε by 4 and polishes again, at most ``refinements`` times (the curvature changes
+    on a finer scale than ε; below ~1e-5 fp32 round-off would dominate). The eigenvalue returned is
+    vᵀR_{ε/2} v, the finer of the two.
     """
     coarse = power_iteration(fd_hvp(terms_fn, theta, eps), v0, tol=tol, max_iter=max_iter)
-    polished = power_iteration(richardson_hvp(terms_fn, theta, eps), coarse.vector, tol=tol,
-                               max_iter=max(1, polish_iter))
-    v = polished.vector
-    fine = _dot(v, richardson_hvp(terms_fn, theta, eps / 2)(v))
-    error = abs(fine - polished.eigenvalue)
+    v, history, iterations = coarse.vector, list(coarse.history), coarse.iterations
+    for attempt in range(refinements + 1):
+        polished = power_iteration(richardson_hvp(terms_fn, theta, eps), v, tol=tol, max_iter=max(1, polish_iter))
+        v, iterations = polished.vector, iterations + polished.iterations
+        fine = _dot(v, richardson_hvp(terms_fn, theta, eps / 2)(v))
+        history += polished.history + [fine]
+        error = abs(fine - polished.eigenvalue)
+        if error <= tol * abs(fine) or attempt == refinements:
+            break
+        eps /= 4
     ok = polished.converged and error <= tol * abs(fine)  # the polish re-checks the residual under R_ε
-    return EigResult(fine, coarse.iterations + polished.iterations, ok, coarse.history + polished.history + [fine],
-                     v, error)
+    return EigResult(fine, iterations, ok, history, v, error, eps)
 
 
 def hutchinson_trace(hvp: HVP, like: Params, n_samples: int, seed: int = 0) -> tuple[float, float | None]:
@@ -199,9 +209,9 @@ def start_vector(like: Params, seed: int) -> Params:
 
 @diagnostic(
     "hessian", kind="checkpoint", axis="extra", metrics=("hess_top_eig", "hess_trace"),
-    hvp="fd_richardson", eps=5e-3, tol=1e-3, max_iter=50, trace_samples=0, max_tokens=512,
+    hvp="fd_richardson", eps=5e-4, tol=1e-3, max_iter=50, trace_samples=0, max_tokens=512,
 )
-def hessian(ctx: AnalysisContext, hvp: str = "fd_richardson", eps: float = 5e-3, tol: float = 1e-3,
+def hessian(ctx: AnalysisContext, hvp: str = "fd_richardson", eps: float = 5e-4, tol: float = 1e-3,
             max_iter: int = 50, trace_samples: int = 0, max_tokens: int | None = 512) -> list[Row]:
     """λ_max of the loss Hessian over all named parameters (dense space; CoLA native), optional trace.
 
@@ -226,7 +236,7 @@ def hessian(ctx: AnalysisContext, hvp: str = "fd_richardson", eps: float = 5e-3,
     kw = dict(space=space, settings=settings, n_tokens=batch.n_tokens)
     note = f"iterations={res.iterations}; converged={res.converged}"
     if res.step_error is not None:
-        note += f"; fd_step_error={res.step_error:.3g}"
+        note += f"; fd_step_error={res.step_error:.3g}; fd_eps={res.eps:.3g}"
     rows = [ctx.row("hess_top_eig", res.eigenvalue, note=note, **kw)]
     if trace_samples > 0:
         tr, se = hutchinson_trace(op, theta, trace_samples, ctx.seed)
