@@ -182,3 +182,41 @@ def test_resuming_a_finished_run_changes_nothing(make_smoke_config, one_thread):
     again = train(cfg, resume=True, progress=False)
     assert_unchanged(before, cfg.run_dir)
     assert again.step == 2 and again.val_loss == first.val_loss
+
+
+@pytest.mark.slow
+def test_two_real_trainers_one_folder(make_smoke_config, tmp_path):
+    """A real trainer (held inside its first checkpoint write, so that it is surely still running) owns the
+    folder; a second `rankscope train --resume` is refused; after kill -9 of the first, a resume completes."""
+    from helpers_fs import cli_env
+
+    cfg = make_smoke_config("busy", steps=40, save_every=20, log_every=5)
+    config = _write_config(cfg, tmp_path / "busy.json")
+    code = textwrap.dedent(f"""
+        import time
+        from rankscope.training import checkpoint as ckpt
+        def paused(tensors, path, metadata=None):
+            print("inside-checkpoint", flush=True)
+            time.sleep(300)
+        ckpt.save_file = paused
+        from rankscope.cli import main
+        main(["train", "--config", {str(config)!r}, "--quiet"])
+    """)
+    first = subprocess.Popen([sys.executable, "-c", code], env=cli_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "inside-checkpoint", first.stderr.read()
+        before = snapshot(cfg.run_dir)
+        second = run_cli("train", "--config", config, "--resume", "--quiet")
+        assert_clean_failure(second, 2)
+        assert f"pid {first.pid} " in second.stderr
+        assert_unchanged(before, cfg.run_dir)
+    finally:
+        first.kill()
+        first.wait()
+    done = run_cli("train", "--config", config, "--resume", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert ckpt.list_checkpoints(cfg.run_dir) == [20, 40]
+    steps = [r["step"] for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
+             if r["kind"] == "train"]
+    assert steps == list(range(5, 41, 5))
