@@ -39,3 +39,17 @@ def test_seed_interval_is_a_t_interval():
     assert got["hi"] - got["mean"] == pytest.approx(4.302652729911275 / math.sqrt(3))
     assert seed_interval([5.0]) == {"mean": 5.0, "lo": 5.0, "hi": 5.0, "n": 1}
     assert seed_interval([None])["mean"] is None
+
+
+def test_train_log_has_measured_peak_and_cost_row_reads_it(make_smoke_config, one_thread):
+    from rankscope.study.parity_cost import memory_bytes, peak_mib
+    from rankscope.training.logging import read_metrics
+    from rankscope.training.loop import train
+
+    cfg = make_smoke_config("peak", steps=2)
+    train(cfg, progress=False)
+    records = read_metrics(cfg.run_dir)
+    assert all(r["peak_mib"] > 10 for r in records if r["kind"] == "train")  # the process holds torch
+    row = cost_row(cfg, cfg.run_dir, 128.0, 128, records)
+    assert row["peak_mib"] == peak_mib(records) and row["memory_bytes"] == memory_bytes(cfg.run_dir) > 0
+    assert row["seconds_to_target"] > 0

@@ -27,6 +27,7 @@ from rankscope.models.llama import LlamaLM, lm_loss, lm_loss_sums
 from rankscope.training import checkpoint as ckpt
 from rankscope.training import dist
 from rankscope.training.logging import MetricsLog
+from rankscope.training.peak_memory import peak_mib
 from rankscope.training.run_folder import open_run_folder, write_meta
 from rankscope.training.state import LoopState, NonFiniteLoss, advice, restore_state, save_state
 
@@ -216,7 +217,8 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
             tok_s = loop.window_steps * tokens_per_step / max(time.perf_counter() - window_start, 1e-9)
             skipped = {"skipped_steps": loop.skipped} if t.max_bad_steps else {}
             log.write("train", done, loss=mean_loss, lr=optimizer.param_groups[0]["lr"], tokens=done * tokens_per_step,
-                      tok_per_s=tok_s, **skipped, **{k: float(v) for k, v in (extra_logs or {}).items()})
+                      tok_per_s=tok_s, peak_mib=peak_mib(info.device), **skipped,
+                      **{k: float(v) for k, v in (extra_logs or {}).items()})
             bar.set_postfix(loss=f"{mean_loss:.3f}" if mean_loss is not None else "n/a", tok_s=f"{tok_s:,.0f}")
             loop.window_sum.zero_()
             loop.window_steps, window_start = 0, time.perf_counter()
