@@ -153,3 +153,14 @@ def test_no_nan_row_without_a_note(tmp_path):
     model_gap = table[(table.metric == "w_spectral_gap") & (table.scope == "model")]
     assert math.isfinite(model_gap.value.iloc[0]) and "mean over" in model_gap.note.iloc[0]
     assert "n_directions >= 2" in table[table.metric == "rand_variance"].note.iloc[0]
+
+
+def test_groups_with_nothing_to_compute_say_why(tmp_path):
+    cola = _make_run(tmp_path / "runs", "cola", "cola", [1])
+    table = analyze([cola], metrics=["dw_erank", "act_cka", "imib", "w_erank"], out=tmp_path / "a",
+                    batch=_batch(), progress=False)
+    skipped = table[table.note.fillna("").str.startswith("skipped")].set_index("metric").note
+    assert "needs two checkpoints of the run; it has 1" in skipped["update_spectra"]
+    assert "no full_rank run of scale 'smoke'" in skipped["activations"]
+    assert "no other run of scale 'smoke'" in skipped["imib"]
+    assert "spectra" not in skipped and (table.metric == "w_erank").any()

@@ -118,6 +118,24 @@ def schedule(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[dict[str, Any]
     return tasks
 
 
+def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[tuple[RunHandle, str]]:
+    """(run, reason) for each run a group computes nothing for, so the table says why instead of a gap."""
+    out = []
+    for r in runs:
+        if diag.kind == "consecutive" and len(r.steps) < 2:
+            out.append((r, f"needs two checkpoints of the run; it has {len(r.steps)}"))
+        elif diag.kind == "reference":
+            ref = pick_reference(r, runs)
+            if ref is None:
+                out.append((r, f"no {REFERENCE_METHOD} run of scale {r.scale!r} among the analysed runs"))
+            elif not set(r.steps) & set(ref.steps):
+                out.append((r, f"no checkpoint step in common with the reference run {ref.name!r}"))
+        elif diag.kind == "pairwise" and not any(
+                o is not r and o.scale == r.scale and set(o.steps) & set(r.steps) for o in runs):
+            out.append((r, f"no other run of scale {r.scale!r} with a checkpoint step in common"))
+    return out
+
+
 def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
     steps = (task["step"],) if task.get("step_b") is None else (task["step"], task["step_b"])
     runs = [(task["run"].path, steps)]
@@ -248,6 +266,9 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
                     bar.advance(bar_id)
             timing["seconds"] += time.perf_counter() - t0
             group_rows = [r for got in results for r in got]
+            group_rows += [Row(run=r.name, method=r.method, step=r.steps[-1], metric=name, value=math.nan,
+                               scale=r.scale, seed=r.seed, mode=mode, settings=resolved[name],
+                               note=f"skipped: {name}: {why}") for r, why in unscheduled(diag, runs)]
             for r in group_rows:  # cached rows too: never an unexplained NaN
                 if not r.note and (r.value is None or not math.isfinite(r.value)):
                     r.note = f"undefined: {r.metric} is {r.value} here (no reason recorded by {name})"
