@@ -243,7 +243,8 @@ def train_and_choose(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], boo
 
 
 def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book, bar) -> None:
-    """analyze / eval / predict on the parity models into ``results/parity/`` (skipped when fresh)."""
+    """analyze / eval / ood / finetune / predict on the parity models into ``results/parity/`` (skipped when
+    fresh)."""
     if not models:
         return
     from rankscope.study import runner, stages
@@ -254,6 +255,9 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
              lambda: run_analyze_final(cfg, models, results), ()),
             ("eval", lambda: stages.eval_stamp(cfg, models, results), lambda: stages.run_eval(cfg, models, results),
              ()),
+            ("ood", lambda: stages.ood_stamp(cfg, models, results), lambda: stages.run_ood(cfg, models, results), ()),
+            ("finetune", lambda: stages.finetune_stamp(cfg, models, results),
+             lambda: stages.run_finetune(cfg, models, results), ()),
             ("predict", lambda: stages.predict_stamp(cfg, models, results),
              lambda: stages.run_predict(cfg, models, results), ("analyze", "eval"))]
     for stage, make_stamp, fn, needs in work:
@@ -262,6 +266,9 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
         blocked = [n for n in needs if book.jobs[f"{n}:parity"].state not in ("done", "skipped")]
         if blocked:
             book.update(job, "failed", 0.0, f"not run: needs {', '.join(blocked)} (parity), which failed")
+            continue
+        if (stage == "ood" and not cfg.ood.enabled(cfg.data)) or (stage == "finetune" and cfg.ood.finetune is None):
+            book.update(job, "skipped", 0.0, "not configured (study config: ood)")
             continue
         if stage == "predict" and len(models) < 4:
             book.update(job, "skipped", 0.0, f"not run: {len(models)} parity model(s), the predictor needs >= 4")
