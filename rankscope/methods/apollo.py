@@ -19,7 +19,8 @@ Deviations from the official repository (all listed, see also :mod:`rankscope.op
 * Targets by type and exact name (the release: any ``nn.Linear`` whose name contains ``attn`` or ``mlp``).
 * Rank clamped to min(m, n) (the package never clamps); P is not held between steps unless
   ``cache_projection``; the scheduler is stepped once per update (the release's launcher trap APOLLO#14 does
-  not apply); whole matrices are needed, so no FSDP (``supports_fsdp = False``; upstream APOLLO#5).
+  not apply); whole matrices are needed, so under FSDP2 each is owned by one rank (optim/whole_matrix.py;
+  upstream APOLLO#5 explodes under FSDP).
 * Seeds: the first is the parameter's 1-based position in the optimizer (as the package) plus
   ``projection_seed``; rankscope's layout puts the targets first, the release's puts the extras first, so
   the same model gets other (equally random) projections than under the release launcher.
@@ -42,7 +43,7 @@ from rankscope.optim.galore import ADAM_FORMS
 
 @register("apollo")
 class Apollo(Method):
-    supports_fsdp = False  # the scaling needs whole rows/columns of every target matrix
+    supports_fsdp = True  # the scaling needs whole rows/columns: whole-matrix ownership under FSDP2
 
     @dataclass(frozen=True)
     class Config(MethodConfig):

@@ -49,7 +49,7 @@ def projected_layout(model: nn.Module, lr: float, options: dict[str, Any]) -> li
 
 @register("galore")
 class GaLore(Method):
-    supports_fsdp = False  # needs whole matrices (projector / merge / custom sparse autograd)
+    supports_fsdp = True  # under FSDP2 each matrix is owned whole by one rank (optim/whole_matrix.py)
     @dataclass(frozen=True)
     class Config(MethodConfig):
         lr: float = 0.01  # peak LR of targets *and* extras (effective target LR = lr·scale)

@@ -20,6 +20,8 @@ from rankscope.optim.stable_spam import SCALARS, StableSPAMAdamW
 
 @register("stable_spam")
 class StableSPAM(Method):
+    supports_fsdp = False  # AdaClip's max|g| and the norm scaling read whole gradients (FSDP2 shards rows)
+
     @dataclass(frozen=True)
     class Config(MethodConfig):
         lr: float = 1e-3

@@ -1,7 +1,9 @@
 """FSDP2 (``fully_shard``) for models too large to replicate: each block is one shard unit.
 
-Checkpoints stay full (unsharded) state dicts so every run folder loads the same way. GaLore/Fira need
-whole-matrix gradients for their projectors and are refused here (use DDP for them).
+Checkpoints stay full (unsharded) state dicts so every run folder loads the same way. Methods with
+projected groups (GaLore, Fira, GoLore, APOLLO, APOLLO-Mini) need whole matrices: their optimizer runs
+behind :class:`~rankscope.optim.whole_matrix.WholeMatrixSharded` (each matrix owned whole by one rank,
+state sharded by matrices), whose checkpoints have a single process's layout.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ def shard_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def build_optimizer(method, model: nn.Module):
+    """The method's optimizer over the sharded model; whole-matrix ownership for projected groups."""
+    from rankscope.optim.whole_matrix import WholeMatrixSharded, needs_whole_matrices
+
+    if needs_whole_matrices(method, model):
+        return WholeMatrixSharded(method, model)
+    return method.build_optimizer(model)
+
+
 def _options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
@@ -28,6 +39,8 @@ def _options():
 def full_states(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    if hasattr(optimizer, "full_state_dict"):  # WholeMatrixSharded: already a single process's layout
+        return get_model_state_dict(model, options=_options()), optimizer.full_state_dict()
     return get_model_state_dict(model, options=_options()), _to_indexed(model, optimizer,
                                                                           get_optimizer_state_dict(model, optimizer, options=_options()))
 
@@ -54,7 +67,9 @@ def load_full_states(model: nn.Module, optimizer, model_state: dict, opt_state: 
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     set_model_state_dict(model, model_state, options=_options())
-    if opt_state is not None:
+    if opt_state is not None and hasattr(optimizer, "load_full_state_dict"):
+        optimizer.load_full_state_dict(opt_state)
+    elif opt_state is not None:
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         by_name = {"state": {names[i]: v for i, v in opt_state["state"].items()},
                    "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in opt_state["param_groups"]]}

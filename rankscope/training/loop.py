@@ -130,10 +130,12 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         model = model.to(torch.bfloat16)
     model.to(info.device)
     if t.dist == "fsdp" and info.distributed:
-        from rankscope.training.fsdp import shard_model
+        from rankscope.training.fsdp import build_optimizer, shard_model
 
         shard_model(model)
-    optimizer = method.build_optimizer(model)
+        optimizer = build_optimizer(method, model)  # projected methods: whole-matrix ownership
+    else:
+        optimizer = method.build_optimizer(model)
     folder = open_run_folder(cfg, resume, info.is_main, tuple(allow_change))
     try:
         return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after)
