@@ -173,3 +173,29 @@ def test_cli_bad_text_file_exits_2_without_traceback(make_smoke_config, capsys):
         main(["ppl", str(cfg.run_dir), "--text", str(cfg.run_dir / "nope.jsonl")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "nope.jsonl" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_hub_texts_are_read_from_the_head_of_the_stream(monkeypatch):
+    import itertools
+
+    import rankscope.data.sources as sources
+    from rankscope.config import DataConfig
+
+    seen = []
+
+    def endless(data, split):
+        seen.append((data.dataset, data.dataset_config, data.val_split, data.text_column))
+        return (f"document {i} " * 20 for i in itertools.count())  # never ends: must not be read whole
+
+    monkeypatch.setattr(sources, "iter_texts", endless)
+    docs = HeldoutText("hf:allenai/c4:en", split="validation", column="text").sample(max_bytes=1000)
+    assert seen == [("allenai/c4", "en", "validation", "text")] and 1000 <= sum(len(d) for d in docs) < 1400
+    hub_run = DataConfig(source="hf", dataset="allenai/c4", dataset_config="en")
+    assert HeldoutText("val").sample(hub_run, max_docs=3) == [f"document {i} " * 20 for i in range(3)]
+
+
+@pytest.mark.slow
+def test_hub_text_offline_is_a_user_error():
+    pytest.importorskip("datasets")
+    with pytest.raises(UserError, match="allenai/c4"):
+        HeldoutText("hf:allenai/c4:en").sample(max_docs=1)

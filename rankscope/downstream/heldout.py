@@ -87,8 +87,9 @@ class HeldoutText:
                seed: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[str]:
         """Documents (or pieces, see the module docstring) in a seeded order, taken whole until ``max_bytes``
         UTF-8 bytes (0: no limit)."""
-        if self.spec.startswith("hf:"):  # a stream: take from its head instead of reading it all
-            docs = _head(self, data, max_bytes, max_docs)
+        hub_run = self.spec == "val" and data is not None and data.source == "hf"
+        if self.spec.startswith("hf:") or hub_run:  # a stream: take from its head instead of reading it all
+            docs = _head(self, data if hub_run else self.hub_config(), max_bytes, max_docs)
             return [p for d in docs for p in split_long(d, chunk_bytes)]
         docs = [p for d in self.documents(data) if d.strip() for p in split_long(d, chunk_bytes)]
         if not docs:
@@ -126,11 +127,11 @@ def _take(docs, max_bytes: int, max_docs: int) -> list[str]:
     return out
 
 
-def _head(text: HeldoutText, data, max_bytes: int, max_docs: int) -> list[str]:
+def _head(text: HeldoutText, cfg: DataConfig, max_bytes: int, max_docs: int) -> list[str]:
     from rankscope.data.sources import iter_texts
 
     try:
-        docs = _take(iter_texts(text.hub_config(), "validation"), max_bytes, max_docs)
+        docs = _take(iter_texts(cfg, "validation"), max_bytes, max_docs)
     except UserError as exc:
         raise UserError(f"held-out text {text.spec!r}: {exc}") from None
     if not docs:
