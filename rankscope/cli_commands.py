@@ -168,3 +168,23 @@ def report(
     if problem:
         raise UserError(problem)
     typer.echo(f"report: {render_report(study_dir, out)}")
+
+
+@app.command()
+def branch(
+    parent: Path = typer.Argument(..., help="A WSD run folder (train.schedule=wsd) with a stable-phase checkpoint."),
+    step: int = typer.Option(..., "--step", help="Decay start: the branch continues the parent to STEP, then decays."),
+    cooldown: int = typer.Option(..., "--cooldown", help="Updates of the decay (the branch ends at STEP + COOLDOWN)."),
+    name: str = typer.Option("", "--name", help="Branch folder name (default: <parent>_b<STEP>)."),
+    out_dir: str = typer.Option("", "--out-dir", help="Parent folder of the branch (default: beside the parent)."),
+    decay_shape: str = typer.Option("", "--decay-shape", help="linear | cosine | 1-sqrt (default: the parent's)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train a cooldown branch: an ordinary run folder from a WSD parent's checkpoint (docs/study.md, Parity)."""
+    from rankscope.training.branch import create_branch
+    from rankscope.training.loop import train as run_training
+
+    cfg = create_branch(parent, step, cooldown, name=name, out_dir=out_dir, decay_shape=decay_shape)
+    result = run_training(cfg, resume=True, progress=not quiet)
+    ppl = f"{result.val_ppl:.2f}" if result.val_ppl is not None else "n/a"
+    typer.echo(f"branch {result.run_dir}: step {result.step}, validation perplexity {ppl}")

@@ -72,3 +72,19 @@ def test_branch_errors(make_smoke_config):
     create_branch(wsd.run_dir, 2, 1)
     with pytest.raises(UserError, match="another branch"):
         create_branch(wsd.run_dir, 2, 2, name="wsd_b2")
+
+
+def test_branch_command_line(make_smoke_config, tmp_path):
+    import subprocess
+    import sys
+
+    parent = _parent(make_smoke_config)
+    env_cmd = [sys.executable, "-m", "rankscope", "branch", str(parent.run_dir), "--step", "4", "--cooldown", "2",
+               "--quiet"]
+    proc = subprocess.run(env_cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "step 6" in proc.stdout and ckpt.list_checkpoints(parent.run_dir.parent / "p_full_rank_b4") == [4, 6]
+    cosine = make_smoke_config("cos", steps=2)
+    train(cosine, progress=False)
+    bad = subprocess.run([*env_cmd[:4], str(cosine.run_dir), *env_cmd[5:]], capture_output=True, text=True)
+    assert bad.returncode == 2 and "warmup-stable-decay" in bad.stderr and "Traceback" not in bad.stderr
