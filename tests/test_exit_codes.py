@@ -21,7 +21,17 @@ from rankscope.cli import INTERRUPTED
 pytestmark = pytest.mark.skipif(not RANKSCOPE.exists(), reason=f"console script {RANKSCOPE} not installed")
 
 TRAIN = ("--model", "smoke", "--micro-batch-size", "2", "--seq-len", "64", "--eval-every", "0", "--quiet")
-COMMANDS = ("train", "analyze", "eval", "predict", "study", "report", "methods", "export-hf")
+
+
+def _commands() -> tuple[str, ...]:
+    """Every registered subcommand, so a new one is covered by the usage-error tests without editing them."""
+    from rankscope.cli import _register_optional_commands, app
+
+    _register_optional_commands()
+    return tuple(c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands)
+
+
+COMMANDS = _commands()
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +89,10 @@ def test_bad_value_is_one_line_exit_2(tmp_path, args, names):
     assert_clean_failure(proc, 2)
     assert proc.stderr.strip().count("\n") == 0 and names in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_every_readme_subcommand_is_covered():
+    assert set(COMMANDS) >= {"train", "analyze", "eval", "predict", "study", "report", "methods", "export-hf"}
 
 
 def test_bare_command_prints_help_exit_2():
