@@ -1,0 +1,116 @@
+"""Study jobs die with the study: SIGKILL or Ctrl-C of the study process leaves no training job running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers_fs import RANKSCOPE, cli_env
+
+from rankscope.cli import INTERRUPTED
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid`` (from /proc/<pid>/task/*/children)."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            todo += [k for k in kids if k not in out]
+            out.update(kids)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has exited (the container's init may never reap it)
+
+
+def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"exited early ({proc.returncode}) while waiting for {what}")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+PARENT = """
+import subprocess, sys, time
+from rankscope.study.guard import guarded
+subprocess.Popen(guarded([sys.executable, "-c", "import time; time.sleep(600)"]))
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("mode", ["prctl", "poll"])
+def test_guarded_child_dies_when_its_parent_is_killed(mode):
+    if mode == "prctl" and not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux only")
+    env = cli_env(RANKSCOPE_GUARD=mode)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        # prctl: the guard exec'd into the sleeper (one process); poll: the guard and its child
+        want = 1 if mode == "prctl" else 2
+        wait_until(lambda: len(descendants(parent.pid)) >= want, 30, "the guarded child", parent)
+        time.sleep(0.3)  # the guard has called prctl / started polling before exec'ing or spawning
+        kids = descendants(parent.pid)
+        assert kids and all(alive(k) for k in kids)
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: not any(alive(k) for k in kids), 20, f"children {kids} to die")
+    finally:
+        for k in descendants(parent.pid):
+            os.kill(k, signal.SIGKILL)
+        parent.kill()
+
+
+def _long_study(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("base: smoke\nmethods: [full_rank]\nsteps: 100000\ncheckpoint_steps: [100000]\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([str(RANKSCOPE), "study", "--config", str(cfg), "--out", str(out), "--quiet"],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "runs" / "full_rank_s0" / "metrics.jsonl"
+    wait_until(lambda: metrics.is_file() and metrics.stat().st_size > 0, 300, "the training job", proc)
+    return proc, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killing_the_study_ends_its_training_job(tmp_path, sig):
+    proc, out = _long_study(tmp_path)
+    jobs = descendants(proc.pid)
+    try:
+        assert jobs, "no training process found under the study"
+        os.kill(proc.pid, sig)  # the study process only, not its process group
+        _, err = proc.communicate(timeout=120)
+        wait_until(lambda: not any(alive(j) for j in jobs), 30, f"training job(s) {jobs} to die")
+    finally:
+        for j in jobs:
+            if alive(j):
+                os.kill(j, signal.SIGKILL)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, err
+        assert INTERRUPTED in err and "Traceback" not in err
+        status = {j["id"]: j for j in json.loads((out / "status.json").read_text())["jobs"]}
+        assert status["train:full_rank_s0"]["state"] != "done"
+    else:
+        assert proc.returncode == -signal.SIGKILL
