@@ -135,6 +135,8 @@ def test_refused_commands_leave_the_run_folder_byte_identical(run_dir, tmp_path)
         ("train", *TRAIN, "--steps", "4", "--out-dir", root, "--name", name),  # exists, no --resume
         ("train", *TRAIN, "--steps", "4", "--out-dir", root, "--name", name, "--method", "galore", "--resume"),
         ("train", *TRAIN, "--steps", "abc", "--out-dir", root, "--name", name, "--resume"),
+        ("train", "--config", run_dir / "config.json", "--resume", "--set", "lr=abc"),
+        ("study", "--preset", "smoke", "--out", run_dir),             # a run folder is not a study folder
         ("analyze", run_dir, "--metric", "no_such_metric", "--out", tmp_path / "a"),
         ("eval", run_dir, "--task", "no_such_task"),
         ("eval", run_dir, "--steps", "99"),
@@ -158,6 +160,16 @@ def test_report_refuses_a_folder_that_is_not_a_study(tmp_path):
         assert_clean_failure(proc, 2)
         assert_unchanged(before, tmp_path)
     assert "not a study folder" in run_cli("report", folder).stderr
+
+
+def test_study_refuses_a_non_study_folder_as_out(tmp_path):
+    (tmp_path / "thesis.tex").write_text("mine")
+    before = snapshot(tmp_path)
+    for out in (tmp_path, tmp_path / "thesis.tex"):
+        proc = run_cli("study", "--preset", "smoke", "--out", out, "--quiet")
+        assert_clean_failure(proc, 2)
+        assert_unchanged(before, tmp_path)
+    assert "not a study" in run_cli("study", "--preset", "smoke", "--out", tmp_path).stderr
 
 
 def test_report_refuses_a_folder_as_out(study_dir, tmp_path):

@@ -32,6 +32,8 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
         raise UserError("--gpu and --gpu-check-json choose the cost estimate, which only --dry-run prints; "
                         "add --dry-run (nothing is trained then)")
     cfg = load_study_config(config if config else (preset or "demo"))
+    if not dry_run:
+        _check_out_folder(Path(out))
     costs = None
     if dry_run:  # computed first: a bad --gpu or JSON fails before anything is printed
         from rankscope.study.cost import format_costs, study_costs
@@ -46,3 +48,20 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
               f"(details in {Path(out) / 'status.json'}); re-run the same command to retry them", file=sys.stderr)
         return 1
     return 0
+
+
+# What a study folder holds (runner.py); anything else in a folder without study.json is someone else's.
+STUDY_ENTRIES = {"study.json", "status.json", "report.html", "runs", "results", "logs", "submitit"}
+
+
+def _check_out_folder(out: Path) -> None:
+    """Refuse an ``--out`` that is a file or a non-empty folder that is not a study (nothing is written)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the study (a new one, or an earlier study's)")
+    if not out.is_dir() or (out / "study.json").is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in STUDY_ENTRIES)
+    if foreign:
+        raise UserError(f"--out {out} is a non-empty folder that is not a study (it holds {', '.join(foreign[:5])}"
+                        f"{', ...' if len(foreign) > 5 else ''}); give a new folder, or the --out of an earlier "
+                        f"study to resume it")
