@@ -234,3 +234,27 @@ def test_ctrl_c_during_train_exits_130_with_the_resume_hint(tmp_path):
     assert proc.returncode == 130, err
     assert INTERRUPTED in err and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 3, err
+
+
+# -------------------------------------------------- click's own exceptions (typer versions without _click)
+
+def test_plain_click_exceptions_are_handled_like_typers(capsys):
+    """Older typer raises click's classes, newer its bundled ``typer._click`` ones: both map the same way."""
+    click = pytest.importorskip("click")
+    from rankscope.cli import _click_error
+
+    assert _click_error(click.exceptions.NoSuchOption("--bogus")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: No such option") and "--bogus" in err and err.count("\n") == 1
+    assert _click_error(click.exceptions.BadParameter("not a number", param_hint="'--steps'")) == 2
+    assert "Invalid value for '--steps': not a number" in capsys.readouterr().err
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise click.exceptions.Abort() from None
+    except click.exceptions.Abort as abort:
+        interrupted = abort
+    assert _click_error(interrupted) == 130
+    assert _click_error(click.exceptions.Abort()) == 1
+    assert _click_error(ValueError("a bug")) is None  # a real bug keeps its traceback
