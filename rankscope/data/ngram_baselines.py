@@ -74,10 +74,11 @@ class _BigramCounts:
         return np.where(seen, pair / np.maximum(ctx, 1), 0.0), seen, keys % self.vocab
 
 
-def _bigram_nll(counts: _BigramCounts, uni: np.ndarray, segs: list[np.ndarray], lam: float) -> float:
+def _bigram_nll(counts: _BigramCounts, uni: np.ndarray, segs: list[np.ndarray], lams: tuple[float, ...]) -> list[float]:
+    """Mean bigram NLL of ``segs`` for each λ (the counts are looked up once)."""
     cond, seen, b = counts.conditional(segs)
-    p = np.where(seen, lam * cond + (1 - lam) * uni[b], uni[b])
-    return float(-np.log(p).mean())
+    pu = uni[b]
+    return [float(-np.log(np.where(seen, lam * cond + (1 - lam) * pu, pu)).mean()) for lam in lams]
 
 
 def _first_token_nll(uni: np.ndarray, segs: list[np.ndarray]) -> np.ndarray:
@@ -97,14 +98,15 @@ def compute_baselines(train: list[np.ndarray], val: list[np.ndarray], vocab_size
     cut = int(len(flat_train) * (1 - tune_fraction))
     fit, tune = [flat_train[:cut]], [flat_train[cut:]]
     uni_fit, counts_fit = _unigram_probs(fit, vocab_size), _BigramCounts(fit, vocab_size)
-    lam = min(LAMBDA_GRID, key=lambda x: _bigram_nll(counts_fit, uni_fit, tune, x))
+    tuned = _bigram_nll(counts_fit, uni_fit, tune, LAMBDA_GRID)
+    lam = LAMBDA_GRID[tuned.index(min(tuned))]  # the first of equal minima, as min() over the grid
     uni, counts = _unigram_probs(train, vocab_size), _BigramCounts(train, vocab_size)
     flat_val = np.concatenate(val)
     n = len(flat_val)
     uni_nll = float(-np.log(uni[flat_val]).mean())
     firsts = _first_token_nll(uni, val)
     n_pairs = n - len(firsts)
-    bi_pairs = _bigram_nll(counts, uni, val, lam) if n_pairs else 0.0
+    bi_pairs = _bigram_nll(counts, uni, val, (lam,))[0] if n_pairs else 0.0
     bi_nll = float((bi_pairs * n_pairs + firsts.sum()) / n)
     return Baselines(math.exp(uni_nll), math.exp(bi_nll), uni_nll, bi_nll, lam, int(len(flat_train)), int(n),
                      vocab_size)
