@@ -76,3 +76,13 @@ def test_auto_and_reference_targets():
     with pytest.raises(ValueError, match="not valid"):
         resolve_target("fastest", curves, 4000)
     assert math.isfinite(t.ppl)
+
+
+def test_crossing_before_the_first_branch_is_extrapolated():
+    pts = power_curve(5000.0, 0.3, TOK, "m")
+    target = 5000 * 500 ** -0.3  # reached at 500 tokens, before the first cooled model (1000)
+    c = choose("m", pts, target, tolerance=0.02)
+    assert c.status == "predict" and c.predicted_tokens == pytest.approx(500, rel=1e-9)
+    assert "extrapolated" in c.note
+    flat = [Point(1000, 50.0, "a"), Point(2000, 60.0, "b")]  # not falling: nothing to extrapolate
+    assert choose("m", flat, 100.0, 0.02).status == "outside"

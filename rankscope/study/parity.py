@@ -187,12 +187,25 @@ def choose(method: str, points: Sequence[Point], target: float, tolerance: float
         return ParityChoice(method, "not_reached", target, best_ppl=best.ppl, tokens=best.tokens, run=best.run,
                             note=f"best {best.ppl:.4g} > target {target:.4g} within the cap")
     nearest = min(pts, key=lambda p: abs(math.log(p.ppl / target)))
-    if extra_done or cross <= pts[0].tokens:
+    note = ""
+    if pts[0].ppl <= target:  # crossed before the first cooled model: extend its first segment backwards
+        back = _extrapolate_back(pts, target)
+        cross, note = (back, "crossing extrapolated before the first cooled model") if back else (cross, note)
+    if extra_done or cross is None or cross >= pts[0].tokens and pts[0].ppl <= target:
         note = "the extra branch missed the tolerance band" if extra_done else "reached before the first branch"
         return ParityChoice(method, "outside", target, nearest.run, nearest.ppl, nearest.tokens, cross,
                             best_ppl=best.ppl, note=note)
     return ParityChoice(method, "predict", target, nearest.run, nearest.ppl, nearest.tokens, cross, cross,
-                        best_ppl=best.ppl)
+                        best_ppl=best.ppl, note=note)
+
+
+def _extrapolate_back(pts: Sequence[Point], target: float) -> float | None:
+    """Tokens where the log-log line through the first two points meets ``target`` (None if it does not fall)."""
+    if len(pts) < 2 or not pts[1].ppl < pts[0].ppl or pts[1].tokens <= pts[0].tokens:
+        return None
+    a, b = pts[0], pts[1]
+    slope = (math.log(b.ppl) - math.log(a.ppl)) / (math.log(b.tokens) - math.log(a.tokens))
+    return math.exp(math.log(a.tokens) + (math.log(target) - math.log(a.ppl)) / slope)
 
 
 def branch_step_for(tokens: float, tokens_per_step: int, cooldown_fraction: float) -> tuple[int, int]:

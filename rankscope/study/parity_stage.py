@@ -137,8 +137,9 @@ def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, ba
              if c.status == "predict" and p.extra_branch}
     extra = {n: r for n, r in extra.items() if r is not None}
     trained = {r.name for r in _train(cfg, out_dir, list(extra.values()), book, bar)} if extra else set()
-    for n, r in extra.items():
-        if r.name in trained and (pt := _point(r, tps[n])) is not None:
+    for n in [n for n, c in choices.items() if c.status == "predict"]:  # final: within, outside or not reached
+        r = extra.get(n)
+        if r is not None and r.name in trained and (pt := _point(r, tps[n])) is not None:
             points[n].append(pt)
             configs[r.name] = r
         choices[n] = choose(by_name[n].method, points[n], target.ppl, p.tolerance, cap, extra_done=True)
