@@ -82,3 +82,42 @@ def test_new_method_trains_the_smoke_model_through_the_cli(method, tmp_path, cap
     memory = json.loads((tmp_path / method / "memory.json").read_text())
     state = next(r for r in memory["rows"] if r["quantity"] == "optimizer_state")
     assert state["rel_diff"] == 0.0  # held optimizer state = theory_counts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,options", [("spam", ["density=0.5", "reset_every=2", "warmup=1", "clip_after=1"]),
+                                            ("loro", ["exact_every=2", "rewarm=1"]), ("stable_spam", ["reset_every=2"]),
+                                            ("muon", [])])
+def test_two_ddp_processes_match_one(tmp_path, make_smoke_config, method, options):
+    """gloo DDP, 2 ranks x 2 sequences == 1 process x 2 micro-batches, across resets / exact steps / supports
+    (SPAM's sparse supports are seeded, so both ranks draw the same ones)."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file
+
+    from rankscope.training import checkpoint as ckpt
+    from rankscope.training.loop import train
+
+    opts = dict(o.split("=") for o in options)
+    opts = {k: (float(v) if "." in v else int(v)) for k, v in opts.items()}
+    single = dataclasses.replace(make_smoke_config("single", method=method, steps=4, micro_batch_size=2,
+                                                   grad_accum=2), method_options=opts)
+    train(single, progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "rankscope", "train", "--model", "smoke", "--method", method, "--steps", "4", "--micro-batch-size", "2",
+           "--grad-accum", "1", "--seq-len", "64", "--eval-every", "0", "--eval-tokens", "1024",
+           "--warmup-steps", "1", "--name", "ddp", "--out-dir", str(tmp_path), "--quiet",
+           *[a for o in options for a in ("--set", o)]]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a = load_file(ckpt.step_dir(single.run_dir, 4) / "model.safetensors")
+    b = load_file(ckpt.step_dir(tmp_path / "ddp", 4) / "model.safetensors")
+    assert a.keys() == b.keys()
+    tol = 2e-2 if method == "muon" else 1e-4  # Muon: bf16 Newton-Schulz of slightly different sums
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=tol, atol=tol * 1e-1, msg=k)
