@@ -83,3 +83,18 @@ def test_batch_order_depends_only_on_seed_and_step():
     a = [FT.batch_indices(k, 10, 4, 3) for k in range(5)]
     assert all((x == FT.batch_indices(k, 10, 4, 3)).all() for k, x in enumerate(a))
     assert sorted(list(a[0]) + list(a[1]) + list(a[2][:2])) == list(range(10))  # one epoch covers every item
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["full_rank", "galore", "fira", "cola", "sltrain", "relora"])
+def test_probe_runs_for_every_method_in_both_modes(tmp_path, one_thread, method):
+    from conftest import smoke_config
+
+    from rankscope.training.loop import train
+
+    cfg = smoke_config(tmp_path, method, method=method, steps=1)
+    train(cfg, progress=False)
+    for mode in ("full", "lora"):
+        s = FinetuneSettings(**{**SMALL, "steps": 2, "mode": mode})
+        v = _values(finetune_runs([cfg.run_dir], settings=s, use_cache=False))
+        assert set(v) == set(FT.METRICS) and all(x == x for x in v.values()), (method, mode, v)
