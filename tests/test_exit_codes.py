@@ -201,6 +201,7 @@ def test_export_hf_refuses_a_non_empty_folder_unless_forced(run_dir, tmp_path):
 def test_study_with_a_failed_job_exits_1(tmp_path):
     cfg = tmp_path / "study.yaml"
     cfg.write_text("base: smoke\nmethods: [full_rank]\nsteps: 3\ncheckpoint_steps: [3]\n"
+                   "parity: {protocol: 'off', branch_steps: []}\n"
                    "method_options: {full_rank: {lr: 1.0e+30}}\n"
                    "analysis: {metrics: [w_erank], n_tokens: 64}\ndownstream: {max_items: 4, bootstrap_iters: 5}\n")
     proc = run_cli("study", "--config", cfg, "--out", tmp_path / "out", "--quiet")

@@ -84,7 +84,8 @@ def test_guarded_child_dies_when_its_parent_is_killed(mode):
 
 def _long_study(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     cfg = tmp_path / "study.yaml"
-    cfg.write_text("base: smoke\nmethods: [full_rank]\nsteps: 100000\ncheckpoint_steps: [100000]\n")
+    cfg.write_text("base: smoke\nmethods: [full_rank]\nsteps: 100000\ncheckpoint_steps: [100000]\n"
+                   "parity: {protocol: 'off', branch_steps: []}\n")
     out = tmp_path / "out"
     proc = subprocess.Popen([str(RANKSCOPE), "study", "--config", str(cfg), "--out", str(out), "--quiet"],
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -15,6 +15,7 @@ from rankscope.training.lock import RunLock
 def test_locked_run_folder_is_a_failed_job_naming_the_holder(tmp_path):
     cfg_path = tmp_path / "study.yaml"
     cfg_path.write_text("base: smoke\nmethods: [full_rank]\nsteps: 3\ncheckpoint_steps: [3]\n"
+                        "parity: {protocol: 'off', branch_steps: []}\n"
                         "analysis: {metrics: [w_erank], n_tokens: 64}\ndownstream: {max_items: 4}\n")
     out = tmp_path / "out"
     run_dir = out / "runs" / "full_rank_s0"
