@@ -75,7 +75,7 @@ def test_hub_dataset_offline(tmp_path):
 
 def test_help_lists_every_subcommand():
     proc = _cli("--help")
-    for cmd in ("train", "analyze", "eval", "predict", "study", "report", "methods", "export-hf"):
+    for cmd in ("train", "analyze", "eval", "ppl", "finetune", "predict", "study", "report", "methods", "export-hf"):
         assert cmd in proc.stdout
 
 
