@@ -31,8 +31,11 @@ def test_shift_panel_shows_ppl_gap_and_ranking():
                    ("full_rank", "shift_gap_nll", "shift"): 1.1, ("galore", "shift_gap_nll", "shift"): 0.97})
     html = shift_html(frame)
     assert "ppl: shift" in html and "gap (nats/token): shift" in html and "[1, 1.2]" in html
-    assert "changes under the shift" in html and "full_rank vs galore" in html
+    assert "changes under the shift" in html and "intervals disjoint for full_rank vs galore" in html
     assert "No held-out-text results" in shift_html(pd.DataFrame())
+    shifted = (frame["method"] == "galore") & (frame["name"] == "shift") & (frame["metric"] == "heldout_ppl")
+    frame.loc[shifted, ["value", "ci_low", "ci_high"]] = [29.95, 29.85, 30.05]  # swapped, intervals overlap
+    assert "may be noise" in shift_html(frame)
 
 
 def test_finetune_panel_and_target_findings(tmp_path):

@@ -88,6 +88,13 @@ def ranking_survives(in_domain: dict[str, float], shifted: dict[str, float]) -> 
     return kendall_tau(a, b), swaps
 
 
+def _disjoint(rows: pd.DataFrame, text: str, a: str, b: str) -> bool:
+    """Whether the (seed-averaged) shifted-perplexity intervals of methods a and b do not overlap."""
+    sub = rows[(rows["metric"] == "heldout_ppl") & (rows["name"].astype(str) == text)]
+    ia, ib = (sub[sub["method"] == m][["ci_low", "ci_high"]].mean() for m in (a, b))
+    return bool(ia["ci_high"] < ib["ci_low"] or ib["ci_high"] < ia["ci_low"])
+
+
 def shift_html(heldout: pd.DataFrame) -> str:
     """In-domain vs shifted perplexity per method, the shift gap, and whether the ranking survives."""
     if heldout.empty:
@@ -114,7 +121,11 @@ def shift_html(heldout: pd.DataFrame) -> str:
         tau, swaps = ranking_survives(ref, method_means(rows, "heldout_ppl", t))
         if math.isnan(tau):
             continue
-        verdict = "survives the shift" if not swaps else f"changes under the shift (swapped: {', '.join(swaps)})"
+        clear = [p for p in swaps if _disjoint(rows, t, *p.split(" vs "))]
+        verdict = "survives the shift" if not swaps else (
+            f"changes under the shift (swapped: {', '.join(swaps)}; "
+            + (f"shifted-ppl intervals disjoint for {', '.join(clear)})" if clear else
+               "every swapped pair's shifted-ppl intervals overlap, so the swaps may be noise)"))
         notes.append(f"{t}: Kendall τ between the method orders by in-domain and by shifted perplexity = "
                      f"{fmt(tau, 3)}; the ranking {verdict}.")
     bpb = rows[rows["metric"] == "heldout_bpb"]
