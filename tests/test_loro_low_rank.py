@@ -156,6 +156,10 @@ def test_loro_dense_form_schedule_and_rank_limit():
     assert cosine_with_restarts(42, sched, 20, 4) == pytest.approx(0.5 * env)
     assert cosine_with_restarts(44, sched, 20, 4) == pytest.approx(
         0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 34 / 90)))
+    wsd = Schedule(total_steps=100, warmup_steps=10, kind="wsd", decay_steps=20)  # parity runs
+    assert cosine_with_restarts(30, wsd, 20, 4) == 1.0  # stable phase between restarts
+    assert cosine_with_restarts(42, wsd, 20, 4) == 0.5  # re-warm to the stable level
+    assert cosine_with_restarts(90, wsd, 20, 4) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2)))
     with pytest.raises(ValueError, match="2·rank"):
         build("loro", rank=17)
 

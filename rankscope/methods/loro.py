@@ -7,7 +7,7 @@ exact Riemannian step every K updates, and refreshes every parameter's Adam stat
 The extras train with plain Adam in the same optimizer at the same lr (the release's "regular" group).
 W = M Nᵀ is exact and linear, so LORO has a dense form and enters the cross-method barrier.
 
-Schedule (:func:`cosine_with_restarts`): the recipe's warm-up + cosine envelope (methods.md §1), and after
+Schedule (:func:`cosine_with_restarts`): the run's warm-up + envelope (the recipe's cosine, or WSD for parity), and after
 each K-update cycle a linear re-warm over ``rewarm`` updates (the release's ``--cosine_restart_warmup``,
 default 5) to the envelope at the cycle start. Deviations: the release's first warm-up rises from
 min_lr_ratio and its README shifts the cosine by ``--lr_adjust_steps -1000``; rankscope keeps the recipe's
@@ -27,6 +27,7 @@ from torch.optim import Optimizer
 from rankscope.methods.base import Method, MethodConfig, Schedule
 from rankscope.methods.layers import SwappedLinear, _f32, _param, seeded_generator, swap_targets
 from rankscope.methods.registry import register
+from rankscope.methods.schedules import envelope
 from rankscope.optim.loro import LOROAdamW
 
 
@@ -51,19 +52,14 @@ class LOROLinear(SwappedLinear):
 
 def cosine_with_restarts(t: int, sched: Schedule, cycle: int, rewarm: int) -> float:
     """LR factor for the update after t completed updates: t/W₀ in the warm-up; in the first ``rewarm``
-    updates of every later K-cycle a ramp (t mod K)/w·env((⌊t/K⌋K − W₀)/(N − W₀)); else env((t−W₀)/(N−W₀))."""
-    w0, n, lo = sched.warmup_steps, sched.total_steps, sched.min_lr_ratio
-
-    def env(p: float) -> float:
-        p = min(max(p, 0.0), 1.0)
-        return lo + (1.0 - lo) * 0.5 * (1.0 + math.cos(math.pi * p))
-
-    if t < w0:
-        return t / w0
-    span = max(1, n - w0)
+    updates of every later K-cycle a ramp (t mod K)/w·E(⌊t/K⌋K); else E(t). E is the run's envelope
+    (:func:`rankscope.methods.schedules.envelope`: the recipe's cosine, or warmup-stable-decay for parity
+    runs, so restarts ride the stable phase and the cooldown alike, as ReLoRA's do)."""
+    if t < sched.warmup_steps:
+        return t / sched.warmup_steps
     if cycle > 0 and rewarm > 0 and t >= cycle and t % cycle < rewarm:
-        return (t % cycle) / rewarm * env(((t // cycle) * cycle - w0) / span)
-    return env((t - w0) / span)
+        return (t % cycle) / rewarm * envelope((t // cycle) * cycle, sched)
+    return envelope(t, sched)
 
 
 @register("loro")
