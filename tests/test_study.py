@@ -275,3 +275,26 @@ def test_ood_section_is_checked_when_read(tmp_path):
         load_study_config(_write(tmp_path, "base: smoke\nood: {finetune: {stepz: 3}}\n"))
     with pytest.raises(UserError, match="spec"):
         load_study_config(_write(tmp_path, "base: smoke\nood: {texts: [{split: validation}]}\n"))
+
+
+def test_smoke_study_compares_at_parity(smoke_study):
+    """The smoke preset runs the parity protocol: WSD runs, one cooldown branch each, choices and the section."""
+    out, result, _ = smoke_study
+    status = _status(out)
+    assert status["parity"]["state"] == "done", status["parity"]["error"]
+    assert all(status[f"train:{m}_s0_b6"]["state"] == "done" for m in ALL_METHODS)
+    branch = json.loads((out / "parity_runs" / "galore_s0_b6" / "meta.json").read_text())["branch"]
+    assert branch["parent"] == "galore_s0" and (branch["step"], branch["budget"]) == (6, 8)
+    assert list_checkpoints(out / "parity_runs" / "galore_s0_b6") == [6, 8]
+    parity = json.loads((out / "results" / "parity.json").read_text())
+    assert parity["protocol"] == "wsd-branches" and parity["target"]["ppl"] > 1
+    assert {r["method"] for r in parity["runs"]} == set(ALL_METHODS)
+    for r in parity["runs"]:
+        assert r["status"] in ("within", "outside", "predict", "not_reached") and r["best_ppl"] > 1
+        assert len(parity["curves"][r["main_run"]]) >= 2  # the branch and the main run (budget 9)
+    base = parity["baselines"]
+    assert base["unigram_ppl"] > base["bigram_ppl"] > 1
+    assert (out / "results" / "parity" / "downstream.parquet").is_file()
+    html = (out / "report.html").read_text()
+    for text in ("Perplexity parity and baselines", "Findings at parity", "early training", "Cost to the target"):
+        assert text in html, text
