@@ -139,10 +139,17 @@ def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, ba
     trained = {r.name for r in _train(cfg, out_dir, list(extra.values()), book, bar)} if extra else set()
     for n in [n for n, c in choices.items() if c.status == "predict"]:  # final: within, outside or not reached
         r = extra.get(n)
-        if r is not None and r.name in trained and (pt := _point(r, tps[n])) is not None:
+        got = r is not None and r.name in trained and (pt := _point(r, tps[n])) is not None
+        if got:
             points[n].append(pt)
             configs[r.name] = r
         choices[n] = choose(by_name[n].method, points[n], target.ppl, p.tolerance, cap, extra_done=True)
+        if not got and choices[n].status == "outside":
+            why = ("extra_branch is off" if not p.extra_branch else
+                   "no extra cooled model could be made there (before the warmup or the first checkpoint)"
+                   if r is None else "the extra cooled model did not finish training")
+            choices[n] = replace(choices[n], note=f"predicted crossing at {choices[n].tokens_to_target:.4g} "
+                                                  f"tokens; {why}")
     models = [configs[c.run] for c in choices.values() if c.reached and c.run in configs]
     _write(cfg, out_dir, target, choices, points, configs, tps, by_name, models)
     return models
@@ -156,7 +163,12 @@ def _extra(cfg: StudyConfig, main: RunConfig, choice: ParityChoice, tps: int) ->
 
     if s < max(main.train.warmup, 1):
         return None
-    return create_branch(main.run_dir, s, c, name=f"{main.name}_b{s}c{c}", out_dir=parity_dir(main))
+    from rankscope.errors import UserError
+
+    try:
+        return create_branch(main.run_dir, s, c, name=f"{main.name}_b{s}c{c}", out_dir=parity_dir(main))
+    except UserError:  # e.g. no checkpoint before the predicted decay start: the nearest model stays (outside)
+        return None
 
 
 def _write(cfg, out_dir, target, choices, points, configs, tps, mains, models) -> None:
