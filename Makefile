@@ -2,7 +2,7 @@
 #   make demo   the demo study (six methods, tiny model, embedded corpus) ending in an HTML report; runs in
 #               .venv-run, which holds the runtime dependencies only (what `pip install rankscope` gives)
 #   make test   test dependencies (incl. headless Chromium) into .venv + the whole CPU test suite
-#   make smoke  the demo's command on the smoke preset (~1 min) in .venv-run; fails if any job fails (CI)
+#   make smoke  the demo's command on the smoke preset (a few minutes) in .venv-run; fails if any job fails (CI)
 #   make gpu-check  on a CUDA machine: every method in bf16, resume, analyze GPU vs CPU, DDP, MFU, memory (< 10 min)
 PY       ?= python3
 VENV     := .venv
