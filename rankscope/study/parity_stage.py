@@ -145,8 +145,7 @@ def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, ba
             configs[r.name] = r
         choices[n] = choose(by_name[n].method, points[n], target.ppl, p.tolerance, cap, extra_done=True)
         if not got and choices[n].status == "outside":
-            why = ("extra_branch is off" if not p.extra_branch else
-                   "no extra cooled model could be made there (before the warmup or the first checkpoint)"
+            why = ("extra_branch is off" if not p.extra_branch else "it is before the end of the warmup"
                    if r is None else "the extra cooled model did not finish training")
             choices[n] = replace(choices[n], note=f"predicted crossing at {choices[n].tokens_to_target:.4g} "
                                                   f"tokens; {why}")
@@ -167,8 +166,10 @@ def _extra(cfg: StudyConfig, main: RunConfig, choice: ParityChoice, tps: int) ->
 
     try:
         return create_branch(main.run_dir, s, c, name=f"{main.name}_b{s}c{c}", out_dir=parity_dir(main))
-    except UserError:  # e.g. no checkpoint before the predicted decay start: the nearest model stays (outside)
-        return None
+    except UserError:  # no checkpoint before the predicted decay start: the same WSD schedule from step 0
+        t = replace(main.train, steps=s + c, warmup_steps=main.train.warmup, decay_steps=c, save_steps=(),
+                    save_every=0, eval_every=0)
+        return replace(main, name=f"{main.name}_w{s + c}", out_dir=parity_dir(main), train=t)
 
 
 def _write(cfg, out_dir, target, choices, points, configs, tps, mains, models) -> None:
