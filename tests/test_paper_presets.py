@@ -145,7 +145,7 @@ def _step_on_short_batch(method: str, size: str, tokens: int = 16, dtype=torch.f
     rows = _rows(model, optimizer, method_obj, model_cfg)
     del model, optimizer, grads
     gc.collect()
-    return float(loss), rows
+    return float(loss.detach()), rows
 
 
 def _init_loss(size: str) -> float:
