@@ -16,7 +16,7 @@ SMOKE_OUT ?= study_out/smoke
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo smoke test test-fast test-slow venv venv-test chromium bench gpu-check clean
+.PHONY: demo smoke test test-fast test-slow test-paper venv venv-test chromium bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -62,13 +62,17 @@ chromium:
 test: $(VENV)/.test chromium
 	$(BIN)/ruff check -q .
 	$(BIN)/python -m pytest -q -m "not slow and not gpu and not browser"
-	$(BIN)/python -m pytest -q -m "(slow or browser) and not gpu"
+	$(BIN)/python -m pytest -q -m "(slow or browser) and not gpu and not paper"
 
 test-fast: $(VENV)/.test
 	$(BIN)/python -m pytest -q
 
 test-slow: $(VENV)/.test chromium
-	$(BIN)/python -m pytest -q -m "(slow or browser) and not gpu"
+	$(BIN)/python -m pytest -q -m "(slow or browser) and not gpu and not paper"
+
+# Paper-size CPU checks too slow for CI (1b at full depth, SLTrain's 1b build): ~25 min on one thread.
+test-paper: $(VENV)/.test
+	$(BIN)/python -m pytest -q -m paper
 
 bench: $(VENV)/.test
 	$(BIN)/python benchmarks/bench_train.py

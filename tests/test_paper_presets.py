@@ -107,7 +107,8 @@ def _build_cases():
     for size in ("130m", "350m", "1b"):
         for method in METHODS:
             slow = size == "1b" or (method == "sltrain" and size != "130m")
-            yield pytest.param(method, size, marks=pytest.mark.slow) if slow else (method, size)
+            marks = [pytest.mark.slow] + ([pytest.mark.paper] if (method, size) == ("sltrain", "1b") else [])
+            yield pytest.param(method, size, marks=marks) if slow else (method, size)
 
 
 @pytest.mark.parametrize("method,size", list(_build_cases()))
@@ -158,9 +159,16 @@ def _init_loss(size: str) -> float:
     return math.log(c.vocab_size) + 0.5 * 0.02**2 * c.d_model
 
 
+def _step_cases():
+    """SLTrain's 1b build alone takes ~3 min on one CPU thread: it runs with ``make test-paper``, not in CI."""
+    for size, layers in (("130m", None), ("350m", 1), ("1b", 1)):
+        for method in METHODS:
+            marks = [pytest.mark.paper] if (method, size) == ("sltrain", "1b") else []
+            yield pytest.param(method, size, layers, marks=marks)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("size,layers", [("130m", None), ("350m", 1), ("1b", 1)])
+@pytest.mark.parametrize("method,size,layers", list(_step_cases()))
 def test_paper_sizes_step_with_the_closed_form_state(one_thread, method, size, layers):
     loss, rows = _step_on_short_batch(method, size, **({"n_layers": layers} if layers else {}))
     assert loss == pytest.approx(_init_loss(size), abs=0.75)
@@ -169,6 +177,7 @@ def test_paper_sizes_step_with_the_closed_form_state(one_thread, method, size, l
 
 
 @pytest.mark.slow
+@pytest.mark.paper  # 10-20 min on one CPU thread: `make test-paper`, not CI
 @pytest.mark.timeout(1800)
 def test_1b_full_depth_galore_step_in_bf16(one_thread):
     """Once: the whole 1b model, GaLore at the paper's 1b rank, forward/backward/step; state = closed form.
