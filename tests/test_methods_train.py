@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from helpers_ckpt import assert_checkpoints_identical
 from safetensors.torch import load_file
 
 from rankscope.methods.registry import available
@@ -64,12 +65,5 @@ def test_resume_is_bit_exact(make_smoke_config, method):
     assert first.step == 10 and ckpt.list_checkpoints(split.run_dir) == [10]
     train(split, resume=True, progress=False)
     a_dir, b_dir = ckpt.step_dir(straight.run_dir, 20), ckpt.step_dir(split.run_dir, 20)
-    names = sorted(p.name for p in a_dir.glob("*.safetensors"))
-    assert {"model.safetensors", "optimizer.safetensors"} <= set(names)
-    assert names == sorted(p.name for p in b_dir.glob("*.safetensors"))
-    for name in names:
-        a, b = load_file(a_dir / name), load_file(b_dir / name)
-        assert a.keys() == b.keys(), name
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}: {key}"
+    assert_checkpoints_identical(a_dir, b_dir)
     assert train_losses(straight.run_dir) == train_losses(split.run_dir)

@@ -17,7 +17,7 @@ import gc
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from helpers_ckpt import assert_checkpoints_identical
 
 from rankscope.config import DataConfig, RunConfig, TrainConfig
 from rankscope.methods.memory import memory_table
@@ -76,16 +76,7 @@ def test_60m_paper_preset_trains_3_steps_and_resumes_exactly(tmp_path, one_threa
     train(split, progress=False, stop_after=1)
     train(split, resume=True, progress=False)
     a_dir, b_dir = ckpt.step_dir(straight.run_dir, 3), ckpt.step_dir(split.run_dir, 3)
-    names = sorted(p.name for p in a_dir.glob("*.safetensors"))
-    assert {"model.safetensors", "optimizer.safetensors"} <= set(names)
-    assert names == sorted(p.name for p in b_dir.glob("*.safetensors"))
-    for name in names:
-        a, b = load_file(a_dir / name), load_file(b_dir / name)
-        assert a.keys() == b.keys(), name
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}: {key}"
-            if a[key].is_floating_point():
-                assert bool(torch.isfinite(a[key]).all()), f"{name}: {key}"
+    assert_checkpoints_identical(a_dir, b_dir, finite=True)
 
 
 def _meta_build(method: str, size: str, **model_overrides):
