@@ -179,3 +179,37 @@ def test_worker_processes_give_the_same_table(tmp_path):
     key = ["run", "step", "metric", "scope", "name", "space"]
     assert one[key].equals(two[key])  # same rows in the same order
     assert one.value.fillna(-1).tolist() == pytest.approx(two.value.fillna(-1).tolist(), rel=1e-12, abs=1e-12)
+
+
+def test_pair_at_last_pairs_models_at_their_own_steps(tmp_path):
+    """Parity pairing: galore@2 against full@3 equals the equal-step analysis of the same two checkpoints."""
+    import shutil
+
+    from rankscope.training.checkpoint import step_dir
+
+    full = _make_run(tmp_path / "runs", "full", "full_rank", [1, 3])
+    galore = _make_run(tmp_path / "runs", "galore", "galore", [2])
+    aligned = tmp_path / "aligned" / "full"  # full's step-3 weights filed as step 2
+    aligned.mkdir(parents=True)
+    shutil.copy(full / "config.json", aligned / "config.json")
+    shutil.copytree(step_dir(full, 3), step_dir(aligned, 2))
+    metrics = ["act_cka", "imib"]
+    kw = dict(metrics=metrics, batch=_batch(), progress=False, use_cache=False)
+    at_last = analyze([full, galore], out=tmp_path / "last", pair_at="last", **kw)
+    equal = analyze([aligned, galore], out=tmp_path / "equal", **kw)
+
+    def pick(frame, metric, run, scope):
+        rows = frame[(frame.metric == metric) & (frame.run == run) & (frame.scope == scope)]
+        return rows.dropna(subset=["value"])
+
+    cka_last, cka_equal = pick(at_last, "act_cka", "galore", "model"), pick(equal, "act_cka", "galore", "model")
+    assert list(cka_last.step) == [2] and list(cka_last.step_b) == [3]
+    assert cka_last.value.iloc[0] == pytest.approx(cka_equal.value.iloc[0], rel=1e-9)
+    assert cka_last.value.iloc[0] < 1 - 1e-6  # a different model, not full against itself
+    imib_last, imib_equal = pick(at_last, "imib", "full", "pair"), pick(equal, "imib", "full", "pair")
+    assert list(imib_last.step) == [3] and list(imib_last.step_b) == [2]
+    assert imib_last.value.iloc[0] == pytest.approx(imib_equal.value.iloc[0], rel=1e-9)
+    # at equal steps the two share no step: no pairs, and the table says why instead of a gap
+    none = analyze([full, galore], out=tmp_path / "none", **kw)
+    assert pick(none, "act_cka", "galore", "model").empty
+    assert none[(none.metric == "imib")].note.str.startswith("skipped:").all()

@@ -227,8 +227,8 @@ def activations(ctx, layers="all", mask_pads: bool | None = None, dtype: str = "
     if ctx.reference is None:
         raise ValueError("activations needs the full-rank reference run (ctx.reference)")
     mask = (ctx.mode != "faithful") if mask_pads is None else bool(mask_pads)
-    ref_model, ref_space = ctx.reference.analysis_model(ctx.step)
-    same = ctx.reference.path == ctx.run.path
+    ref_model, ref_space = ctx.reference.analysis_model(ctx.paired_step)
+    same = ctx.reference.path == ctx.run.path and ctx.paired_step == ctx.step
     model, space = (ref_model, ref_space) if same else ctx.run.analysis_model(ctx.step)
     ref_model.to(ctx.device)
     model.to(ctx.device)

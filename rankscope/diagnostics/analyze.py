@@ -10,6 +10,9 @@ computation. Each group is scheduled by its kind:
   CKA = 1 rows act as the "is full-rank" flag the predictor expects);
 * pairwise: every unordered pair of runs of the same scale at every shared step.
 
+Reference and pairwise groups can instead pair each run's last checkpoint with the other's last one
+(``pair_at="last"``): the study's parity models, trained to one perplexity, sit at different steps.
+
 Every task is cached (``cache.py``), so a second call computes only what is new. A failing task (an
 unreadable checkpoint, a metric that raised) is never a silent row: by default the call stops at the first
 failure with :class:`AnalysisFailed` naming the checkpoint and the error (the CLI exits 1); with
@@ -95,8 +98,12 @@ def pick_reference(run: RunHandle, runs: Sequence[RunHandle]) -> RunHandle | Non
     return (same_seed or cands or [None])[0]
 
 
-def schedule(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[dict[str, Any]]:
-    """Tasks of one group: dicts of AnalysisContext fields (run, step, step_b, reference, other)."""
+def schedule(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equal-step") -> list[dict[str, Any]]:
+    """Tasks of one group: dicts of AnalysisContext fields (run, step, step_b, reference, other, other_step).
+
+    ``pair_at="last"`` pairs each run's last checkpoint with the reference's / other run's last one, whatever
+    their steps: models trained to the same perplexity (parity) sit at different steps.
+    """
     tasks: list[dict[str, Any]] = []
     if diag.kind == "checkpoint":
         tasks = [{"run": r, "step": s} for r in runs for s in r.steps]
@@ -110,17 +117,29 @@ def schedule(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[dict[str, Any]
         for r in runs:
             ref = pick_reference(r, runs)
             if ref is not None:
-                tasks += [{"run": r, "step": s, "reference": ref} for s in r.steps if s in set(ref.steps)]
+                tasks += [{"run": r, "reference": ref, **pair} for pair in _paired_steps(r, ref, pair_at)]
     elif diag.kind == "pairwise":
         for a, b in combinations(runs, 2):
             if a.scale == b.scale:
-                tasks += [{"run": a, "step": s, "other": b} for s in a.steps if s in set(b.steps)]
+                tasks += [{"run": a, "other": b, **pair} for pair in _paired_steps(a, b, pair_at)]
     return tasks
 
 
-def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[tuple[RunHandle, str]]:
+def _paired_steps(run: RunHandle, other: RunHandle, pair_at: str) -> list[dict[str, int]]:
+    if pair_at == "last":
+        if not (run.steps and other.steps):
+            return []
+        return [{"step": run.steps[-1], "other_step": other.steps[-1]}]
+    return [{"step": s} for s in run.steps if s in set(other.steps)]
+
+
+def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equal-step") -> list[tuple[RunHandle, str]]:
     """(run, reason) for each run a group computes nothing for, so the table says why instead of a gap."""
     out = []
+
+    def common(a: RunHandle, b: RunHandle) -> bool:
+        return bool(_paired_steps(a, b, pair_at))
+
     for r in runs:
         if diag.kind == "consecutive" and len(r.steps) < 2:
             out.append((r, f"needs two checkpoints of the run; it has {len(r.steps)}"))
@@ -128,10 +147,10 @@ def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle]) -> list[tuple[RunHa
             ref = pick_reference(r, runs)
             if ref is None:
                 out.append((r, f"no {REFERENCE_METHOD} run of scale {r.scale!r} among the analysed runs"))
-            elif not set(r.steps) & set(ref.steps):
+            elif not common(r, ref):
                 out.append((r, f"no checkpoint step in common with the reference run {ref.name!r}"))
         elif diag.kind == "pairwise" and not any(
-                o is not r and o.scale == r.scale and set(o.steps) & set(r.steps) for o in runs):
+                o is not r and o.scale == r.scale and common(o, r) for o in runs):
             out.append((r, f"no other run of scale {r.scale!r} with a checkpoint step in common"))
     return out
 
@@ -141,7 +160,7 @@ def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
     runs = [(task["run"].path, steps)]
     for role in ("reference", "other"):
         if task.get(role) is not None:
-            runs.append((task[role].path, (task["step"],)))
+            runs.append((task[role].path, (task.get("other_step") or task["step"],)))
     return runs
 
 
@@ -183,19 +202,23 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
             out: str | Path = "analysis", mode: str = "default", n_tokens: int = DEFAULT_TOKENS,
             settings: dict[str, dict[str, Any]] | None = None, device: str = "cpu", progress: bool = True,
             seed: int = 0, batch: EvalBatch | None = None, use_cache: bool = True,
-            workers: int = 1, keep_going: bool = False) -> pd.DataFrame:
+            workers: int = 1, keep_going: bool = False, pair_at: str = "equal-step") -> pd.DataFrame:
     """Compute the diagnostics of ``metrics`` over the runs and write ``<out>/diagnostics.{parquet,csv}``.
 
     ``settings`` overrides group defaults (``{"spectra": {"dtype": "float64"}}``); ``batch`` replaces the
     shared evaluation batch (tests, studies that fix their own tokens). ``workers`` > 1 computes the tasks
     of each group in that many processes with cpu_count // workers threads each (CPU only; results and
-    their order are the same). Returns the table.
+    their order are the same). ``pair_at`` is how reference and pairwise groups pair checkpoints:
+    ``"equal-step"`` (every shared step) or ``"last"`` (each run's last checkpoint with the other's last one,
+    at whatever steps: the parity models). Returns the table.
 
     Raises :class:`AnalysisFailed` when a task fails: at once (nothing written) unless ``keep_going``, which
     computes the rest, records each failure as an ``error: ...`` row, writes the table and raises at the end.
     """
     if mode not in ("default", "faithful"):
         raise UserError(f"mode must be 'default' or 'faithful', got {mode!r}")
+    if pair_at not in ("equal-step", "last"):
+        raise UserError(f"pair_at must be 'equal-step' or 'last', got {pair_at!r}")
     runs = [r if isinstance(r, RunHandle) else RunHandle.open(r) for r in run_dirs]
     if not runs:
         raise UserError("analyze needs at least one run folder")
@@ -226,7 +249,7 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
     pool = _Pool(workers)
     with _progress(progress) as bar, pool:
         for name, diag in groups.items():
-            tasks = schedule(diag, runs)
+            tasks = schedule(diag, runs, pair_at)
             timing = timings.setdefault(name, {"seconds": 0.0, "computed": 0, "cached": 0})
             bar_id = bar.add_task(name, total=len(tasks)) if bar is not None else None
             results: list[list[Row] | None] = [None] * len(tasks)
@@ -268,7 +291,7 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
             group_rows = [r for got in results for r in got]
             group_rows += [Row(run=r.name, method=r.method, step=r.steps[-1], metric=name, value=math.nan,
                                scale=r.scale, seed=r.seed, mode=mode, settings=resolved[name],
-                               note=f"skipped: {name}: {why}") for r, why in unscheduled(diag, runs)]
+                               note=f"skipped: {name}: {why}") for r, why in unscheduled(diag, runs, pair_at)]
             for r in group_rows:  # cached rows too: never an unexplained NaN
                 if not r.note and (r.value is None or not math.isfinite(r.value)):
                     r.note = f"undefined: {r.metric} is {r.value} here (no reason recorded by {name})"

@@ -137,12 +137,19 @@ class AnalysisContext:
     reference: RunHandle | None = None  # reference: the full-rank run
     other: RunHandle | None = None  # pairwise: the second run
     seed: int = 0  # diagnostic seed (directions), independent of the training seed
+    other_step: int | None = None  # step of the reference/other checkpoint when it is not ``step`` (parity)
+
+    @property
+    def paired_step(self) -> int:
+        """The reference's or other run's checkpoint: the same step, unless pairing models at parity."""
+        return self.step if self.other_step is None else self.other_step
 
     def row(self, metric: str, value: float, **kw: Any) -> Row:
         """A Row with run/method/step/scale/seed/mode filled in from the context."""
         base = dict(
             run=self.run.name, method=self.run.method, step=self.step, scale=self.run.scale,
-            seed=self.run.seed, mode=self.mode, step_b=self.step_b, n_tokens=self.batch.n_tokens,
+            seed=self.run.seed, mode=self.mode, n_tokens=self.batch.n_tokens,
+            step_b=self.step_b if self.other_step is None else self.other_step,
         )
         base.update(kw)
         return Row(metric=metric, value=float(value), **base)

@@ -179,7 +179,8 @@ def shared_init(a: RunHandle, b: RunHandle) -> bool | str:
     n_points=7, max_tokens=512,
 )
 def imib(ctx: AnalysisContext, n_points: int = 7, max_tokens: int | None = 512) -> list[Row]:
-    """Inter-method interpolation barrier: both runs materialised to plain dense LLaMA at ``ctx.step``.
+    """Inter-method interpolation barrier: both runs materialised to plain dense LLaMA at ``ctx.step`` (the
+    other run at ``ctx.paired_step``: a different step when models are paired at parity).
 
     No permutation alignment: it relies on a shared initialisation, recorded as ``settings.shared_init``.
     A run without a dense form (CoLA) yields NaN rows noted "excluded: no dense form".
@@ -191,7 +192,8 @@ def imib(ctx: AnalysisContext, n_points: int = 7, max_tokens: int | None = 512) 
         return [ctx.row(m, float("nan"), note="excluded: no dense form", **kw) for m in ("imib", "imib_rel", "imib_lin")]
     alphas, batch = interpolation_grid(n_points), limit_tokens(ctx.batch, max_tokens)
     model = ctx.run.dense_model(ctx.step)
-    ends = (_end(ctx.run, ctx.step, "dense", batch, ctx.device), _end(other, ctx.step, "dense", batch, ctx.device))
-    b, se, curve = interpolate(model, other.dense_state(ctx.step), alphas, batch, ctx.device, ends)
+    ends = (_end(ctx.run, ctx.step, "dense", batch, ctx.device),
+            _end(other, ctx.paired_step, "dense", batch, ctx.device))
+    b, se, curve = interpolate(model, other.dense_state(ctx.paired_step), alphas, batch, ctx.device, ends)
     return _rows(ctx, ("imib", "imib_rel", "imib_lin", "imib_curve"), b, se, alphas, curve,
                  n_tokens=batch.n_tokens, **kw)

@@ -112,7 +112,8 @@ def check_f3(diag: pd.DataFrame) -> Finding:
     if rows.empty:
         f.reason = "missing: every imib row is NaN"
         return f
-    final = rows[rows["step"] == rows["step"].max()]
+    # Each pair's own last step: at parity the two models of a pair sit at different steps, and pairs differ.
+    final = rows[rows["step"] == rows.groupby("pair")["step"].transform("max")]
     verdicts = []
     for pair, grp in final.groupby("pair"):
         est = per_method(grp.assign(method=pair))[pair]

@@ -248,8 +248,8 @@ def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, 
     parts.append(baseline_table(models, baselines, "Parity models:"))
     parts.append("<h3>Diagnostics: equal steps and at parity</h3>"
                  "<p>Model-level value of each headline metric at each method's equal-step final checkpoint and at "
-                 "its parity model (mean over seeds). Pairwise and reference metrics (IMIB/IMBH, CKA) pair "
-                 "checkpoints by step, so at parity they exist only for models that share a step.</p>")
+                 "its parity model (mean over seeds). At parity, pairwise and reference metrics (IMIB/IMBH, CKA "
+                 "against full-rank) pair the parity models themselves, each at its own step.</p>")
     parts.append(diagnostics_side_by_side(equal_diag, diag, headline))
     parts.append("<h3>Downstream at parity</h3>" + render_downstream(down))
     findings = evaluate_findings(diag, down, pred, models)

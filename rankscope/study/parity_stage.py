@@ -293,8 +293,8 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
 def run_analyze_final(cfg: StudyConfig, models: list[RunConfig], results: Path) -> None:
     """Diagnostics of each parity model at its own final checkpoint (its parity checkpoint).
 
-    Pairwise and reference diagnostics (IMIB, CKA against full-rank) pair checkpoints by equal step, and
-    parity models sit at different steps, so they have no rows here; docs/study.md says so.
+    Pairwise and reference diagnostics (IMIB, CKA against full-rank) pair parity models with each other at
+    their own steps (``pair_at="last"``): trained to the same perplexity, not for the same number of steps.
     """
     from rankscope.diagnostics.analyze import analyze
     from rankscope.diagnostics.context import RunHandle
@@ -307,4 +307,4 @@ def run_analyze_final(cfg: StudyConfig, models: list[RunConfig], results: Path) 
     a = cfg.analysis
     analyze(handles, metrics=list(a.metrics) if a.metrics else None, out=results, mode=a.mode,
             n_tokens=a.n_tokens, settings={k: dict(v) for k, v in a.settings.items()}, device=a.device,
-            progress=False, workers=a.workers)
+            progress=False, workers=a.workers, pair_at="last")
