@@ -106,7 +106,7 @@ class RunConfig:
     out_dir: str = "runs"  # parent folder of run folders
     model: str = "tiny"  # model preset: smoke | tiny | 60m | 130m | 350m | 1b
     vocab_size: int = 0  # override the preset's vocabulary size (0: preset value)
-    method: str = "full_rank"  # full_rank | galore | fira | cola | sltrain | relora
+    method: str = "full_rank"  # a registered method (`rankscope methods` lists them): full_rank, galore, fira, cola, ...
     method_options: dict[str, Any] = field(default_factory=dict)  # overrides of the method's Config
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -6,7 +6,8 @@ steps, batch, data, held-out source), `parallel` at a time with cores // paralle
 validation perplexity at every evaluation step and which rate is best per method. Re-running skips finished
 runs (each is a plain `rankscope train --config ... --resume`).
 
-    python scripts/lr_sweep.py --preset demo --lrs 1e-3,3e-3,6e-3 --out study_out/lr_sweep
+    python scripts/lr_sweep.py --preset demo --factors 0.5,1,2 --out study_out/lr_sweep
+    python scripts/lr_sweep.py --preset demo --methods full_rank --lrs 1e-3,3e-3 --out study_out/lr_sweep
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ from rankscope.study.launch import thread_env
 from rankscope.training.logging import read_metrics
 
 
-def sweep_configs(preset: str, methods: list[str] | None, lrs: list[float], out: Path) -> list[tuple[str, float, Path]]:
-    """One run config per method × lr, identical to the study's except the rate and the name."""
+def sweep_configs(preset: str, methods: list[str] | None, lrs: list[float], out: Path,
+                  relative: bool = False) -> list[tuple[str, float, Path]]:
+    """One run config per method × lr, identical to the study's except the rate and the name.
+
+    With ``relative`` the rates are factors of each method's default rate at the preset's model size.
+    """
     study = load_study_config(preset)
     configs = []
     for cfg in study.to_run_configs(out):
         if cfg.train.seed != study.seeds[0] or (methods and cfg.method not in methods):
             continue
-        for lr in lrs:
+        base = cfg.method_config().lr if relative else 1.0
+        for lr in (float(f"{base * x:.3g}") for x in lrs):
             d = dataclasses.asdict(cfg)
             d["name"] = f"{cfg.method}_lr{lr:g}"
             d["train"]["lr"] = lr
@@ -79,13 +85,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="demo")
     ap.add_argument("--methods", default="", help="comma list (default: the preset's methods)")
-    ap.add_argument("--lrs", required=True, help="comma list of peak learning rates")
+    ap.add_argument("--lrs", default="", help="comma list of peak learning rates")
+    ap.add_argument("--factors", default="", help="comma list of factors of each method's default rate")
     ap.add_argument("--out", default="study_out/lr_sweep")
     ap.add_argument("--parallel", type=int, default=2)
     args = ap.parse_args()
     out = Path(args.out).resolve()
     methods = [m for m in args.methods.split(",") if m] or None
-    configs = sweep_configs(args.preset, methods, [float(x) for x in args.lrs.split(",")], out)
+    if bool(args.lrs) == bool(args.factors):
+        ap.error("give one of --lrs and --factors")
+    grid = [float(x) for x in (args.lrs or args.factors).split(",")]
+    configs = sweep_configs(args.preset, methods, grid, out, relative=bool(args.factors))
     run_all(configs, args.parallel)
     unigram = study_baselines(load_study_config(args.preset).to_run_configs(out)[0]).unigram_ppl
     text = table(configs, out, unigram)

@@ -103,3 +103,20 @@ def test_dry_run_prints_the_cost_of_every_job(tmp_path, capsys):
 def test_cost_flags_need_dry_run(tmp_path):
     with pytest.raises(UserError, match="only --dry-run prints"):
         cmd_study(preset="smoke", out=tmp_path / "s", gpu="h100")
+
+
+def test_dry_run_lists_and_costs_the_planned_parity_branches(tmp_path, capsys):
+    """A cooldown branch trains only its decay: its tokens are cooldown × tokens per update, not the budget."""
+    from rankscope.study.config import load_study_config
+    from rankscope.study.parity_stage import cooldown_for
+
+    cfg = load_study_config("demo")
+    assert cmd_study(preset="demo", out=tmp_path / "s", dry_run=True, quiet=True) == 0
+    out = capsys.readouterr().out
+    per_update = cfg.micro_batch_size * cfg.accumulation() * cfg.data.seq_len
+    for step in cfg.branch_steps:
+        c = cooldown_for(step, cfg.parity.cooldown_fraction)
+        assert f"train full_rank_s0_b{step}: {c} update(s)" in out
+        line = next(x for x in out.splitlines() if x.startswith(f"full_rank_s0_b{step} "))
+        assert line.split()[1] == str(c * per_update)
+    assert not (tmp_path / "s").exists()

@@ -47,7 +47,7 @@ def test_presets_load_and_build_every_method(preset, tmp_path):
     for run in runs:
         run.build_method()  # method options and schedule constraints (ReLoRA: steps % reset_every) hold
         assert run.train.save_steps[-1] == cfg.steps and run.train.steps == cfg.steps
-    expected = {"smoke": 3, "demo": 4}.get(preset, 10)
+    expected = {"smoke": 3, "demo": 3}.get(preset, 10)
     assert len(cfg.save_steps) == expected
     if preset.startswith("paper-"):
         assert runs[0].data.dataset == "allenai/c4" and runs[0].data.packing == "pad"

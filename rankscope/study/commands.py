@@ -37,9 +37,11 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
     costs = None
     if dry_run:  # computed first: a bad --gpu or JSON fails before anything is printed
         from rankscope.study.cost import format_costs, study_costs
+        from rankscope.study.parity_stage import planned_jobs
 
-        costs = format_costs(study_costs(cfg.to_run_configs(Path(out)), cfg.launcher.nproc, gpu or "h100",
-                                         gpu_check_json))
+        mains = cfg.to_run_configs(Path(out))
+        costs = format_costs(study_costs(mains, cfg.launcher.nproc, gpu or "h100", gpu_check_json,
+                                         planned=planned_jobs(cfg, mains)))
     result = run_study(cfg, out, dry_run=dry_run, progress=not quiet)
     if costs:
         print(costs)

@@ -62,32 +62,41 @@ def throughput(gpu: str, method: str, model: str, check: dict[str, Any] | None) 
     return Throughput(name, tflops * 1e12, ASSUMED_MFU, f"assumed MFU {ASSUMED_MFU:g} of the datasheet peak")
 
 
-def job_cost(run: RunConfig, nproc: int, gpu: str, check: dict[str, Any] | None) -> dict[str, Any]:
-    """One training job's tokens, FLOPs, fp32 parameter/state bytes and GPU-hours."""
+def job_cost(run: RunConfig, nproc: int, gpu: str, check: dict[str, Any] | None,
+             trained_steps: int | None = None) -> dict[str, Any]:
+    """One training job's tokens, FLOPs, fp32 parameter/state bytes and GPU-hours.
+
+    ``trained_steps``: the updates the job itself performs when fewer than ``train.steps`` (a cooldown
+    branch re-uses its parent's stable phase and trains only its decay).
+    """
     from rankscope.methods.flops import estimate
 
     model_cfg, method_cfg = run.model_config(), run.method_config()
     t = run.train
     tokens_per_update = t.micro_batch_size * t.grad_accum * nproc * run.data.seq_len
     flops = estimate(run.method, model_cfg, method_cfg, run.data.seq_len)
-    total = flops.run_flops(tokens_per_update, t.steps)
+    steps = t.steps if trained_steps is None else trained_steps
+    total = flops.run_flops(tokens_per_update, steps)
     counts = run.method_class().theory_counts(model_cfg, method_cfg)
     tp = throughput(gpu, run.method, run.model, check)
     gpu_hours = total / tp.flops / 3600.0
-    return {"run": run.name, "method": run.method, "model": run.model, "tokens": t.steps * tokens_per_update,
+    return {"run": run.name, "method": run.method, "model": run.model, "tokens": steps * tokens_per_update,
             "flops": total, "flops_per_token": flops.per_token, "param_bytes": 4 * counts["params"],
             "state_bytes": 4 * counts["state"], "gpu": tp.gpu, "mfu": tp.mfu, "mfu_source": tp.source,
             "gpu_hours": gpu_hours, "wall_hours": gpu_hours / nproc, "note": flops.note}
 
 
 def study_costs(runs: list[RunConfig], nproc: int, gpu: str = "h100",
-                gpu_check_json: str | Path | None = None) -> list[dict[str, Any]]:
+                gpu_check_json: str | Path | None = None,
+                planned: list[tuple[RunConfig, int]] = ()) -> list[dict[str, Any]]:
+    """Cost rows of the main runs, then of ``planned`` (parity models: config, updates the job trains)."""
     check = None
     if gpu_check_json is not None:
         from rankscope.gpu_check.output import read_json
 
         check = read_json(gpu_check_json)
-    return [job_cost(r, nproc, gpu, check) for r in runs]
+    return ([job_cost(r, nproc, gpu, check) for r in runs]
+            + [job_cost(r, nproc, gpu, check, trained_steps=n) for r, n in planned])
 
 
 def _si(x: float) -> str:

@@ -65,6 +65,16 @@ def candidates(cfg: StudyConfig, main: RunConfig) -> list[RunConfig]:
     return []
 
 
+def planned_jobs(cfg: StudyConfig, mains: list[RunConfig]) -> list[tuple[RunConfig, int]]:
+    """Every cooled model planned before training, with the updates its own job trains (a branch trains only
+    its cooldown). The one extra model per run at a predicted crossing is decided later and not listed."""
+    out = []
+    for main in mains:
+        for run in candidates(cfg, main):
+            out.append((run, run.train.decay if cfg.parity.protocol == "wsd-branches" else run.train.steps))
+    return out
+
+
 def full_run(main: RunConfig, steps: int) -> RunConfig:
     t = replace(main.train, steps=steps, save_steps=(steps,), eval_every=0)
     return replace(main, name=f"{main.name}_n{steps}", out_dir=parity_dir(main), train=t)

@@ -86,7 +86,23 @@ def describe_plan(cfg: StudyConfig, out_dir: Path, jobs: list[Job]) -> str:
              f"launcher {cfg.launcher.kind}"]
     for job in jobs:
         lines.append(job.describe() + (f"\n    {in_process[job.stage]}" if job.stage in in_process else ""))
+    lines += _parity_plan(cfg, out_dir)
     return "\n".join(lines)
+
+
+def _parity_plan(cfg: StudyConfig, out_dir: Path) -> list[str]:
+    """The parity models the study will train once the main runs finish (their folders do not exist yet)."""
+    from rankscope.study.parity_stage import planned_jobs
+
+    if cfg.parity.protocol == "off":
+        return []
+    planned = planned_jobs(cfg, cfg.to_run_configs(out_dir))
+    head = (f"parity ({cfg.parity.protocol}, target {cfg.parity.target}): after the main runs, "
+            f"{len(planned)} cooled model(s) in {out_dir / 'parity_runs'}, plus at most one per run at a "
+            f"predicted crossing; then analyze/eval/ood/finetune/predict on the parity models")
+    return [head] + [f"  train {run.name}: {n} update(s)" + (f" (decay from step {run.train.steps - n} of its parent)"
+                                                          if cfg.parity.protocol == "wsd-branches" else "")
+                     for run, n in planned]
 
 
 def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, progress: bool = True) -> StudyResult:
