@@ -40,7 +40,7 @@ class SLTrain(Method):
 
     Config.PRESET_DEFAULTS = {
         "smoke": {"rank": 8, "alpha": 2.0},
-        "tiny": {"rank": 64, "alpha": 16.0},
+        "tiny": {"rank": 64, "alpha": 16.0, "lr": 1e-3},  # lr: best of the demo sweep (docs/study.md)
         "60m": {"rank": 128, "alpha": 32.0, "lr": 2e-3},
         "130m": {"rank": 256, "alpha": 16.0, "lr": 3e-3},
         "350m": {"rank": 256, "alpha": 16.0, "lr": 2e-3},
