@@ -130,16 +130,13 @@ def _paired_steps(run: RunHandle, other: RunHandle, pair_at: str) -> list[dict[s
         if not (run.steps and other.steps):
             return []
         return [{"step": run.steps[-1], "other_step": other.steps[-1]}]
-    return [{"step": s} for s in run.steps if s in set(other.steps)]
+    shared = set(other.steps)
+    return [{"step": s} for s in run.steps if s in shared]
 
 
 def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equal-step") -> list[tuple[RunHandle, str]]:
     """(run, reason) for each run a group computes nothing for, so the table says why instead of a gap."""
     out = []
-
-    def common(a: RunHandle, b: RunHandle) -> bool:
-        return bool(_paired_steps(a, b, pair_at))
-
     for r in runs:
         if diag.kind == "consecutive" and len(r.steps) < 2:
             out.append((r, f"needs two checkpoints of the run; it has {len(r.steps)}"))
@@ -147,10 +144,10 @@ def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equ
             ref = pick_reference(r, runs)
             if ref is None:
                 out.append((r, f"no {REFERENCE_METHOD} run of scale {r.scale!r} among the analysed runs"))
-            elif not common(r, ref):
+            elif not _paired_steps(r, ref, pair_at):
                 out.append((r, f"no checkpoint step in common with the reference run {ref.name!r}"))
         elif diag.kind == "pairwise" and not any(
-                o is not r and o.scale == r.scale and common(o, r) for o in runs):
+                o is not r and o.scale == r.scale and _paired_steps(o, r, pair_at) for o in runs):
             out.append((r, f"no other run of scale {r.scale!r} with a checkpoint step in common"))
     return out
 
@@ -160,7 +157,8 @@ def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
     runs = [(task["run"].path, steps)]
     for role in ("reference", "other"):
         if task.get(role) is not None:
-            runs.append((task[role].path, (task.get("other_step") or task["step"],)))
+            other_step = task.get("other_step")
+            runs.append((task[role].path, (task["step"] if other_step is None else other_step,)))
     return runs
 
 
