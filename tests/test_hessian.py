@@ -188,15 +188,16 @@ def test_hessian_group_default_is_checked_fd():
 
 @pytest.mark.slow
 def test_default_meets_the_bound_on_a_trained_llama(tmp_path):
-    """60 steps of smoke training make the top direction sharp (λ ≈ −210): the old default (plain FD,
-    ε = 5e-3) is off by 20 %, the new default is within 5e-3 of the exact λ_max and converged."""
+    """60 smoke steps at lr 3e-3 leave a top direction (λ ≈ −1.94) where the old default (plain FD, ε = 5e-3)
+    is off by 14 %, while the new default is within 5e-3 of the exact λ_max and converged. (At lr 1e-2 the
+    top of the spectrum depends on the thread count: float32 reductions decide which sharp direction wins.)"""
     from conftest import smoke_config
 
     from rankscope.data.batches import eval_batch
     from rankscope.training.checkpoint import load_model
     from rankscope.training.loop import train
 
-    cfg = smoke_config(tmp_path, steps=60, lr=0.01, micro_batch_size=4)
+    cfg = smoke_config(tmp_path, steps=60, lr=3e-3, micro_batch_size=4)
     train(cfg, progress=False)
     model, _ = load_model(cfg.run_dir)
     model = model.float().eval()
@@ -206,6 +207,6 @@ def test_default_meets_the_bound_on_a_trained_llama(tmp_path):
     exact = power_iteration(exact_hvp(terms, theta), v0, tol=1e-4, max_iter=200)
     assert exact.converged
     old = power_iteration(fd_hvp(terms, theta, 5e-3), v0, tol=1e-3, max_iter=50)
-    assert abs(old.eigenvalue - exact.eigenvalue) > 0.05 * abs(exact.eigenvalue)  # 20 % when measured
+    assert abs(old.eigenvalue - exact.eigenvalue) > 0.05 * abs(exact.eigenvalue)  # 14 % when measured
     new = fd_top_eigenvalue(terms, theta, v0, eps=5e-4, tol=1e-3, max_iter=50)
     assert new.converged and abs(new.eigenvalue - exact.eigenvalue) <= 5e-3 * abs(exact.eigenvalue)
