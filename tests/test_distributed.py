@@ -24,7 +24,8 @@ def _torchrun(tmp_path, name: str, extra: list[str]) -> subprocess.CompletedProc
 
 
 @pytest.mark.parametrize("mode", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
-def test_two_processes_match_one(tmp_path, make_smoke_config, mode):
+def test_two_processes_match_one(tmp_path, make_smoke_config, one_thread, mode):
+    """The single process runs on one thread like each rank, so both sum in the same order."""
     single = make_smoke_config("single", steps=4, micro_batch_size=2, grad_accum=2)
     train(single, progress=False)
     proc = _torchrun(tmp_path, f"dist_{mode}", ["--dist", mode])
