@@ -103,32 +103,6 @@ def test_second_call_does_no_work_and_new_checkpoints_are_computed(tmp_path, cou
     assert counted == {"spectra": 10, "update_spectra": 3, "activations": 4}
 
 
-def test_errors_become_rows_and_are_not_cached(tmp_path, monkeypatch):
-    from rankscope.errors import AnalysisFailed
-
-    full = _make_run(tmp_path / "runs", "full", "full_rank", [1, 2])
-    diag = registry.all_diagnostics()["spectra"]
-    calls = []
-
-    def flaky(ctx, **kw):
-        calls.append(ctx.step)
-        if ctx.step == 2:
-            raise RuntimeError("corrupt matrix")
-        return diag.fn(ctx, **kw)
-
-    monkeypatch.setitem(registry._REGISTRY, "spectra", dataclasses.replace(diag, fn=flaky))
-    out = tmp_path / "analysis"
-    with pytest.raises(AnalysisFailed) as failed:
-        analyze([full], metrics=["w_erank"], out=out, batch=_batch(), progress=False, keep_going=True)
-    df = failed.value.frame
-    err = df[df.note.str.startswith("error")]
-    assert len(err) == 1 and err.step.iloc[0] == 2 and "corrupt matrix" in err.note.iloc[0]
-    assert (df[df.step == 1].metric == "w_erank").any()
-    with pytest.raises(AnalysisFailed):
-        analyze([full], metrics=["w_erank"], out=out, batch=_batch(), progress=False, keep_going=True)
-    assert calls == [1, 2, 2]  # step 1 cached, the failed step retried
-
-
 def test_no_reference_warns_and_skips(tmp_path, caplog):
     cola = _make_run(tmp_path / "runs", "cola", "cola", [1])
     with caplog.at_level(logging.WARNING):

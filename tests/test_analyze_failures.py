@@ -42,6 +42,7 @@ def test_corrupt_checkpoint_stops_analyze_and_names_it(tmp_path):
 
 
 def test_keep_going_records_every_failure_and_still_raises(tmp_path, monkeypatch):
+    """Failures are rows, never cached: a re-run retries exactly the failed step."""
     run = _make_run(tmp_path / "runs", "full", "full_rank", [1, 2, 3])
     diag = registry.all_diagnostics()["spectra"]
     calls = []

@@ -40,7 +40,7 @@ import torch
 from torch.optim import Optimizer
 
 from rankscope.optim.fira import PHI_EPS, limit_norm_growth
-from rankscope.optim.galore import ADAM_FORMS, DEFAULT_EPS, GaLoreAdamW
+from rankscope.optim.galore import GaLoreAdamW, adamw_defaults
 from rankscope.optim.projectors import projection_side
 
 SCALE_TYPES = ("channel", "tensor")
@@ -87,19 +87,14 @@ class APOLLOAdamW(GaLoreAdamW):
         projection_seed: int = 0,
         cache_projection: bool = False,
     ) -> None:
-        if adam_form not in ADAM_FORMS:
-            raise ValueError(f"adam_form={adam_form!r}; choose one of: {', '.join(ADAM_FORMS)}")
-        defaults = dict(
-            lr=lr, betas=tuple(betas), eps=DEFAULT_EPS[adam_form] if eps is None else eps,
-            weight_decay=weight_decay, adam_form=adam_form, update_proj_gap=update_proj_gap, scale=scale,
+        defaults = adamw_defaults(
+            lr, betas, eps, weight_decay, adam_form, update_proj_gap=update_proj_gap, scale=scale,
             scale_type=scale_type, scale_front=scale_front, limiter_gamma=limiter_gamma,
             projection_seed=projection_seed,
         )
         self.cache_projection = cache_projection
         self._projections: dict[torch.Tensor, tuple[int, torch.Tensor]] = {}  # param -> (seed, P)
-        self.nonfinite_skips = 0  # kept for GaLoreAdamW's interface; a random draw never needs skipping
-        self.refresh_failures = 0
-        self._clamp_logged: set[tuple[int, int, int]] = set()
+        self._reset_counters()  # GaLoreAdamW's interface; a random draw never needs a skip
         Optimizer.__init__(self, params, defaults)  # GaLoreAdamW's defaults name SVD options APOLLO lacks
 
     def _check_projected_group(self, group: dict[str, Any]) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.closure import loss_of
+
 _TUPLE_KEYS = ("betas", "ns_coefficients")  # JSON turns tuples into lists; restore them
 
 
@@ -45,10 +47,7 @@ class CompositeOptimizer:
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_of(closure)
         for opt in self.parts:
             opt.step()
         return loss

@@ -45,6 +45,7 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.adam import adam as _adam_functional
 
+from rankscope.optim.closure import loss_of
 from rankscope.optim.projectors import (
     PROJECTORS,
     mix_seed,
@@ -78,6 +79,15 @@ def _plain_adamw(
     )
 
 
+def adamw_defaults(lr: float, betas: tuple[float, float], eps: float | None, weight_decay: float, adam_form: str,
+                   **extra: Any) -> dict[str, Any]:
+    """The AdamW part of a projected optimizer's group defaults; ``eps=None`` takes the Adam form's own."""
+    if adam_form not in ADAM_FORMS:
+        raise ValueError(f"adam_form={adam_form!r}; choose one of: {', '.join(ADAM_FORMS)}")
+    eps = DEFAULT_EPS[adam_form] if eps is None else eps
+    return dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, adam_form=adam_form, **extra)
+
+
 class GaLoreAdamW(Optimizer):
     """AdamW with GaLore projection on groups that carry ``rank`` (see the module docstring)."""
 
@@ -99,18 +109,18 @@ class GaLoreAdamW(Optimizer):
         random_seed: int = 0,
         **extra_defaults: Any,
     ) -> None:
-        if adam_form not in ADAM_FORMS:
-            raise ValueError(f"adam_form={adam_form!r}; choose one of: {', '.join(ADAM_FORMS)}")
-        defaults = dict(
-            lr=lr, betas=tuple(betas), eps=DEFAULT_EPS[adam_form] if eps is None else eps,
-            weight_decay=weight_decay, adam_form=adam_form, update_proj_gap=update_proj_gap, scale=scale,
+        defaults = adamw_defaults(
+            lr, betas, eps, weight_decay, adam_form, update_proj_gap=update_proj_gap, scale=scale,
             projector=projector, canonical_signs=canonical_signs, projector_fp64=projector_fp64,
             random_after=random_after, random_seed=random_seed, **extra_defaults,
         )
+        self._reset_counters()
+        super().__init__(params, defaults)
+
+    def _reset_counters(self) -> None:
         self.nonfinite_skips = 0  # parameter updates skipped because of a non-finite gradient at a refresh
         self.refresh_failures = 0  # refreshes whose decomposition failed in fp32 and fp64
         self._clamp_logged: set[tuple[int, int, int]] = set()
-        super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -135,10 +145,7 @@ class GaLoreAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_of(closure)
         for group in self.param_groups:
             if group.get("rank") is None:
                 self._plain_step(group)

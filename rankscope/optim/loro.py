@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.closure import loss_of
 from rankscope.optim.galore import _plain_adamw
 from rankscope.optim.state_dtypes import load_keeping
 
@@ -127,10 +128,7 @@ class LOROAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_of(closure)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.closure import loss_of
 from rankscope.optim.galore import _plain_adamw
 from rankscope.optim.state_dtypes import load_keeping
 
@@ -102,10 +103,7 @@ class SPAMAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_of(closure)
         for group in self.param_groups:
             fused: dict[float, list[tuple[torch.Tensor, dict]]] = {}  # warm-up scale -> dense torch-form params
             for index, p in enumerate(group["params"]):

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from rankscope.optim.closure import loss_of
 from rankscope.optim.galore import _plain_adamw
 from rankscope.optim.state_dtypes import load_keeping
 
@@ -62,10 +63,7 @@ class StableSPAMAdamW(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = loss_of(closure)
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             buckets: dict[float, list[tuple[torch.Tensor, dict]]] = {}  # ρ -> (param, state)
