@@ -219,6 +219,17 @@ def test_f3_barriers() -> None:
     assert "missing" in _finding("F3", _rows()).reason
 
 
+def test_f3_names_each_models_step_when_a_pair_sits_at_two_steps() -> None:
+    """At parity the two models of a pair are at their own steps; the evidence says which is where."""
+    diag = _imib({("full_rank", "galore"): 0.3})
+    last = diag["step"] == 30
+    diag.loc[last & (diag["method"] == "full_rank"), "step_b"] = 17
+    labels = [e.label for e in _finding("F3", diag).evidence if e.label.startswith("imib")]
+    assert labels == ["imib full_rank ↔ galore @ steps 30 (full_rank), 17 (galore)"]
+    labels = [e.label for e in _finding("F3", _imib({("full_rank", "galore"): 0.3})).evidence]
+    assert "imib full_rank ↔ galore @ step 30" in labels
+
+
 def _cka(method: str, per_layer_drop: float, per_step_drop: float) -> list[tuple]:
     specs = []
     for step in (10, 20, 30):

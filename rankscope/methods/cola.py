@@ -57,7 +57,7 @@ class CoLA(Method):
 
     Config.PRESET_DEFAULTS = {
         "smoke": {"rank": 8},
-        "tiny": {"rank": 64, "lr": 3e-3},  # lr: best of the demo sweep (docs/study.md)
+        "tiny": {"rank": 64, "lr": 1e-3},  # lr: best of the demo sweep (docs/study.md)
         "60m": {"rank": 128, "lr": 6e-3},
         "130m": {"rank": 256, "lr": 3e-3},
         "350m": {"rank": 256, "lr": 3e-3},

@@ -72,7 +72,7 @@ class GaLore(Method):
     # methods.md §2.8 (ranks per size); performance.md §9 for the CPU sizes (rank/width as at 60m, gap 50).
     Config.PRESET_DEFAULTS = {
         "smoke": {"rank": 8, "update_proj_gap": 50},
-        "tiny": {"rank": 64, "update_proj_gap": 50, "lr": 5e-3},  # lr: best of the demo sweep (docs/study.md)
+        "tiny": {"rank": 64, "update_proj_gap": 50, "lr": 2.5e-3},  # lr: best of the demo sweep (docs/study.md)
         "60m": {"rank": 128},
         "130m": {"rank": 256},
         "350m": {"rank": 256},

@@ -92,6 +92,16 @@ def _versus_full(diag: pd.DataFrame, metric: str, full_larger: bool) -> tuple[st
     return verdict, explain(verdict, evidence), evidence
 
 
+def _pair_steps(pair: str, row: pd.Series) -> str:
+    """'step 240'; or, when the two models sit at their own steps (parity), each step with its method."""
+    step, other = int(row["step"]), row.get("step_b")
+    if other is None or pd.isna(other) or int(other) == step:
+        return f"step {step}"
+    a, _, b = pair.partition(" ↔ ")
+    other_method = b if a == row["method"] else a
+    return f"steps {step} ({row['method']}), {int(other)} ({other_method})"
+
+
 def check_f3(diag: pd.DataFrame) -> Finding:
     f = Finding(
         "F3",
@@ -119,7 +129,7 @@ def check_f3(diag: pd.DataFrame) -> Finding:
         est = per_method(grp.assign(method=pair))[pair]
         v, why = verdict_above(est)
         verdicts.append(v)
-        f.evidence.append(evidence_from(f"imib {pair} @ step {int(grp['step'].iloc[0])}", est, v, why))
+        f.evidence.append(evidence_from(f"imib {pair} @ {_pair_steps(pair, grp.iloc[0])}", est, v, why))
     for pair, grp in rows.groupby("pair"):
         series = grp.groupby("step")["value"].mean()
         if len(series) >= 3:
