@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankscope.data.tokenizer import load_tokenizer
-from rankscope.downstream.heldout import HeldoutText, parse_texts, split_long
+from rankscope.downstream.heldout import DEFAULT_CHUNK_BYTES, HeldoutText, parse_texts, split_long
 from rankscope.downstream.ppl import DocScores, bootstrap, score_texts
 from rankscope.errors import UserError
 
@@ -110,8 +110,8 @@ def test_texts_from_files_and_embedded(tmp_path):
     austen = HeldoutText("embedded:test:austen")
     docs = austen.sample(max_bytes=20_000, seed=3)
     assert docs == austen.sample(max_bytes=20_000, seed=3) and sum(len(d.encode()) for d in docs) >= 20_000
-    pieces = {p for d in austen.documents() for p in split_long(d, 4000)}
-    assert set(docs) <= pieces and max(len(d.encode()) for d in docs) < 4000 + 2000
+    pieces = {p for d in austen.documents() for p in split_long(d, DEFAULT_CHUNK_BYTES)}
+    assert set(docs) <= pieces and max(len(d.encode()) for d in docs) <= 2 * DEFAULT_CHUNK_BYTES
     assert [t.name for t in parse_texts(["embedded:validation", str(tmp_path / "a.txt")])] == ["embedded:validation", "a"]
 
 
@@ -121,6 +121,26 @@ def test_long_documents_are_cut_at_paragraph_breaks():
     assert len(pieces) > 5 and "\n".join(pieces) == doc
     assert all(len(p.encode()) < 1000 + 300 for p in pieces)
     assert split_long(doc, 0) == [doc] and split_long("short", 1000) == ["short"]
+
+
+def test_a_document_without_line_breaks_is_cut_at_sentence_ends():
+    """The embedded State of the Union addresses are one line each; uncut, one filled a byte budget alone."""
+    doc = " ".join(f"Sentence number {i} says a few more words here." for i in range(300))
+    pieces = split_long(doc, 1000)
+    assert "".join(pieces) == doc and len(pieces) >= len(doc.encode()) // 1000
+    assert all(len(p.encode()) <= 1000 for p in pieces) and all(p.endswith(". ") for p in pieces[:-1])
+    no_space = "x" * 2500  # no sentence end, no space: hard cuts at the limit
+    assert split_long(no_space, 1000) == ["x" * 1000, "x" * 1000, "x" * 500]
+
+
+def test_the_embedded_validation_text_has_no_oversized_piece():
+    from rankscope.config import DataConfig
+
+    data = DataConfig(source="embedded", tokenizer="embedded", holdout_source="austen")
+    pieces = HeldoutText("val").sample(data, max_bytes=0)
+    assert max(len(p.encode()) for p in pieces) <= 2 * DEFAULT_CHUNK_BYTES
+    sample = HeldoutText("val").sample(data, max_bytes=48_000)
+    assert len(sample) >= 20 and sum(len(p.encode()) for p in sample) < 48_000 + 4000
 
 
 @pytest.mark.parametrize("spec, column, message", [

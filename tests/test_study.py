@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from rankscope.errors import UserError
+from rankscope.report.browser import INSTALL_HINT, check_page, find_chromium
 from rankscope.study import PRESETS, load_study_config, run_study
 from rankscope.study.config import ALL_METHODS
 from rankscope.training.checkpoint import list_checkpoints, step_dir
@@ -298,3 +299,19 @@ def test_smoke_study_compares_at_parity(smoke_study):
     html = (out / "report.html").read_text()
     for text in ("Perplexity parity and baselines", "Findings at parity", "early training", "Cost to the target"):
         assert text in html, text
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(find_chromium() is None, reason=f"headless Chromium not found; install: {INSTALL_HINT}")
+def test_smoke_study_report_passes_the_browser_check(smoke_study):
+    """The real smoke study's report (parity, shift and fine-tuning sections included) in headless Chromium:
+    every figure decodes and the page logs no console error."""
+    out, _, _ = smoke_study
+    page = out / "report.html"
+    html = page.read_text()
+    for text in ("Perplexity parity and baselines", "Distribution shift", "Fine-tuning pressure"):
+        assert text in html, text
+    seen = check_page(page)
+    assert seen.probe_ran, "the probe script did not run"
+    assert seen.figures_total >= 8 and seen.figures_ok == seen.figures_total
+    assert seen.console_errors == []

@@ -14,14 +14,15 @@ Files and hub datasets go through :func:`rankscope.data.sources.iter_texts`, the
 bad file fails with the same message. Documents are sampled in a seeded order and taken whole until a
 UTF-8 byte budget is reached: the budget does not depend on the tokenizer, so runs with different
 tokenizers are scored on the same documents and their bits per byte compare. Documents longer than
-``chunk_bytes`` (default 4000, about 1000 tokens) are first cut at paragraph breaks into pieces of about that
-size, each scored from a fresh start: the embedded corpus has long documents (chapters, addresses), and a
-bootstrap over a handful of them would say little. C4 documents are mostly shorter and stay whole.
+``chunk_bytes`` (default 2000, about 500 tokens) are first cut at paragraph breaks (a longer paragraph at a
+sentence end) into pieces of about that size, each scored from a fresh start: the embedded corpus has long
+documents (chapters, addresses), and a bootstrap over a handful of them would say little. C4 documents are mostly shorter and stay whole.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from rankscope.config import DataConfig
 from rankscope.errors import UserError
 
 DEFAULT_MAX_BYTES = 400_000  # about 100k tokens of English under the embedded BPE
-DEFAULT_CHUNK_BYTES = 4_000  # longer documents are cut at paragraph breaks, so the bootstrap has many units
+DEFAULT_CHUNK_BYTES = 2_000  # longer documents are cut, so the bootstrap has many units (docs/downstream.md)
 
 
 @dataclass(frozen=True)
@@ -100,19 +101,46 @@ class HeldoutText:
 
 
 def split_long(text: str, chunk_bytes: int) -> list[str]:
-    """``text`` cut at paragraph breaks (newlines) into pieces of about ``chunk_bytes`` (0: whole)."""
+    """``text`` cut into pieces of about ``chunk_bytes`` (0: whole): at line breaks, and a line longer than
+    that at its last sentence end (else space) before the limit. Some documents have no line break at all
+    (the embedded State of the Union addresses, 29-78 kB each): uncut, one of them filled a text's whole byte
+    budget and counted as a single unit in the bootstrap. A piece drops the line break that ended it, so for
+    text cut only at line breaks ``"\n".join(pieces) == text``."""
     if not chunk_bytes or len(text.encode("utf-8")) <= chunk_bytes:
         return [text]
     pieces, current, size = [], [], 0
-    for para in text.split("\n"):
-        current.append(para)
-        size += len(para.encode("utf-8")) + 1
+    for segment in _segments(text, chunk_bytes):
+        n = len(segment.encode("utf-8"))
+        if size >= chunk_bytes // 2 and size + n > chunk_bytes:  # a half-full piece is not overfilled
+            pieces.append("".join(current))
+            current, size = [], 0
+        current.append(segment)
+        size += n
         if size >= chunk_bytes:
-            pieces.append("\n".join(current))
+            pieces.append("".join(current))
             current, size = [], 0
     if current:
-        pieces.append("\n".join(current))
-    return [p for p in pieces if p.strip()]
+        pieces.append("".join(current))
+    return [p.removesuffix("\n") for p in pieces if p.strip()]
+
+
+def _segments(text: str, limit: int) -> list[str]:
+    """Lines with their line breaks, a line over ``limit`` bytes cut into parts that end at a sentence end or a
+    space (a hard cut only in a run of ``limit`` characters without a space); the parts concatenate to ``text``."""
+    out = []
+    for line in re.split(r"(?<=\n)", text):
+        while len(line.encode("utf-8")) > limit:
+            window = line[:limit]
+            cut = window.rfind(". ") + 2
+            if cut < limit // 2:
+                cut = window.rfind(" ") + 1
+            if cut < limit // 2:
+                cut = limit
+            out.append(line[:cut])
+            line = line[cut:]
+        if line:
+            out.append(line)
+    return out
 
 
 def _take(docs, max_bytes: int, max_docs: int) -> list[str]:

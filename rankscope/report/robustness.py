@@ -132,7 +132,7 @@ def shift_html(heldout: pd.DataFrame) -> str:
     if not bpb.empty:
         notes.append("Bits per byte (tokenizer-independent) are in results/heldout.parquet, metric heldout_bpb.")
     notes.append("Gap = NLL on the text − NLL on the run's own validation text, 95% interval from independent "
-                 "bootstraps over documents (pieces of about 4 kB).")
+                 "bootstraps over documents (pieces of about 2 kB).")
     parts.append("".join(f"<p>{esc(n)}</p>" for n in notes))
     return "".join(parts)
 
