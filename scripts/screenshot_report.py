@@ -1,7 +1,7 @@
 """Render a study's report and save a headless-Chromium screenshot of it (for docs/).
 
     .venv/bin/python scripts/screenshot_report.py study_out/demo docs/demo_report.png \
-        --report study_out/demo/report.html --height 16000 --fit     # how docs/demo_report.png was made
+        --report study_out/demo/report.html --height 30000 --fit     # how docs/demo_report.png was made
 
 Needs the distro Chromium: apt-get update && apt-get install -y chromium
 """
