@@ -13,12 +13,12 @@ Oracle settings aligned with apollo-torch (a test-only dependency, CC-BY-NC; rea
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 
 import pytest
 import torch
+from helpers_optim import advance, resumed_copy
 from torch import nn
 
 from rankscope.methods.base import Schedule
@@ -151,23 +151,9 @@ def test_state_dict_round_trip_crosses_a_redraw_bit_exactly(cache):
         return ps, APOLLOAdamW([{"params": ps[:2], "rank": 4, "update_proj_gap": 3}, {"params": ps[2:]}],
                                lr=0.01, weight_decay=0.1, cache_projection=cache)
 
-    def advance(ps, opt, gs):
-        for step_grads in gs:
-            for p, g in zip(ps, step_grads):
-                p.grad = g.clone()
-            opt.step()
-
     ps_a, opt_a = build()
     advance(ps_a, opt_a, grads[:4])
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach() for p in ps_a], "opt": opt_a.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    ps_b, opt_b = build()
-    with torch.no_grad():
-        for p, t in zip(ps_b, saved["params"]):
-            p.copy_(t)
-    opt_b.load_state_dict(saved["opt"])
+    ps_b, opt_b = resumed_copy(build, ps_a, opt_a)
     assert opt_b.state[ps_b[0]]["seed"].dtype == torch.int64
     assert int(opt_b.state[ps_b[0]]["seed"]) == int(opt_a.state[ps_a[0]]["seed"]) > 2**32
     advance(ps_a, opt_a, grads[4:])

@@ -21,12 +21,12 @@ Oracle settings aligned with galore-torch 1.0 / fira 1.0.2 (methods.md §5.1), a
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 
 import pytest
 import torch
+from helpers_optim import advance, resumed_copy
 from torch import nn
 
 from rankscope.methods.registry import get_method
@@ -249,23 +249,9 @@ def test_state_dict_round_trip_is_bit_exact(cls, form):
                   weight_decay=0.1, adam_form=form)
         return ps, opt
 
-    def advance(ps, opt, gs):
-        for step_grads in gs:
-            for p, g in zip(ps, step_grads):
-                p.grad = g.clone()
-            opt.step()
-
     ps_a, opt_a = build()
     advance(ps_a, opt_a, grads[:4])
-    buf = io.BytesIO()
-    torch.save({"params": [p.detach() for p in ps_a], "opt": opt_a.state_dict()}, buf)
-    buf.seek(0)
-    saved = torch.load(buf, weights_only=True)
-    ps_b, opt_b = build()
-    with torch.no_grad():
-        for p, t in zip(ps_b, saved["params"]):
-            p.copy_(t)
-    opt_b.load_state_dict(saved["opt"])
+    ps_b, opt_b = resumed_copy(build, ps_a, opt_a)
     advance(ps_a, opt_a, grads[4:])
     advance(ps_b, opt_b, grads[4:])
     for a, b in zip(ps_a, ps_b):
