@@ -140,7 +140,7 @@ def test_the_embedded_validation_text_has_no_oversized_piece():
     pieces = HeldoutText("val").sample(data, max_bytes=0)
     assert max(len(p.encode()) for p in pieces) <= 2 * DEFAULT_CHUNK_BYTES
     sample = HeldoutText("val").sample(data, max_bytes=48_000)
-    assert len(sample) >= 20 and sum(len(p.encode()) for p in sample) < 48_000 + 4000
+    assert len(sample) >= 20 and sum(len(p.encode()) for p in sample) < 48_000 + 2 * DEFAULT_CHUNK_BYTES  # one piece over
 
 
 @pytest.mark.parametrize("spec, column, message", [

@@ -16,7 +16,8 @@ UTF-8 byte budget is reached: the budget does not depend on the tokenizer, so ru
 tokenizers are scored on the same documents and their bits per byte compare. Documents longer than
 ``chunk_bytes`` (default 2000, about 500 tokens) are first cut at paragraph breaks (a longer paragraph at a
 sentence end) into pieces of about that size, each scored from a fresh start: the embedded corpus has long
-documents (chapters, addresses), and a bootstrap over a handful of them would say little. C4 documents are mostly shorter and stay whole.
+documents (chapters, addresses), and a bootstrap over a handful of them would say little. C4 documents are
+mostly shorter and stay whole.
 """
 
 from __future__ import annotations
