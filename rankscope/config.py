@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -74,19 +75,18 @@ class TrainConfig:
     retain_cpu_memory: bool = True  # CPU: glibc keeps freed pages for the next step (no re-faulting; rankscope/allocator.py)
 
     def __post_init__(self) -> None:
+        _check_counts(self)  # signs first, in field order: the first invalid field is the one named
         _choice("train.precision", self.precision, ("auto", "fp32", "bf16-autocast", "bf16-pure"))
         _choice("train.dist", self.dist, ("ddp", "fsdp"))
         _choice("train.eval_loss", self.eval_loss, ("token_mean", "batch_mean", "batch_mean_n_plus_1"))
         _choice("train.schedule", self.schedule, ("cosine", "wsd"))
         _choice("train.decay_shape", self.decay_shape, ("linear", "cosine", "1-sqrt"))
+        if self.warmup > self.steps:
+            raise UserError(f"train.warmup_steps={self.warmup_steps} is longer than train.steps={self.steps}; use at "
+                            f"most {self.steps}, or -1 (10 %)")
         if self.decay_steps > self.steps - self.warmup:
             raise UserError(f"train.decay_steps={self.decay_steps} is longer than the steps after warmup "
                             f"({self.steps} - {self.warmup}); use at most {self.steps - self.warmup}, or -1 (20 %)")
-        for name in ("steps", "micro_batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_bad_steps < 0:
-            raise UserError(f"train.max_bad_steps must be >= 0, got {self.max_bad_steps}")
 
     @property
     def warmup(self) -> int:
@@ -223,6 +223,31 @@ def _build(cls, values: dict[str, Any], where: str):
         return cls(**values)
     except TypeError as exc:
         raise UserError(f"{where}: {exc}") from None
+
+
+#: Lowest valid value of each count of TrainConfig, and what that value means when it is special.
+_COUNT_MINIMUM = {"steps": (1, ""), "warmup_steps": (-1, ", or -1 for 10 % of steps"),
+                  "decay_steps": (-1, ", or -1 for 20 % of steps"), "micro_batch_size": (1, ""), "grad_accum": (1, ""),
+                  "eval_every": (0, ", or 0 for only at the end"), "eval_tokens": (1, ""),
+                  "save_every": (0, ", or 0 for only at the end"), "log_every": (0, ", or 0 for only at the end"),
+                  "max_bad_steps": (0, "")}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_counts(t: TrainConfig) -> None:
+    """Every step/size count has a valid sign before any arithmetic combines them (warmup vs decay ...)."""
+    for f in fields(t):
+        value = getattr(t, f.name)
+        if f.name in _COUNT_MINIMUM:
+            low, meaning = _COUNT_MINIMUM[f.name]
+            if not (_is_int(value) and value >= low):
+                raise UserError(f"train.{f.name}={value!r} is not valid: give an integer >= {low}{meaning} "
+                                f"(--{f.name.replace('_', '-')} or train.{f.name} in a config file)")
+        if f.name == "save_steps" and not all(_is_int(s) and s >= 1 for s in value):
+            raise UserError(f"train.save_steps={list(value)} is not valid: give update numbers >= 1 (--save-steps)")
 
 
 def _choice(name: str, value: str, options: tuple[str, ...]) -> None:
