@@ -47,8 +47,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory) -> Path:
     import pandas as pd
-
-    from rankscope.report.fixtures import make_synthetic_study
+    from helpers_report import make_synthetic_study
 
     study = make_synthetic_study(tmp_path_factory.mktemp("study") / "s", n_checkpoints=3)
     runs = sorted(p.name for p in (study / "runs").iterdir())

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_report import make_synthetic_study, table_row
 
 from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_downstream import check_f6, check_f7
-from rankscope.report.fixtures import make_synthetic_study, table_row
 from rankscope.report.load import TABLE_COLUMNS, normalise_table, pair_labels, prefer_rows
 from rankscope.report.plots import FIGURE_NAMES, landscape_curve_ids
 from rankscope.report.render import render_report

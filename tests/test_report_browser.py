@@ -10,9 +10,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from helpers_report import make_synthetic_study
 
 from rankscope.report.browser import INSTALL_HINT, check_page, find_chromium, screenshot
-from rankscope.report.fixtures import make_synthetic_study
 from rankscope.report.plots import FIGURE_NAMES
 from rankscope.report.render import render_report
 

@@ -5,9 +5,9 @@ import shutil
 
 import pandas as pd
 import pytest
+from helpers_report import make_synthetic_study
 
 from rankscope.report.browser import check_page, find_chromium
-from rankscope.report.fixtures import make_synthetic_study
 from rankscope.report.load import load_study
 from rankscope.report.parity_section import NOT_APPLICABLE, apply_baseline_verdicts, differ_at_parity
 from rankscope.report.plots import FIGURE_NAMES

@@ -8,5 +8,4 @@ cheap and never pulls matplotlib into training code):
 * ``rankscope.report.load.load_study(study_dir) -> StudyData``.
 * ``rankscope.report.plots.build_figures(data)`` / ``FIGURE_NAMES``.
 * ``rankscope.report.browser.check_page`` / ``screenshot``: headless-Chromium checks (tests, docs).
-* ``rankscope.report.fixtures.make_synthetic_study``: a synthetic study folder, for tests only.
 """

@@ -3,7 +3,7 @@
 Training, analysis and evaluation take minutes even at the tiny preset; the report only needs their
 files. This writes random but plausible values (losses that fall, perplexities near exp(loss),
 barriers ≥ 0, CKA in (0, 1]) so the whole report can be rendered and checked in well under a second
-of data generation. Used by tests only, not by users.
+of data generation. Test data: it lives under tests/ (rankscope itself never imports it).
 """
 
 from __future__ import annotations
