@@ -12,13 +12,9 @@ from typing import Optional
 
 import typer
 
+from rankscope.cli_app import app
 from rankscope.cli_options import merge, parse_set, split_overrides, with_config_options
 from rankscope.errors import UserError
-
-app = typer.Typer(
-    help="Train, diagnose, evaluate and compare low-rank pre-training methods for LLaMA models.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-)
 
 
 def build_run_config(config: Optional[Path], set_: Optional[list[str]], options: dict):
@@ -103,7 +99,8 @@ def export_hf(
 
 
 def _register_optional_commands() -> None:
-    """Commands owned by other subpackages register themselves here (imported lazily for a fast --help)."""
+    """The analysis/evaluation/study commands register themselves on the shared app (``cli_app``) when
+    ``cli_commands`` is imported; imported here, lazily, never the other way round."""
     from rankscope import cli_commands  # noqa: F401
 
 

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from rankscope.cli import app
+from rankscope.cli_app import app
 from rankscope.errors import UserError
 
 

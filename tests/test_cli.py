@@ -88,3 +88,33 @@ def test_eval_max_items_default_is_the_api_default():
 
     cli_default = inspect.signature(cli_commands.evaluate).parameters["max_items"].default.default
     assert cli_default == inspect.signature(cmd_eval).parameters["max_items"].default == DEFAULT_MAX_ITEMS
+
+
+def test_command_modules_import_in_one_direction():
+    """cli imports cli_commands (to register its commands); cli_commands never imports cli (no cycle)."""
+    import ast
+    from pathlib import Path
+
+    import rankscope
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((Path(rankscope.__file__).parent / f"{module}.py").read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+                names.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        return names
+
+    assert "rankscope.cli" not in imported("cli_commands")
+    assert "rankscope.cli_app" in imported("cli_commands") and "rankscope.cli_app" in imported("cli")
+    assert "rankscope.cli_commands" in imported("cli")
+
+
+def test_module_entry_point_runs_registered_commands(tmp_path):
+    """`python -m rankscope.cli analyze` reaches analyze: the commands register on the app that runs."""
+    proc = subprocess.run([sys.executable, "-m", "rankscope.cli", "analyze", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "is not a rankscope run folder" in proc.stderr, proc.stderr
