@@ -14,7 +14,7 @@ import typer
 
 from rankscope.cli_app import app
 from rankscope.cli_options import merge, parse_set, split_overrides, with_config_options
-from rankscope.errors import UserError
+from rankscope.errors import UserError, WorkFailed
 
 
 def build_run_config(config: Optional[Path], set_: Optional[list[str]], options: dict):
@@ -124,6 +124,9 @@ def run(argv: list[str] | None = None) -> int:
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
+    except WorkFailed as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 1
     except KeyboardInterrupt:
         code = 130
     except SystemExit:

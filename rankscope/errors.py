@@ -5,6 +5,11 @@ class UserError(Exception):
     """A problem with the user's input: message says what and how to fix; the CLI prints it without a traceback."""
 
 
+class WorkFailed(Exception):
+    """The work ran and failed for a reason outside the user's input (e.g. a full disk): the CLI prints the
+    message (one paragraph: what failed, what is intact, how to continue) without a traceback and exits 1."""
+
+
 class AnalysisFailed(Exception):
     """Some diagnostics could not be computed (e.g. an unreadable checkpoint): the CLI prints it and exits 1.
 

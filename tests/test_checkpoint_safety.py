@@ -14,7 +14,7 @@ import torch
 from helpers_fs import assert_unchanged, snapshot
 from safetensors.torch import load_file
 
-from rankscope.errors import UserError
+from rankscope.errors import UserError, WorkFailed
 from rankscope.models.llama import lm_loss
 from rankscope.training import checkpoint as ckpt
 from rankscope.training.logging import read_metrics
@@ -152,7 +152,7 @@ def test_full_disk_during_a_checkpoint_write(make_smoke_config, monkeypatch, one
     monkeypatch.setattr(ckpt, "save_file", full_disk)
     train(cfg, progress=False, stop_after=2)
     kept = snapshot(ckpt.step_dir(cfg.run_dir, 2))
-    with pytest.raises(UserError, match="disk is full.*checkpoint step 2 is intact"):
+    with pytest.raises(WorkFailed, match="disk is full.*last intact checkpoint is step 2"):
         train(cfg, resume=True, progress=False)
     assert sorted(p.name for p in (cfg.run_dir / "checkpoints").iterdir()) == ["step_000002"]  # temp removed
     assert_unchanged(kept, ckpt.step_dir(cfg.run_dir, 2))

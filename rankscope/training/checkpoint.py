@@ -14,8 +14,10 @@ runs/<name>/checkpoints/step_000100/
     train_state.json           step, tokens seen, data position, config hash, package version
 ```
 A checkpoint is first written to a hidden temp folder and then renamed, so a crash never leaves a partial
-``step_*`` folder (the resuming process removes a dead writer's temp folders); a failed write (full disk)
-removes its temp folder and leaves the previous checkpoints as they were. Nothing here unpickles
+``step_*`` folder (the resuming process removes a dead writer's temp folders); a failed write (full disk:
+an OSError, or safetensors' own SafetensorError) removes its temp folder, leaves the previous checkpoints as
+they were and raises :class:`WorkFailed` (exit 1) naming the run, the step, the free space and the last
+intact checkpoint. Nothing here unpickles
 (safetensors + JSON only).
 """
 
@@ -33,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from rankscope.config import RunConfig, load_config_file
-from rankscope.errors import UserError
+from rankscope.errors import UserError, WorkFailed
 
 STEP_PREFIX = "step_"
 TMP_PREFIX, OLD_PREFIX = ".tmp_", ".old_"  # + step folder name + _<pid>: a checkpoint being written / replaced
@@ -135,15 +137,9 @@ def save_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
         _write_files(tmp, model_state, optimizer_state, method_state, rng_states, train_state)
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports I/O errors with its own type
         shutil.rmtree(tmp, ignore_errors=True)
-        earlier = [s for s in list_checkpoints(run_dir) if s != step]
-        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "the write failed"
-        raise UserError(
-            f"could not write checkpoint {final} ({exc.strerror or exc}): {why}; the partial copy was removed and "
-            f"{'checkpoint step ' + str(earlier[-1]) if earlier else 'no earlier checkpoint'} is intact. Free "
-            f"space (or fix the folder's permissions) and continue with --resume."
-        ) from None
+        raise WorkFailed(write_failure(run_dir, f"checkpoint step {step} ({final})", exc)) from None
     if final.exists():  # re-saving a step: swap, then delete the old copy
         old = final.parent / f"{OLD_PREFIX}{final.name}_{os.getpid()}"
         final.replace(old)
@@ -152,6 +148,43 @@ def save_checkpoint(
     else:
         tmp.replace(final)
     return final
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC / EDQUOT, whether raised as an OSError or inside safetensors' own SafetensorError text."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return any(s in text for s in ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122"))
+
+
+def _free_space(path: Path) -> str:
+    for p in (path, *path.parents):
+        if p.exists():
+            try:
+                return f"{shutil.disk_usage(p).free / 2**20:.1f} MiB free there"
+            except OSError:
+                break
+    return "free space unknown"
+
+
+def write_failure(run_dir: Path, what: str, exc: BaseException, partial_removed: bool = True) -> str:
+    """One paragraph for a failed write in a run: the run, what was not written, why (with the free space),
+    the last intact checkpoint, and how to continue."""
+    run_dir = Path(run_dir)
+    earlier = list_checkpoints(run_dir)
+    if isinstance(exc, OSError):
+        detail = exc.strerror or str(exc)
+    else:
+        detail = str(exc).split("I/O error: ")[-1]
+    full = is_disk_full(exc)
+    why = f"the disk is full ({detail}; {_free_space(run_dir)})" if full else f"the write failed ({detail})"
+    intact = (f"the last intact checkpoint is step {earlier[-1]} ({step_dir(run_dir, earlier[-1])})" if earlier
+              else "no checkpoint was written before it, so a resume starts from step 0")
+    fix = "Free space on that disk" if full else "Fix the cause (e.g. the folder's permissions)"
+    removed = "The partial copy was removed and " if partial_removed else "Training stopped; "
+    return (f"run {run_dir}: could not write {what}: {why}. {removed}{intact}. {fix}, then repeat the same "
+            f"`rankscope train` command with --resume to continue exactly from there.")
 
 
 def _write_files(tmp: Path, model_state, optimizer_state, method_state, rng_states, train_state) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from rankscope.allocator import retain_freed_memory
 from rankscope.config import RunConfig
-from rankscope.errors import UserError
+from rankscope.errors import UserError, WorkFailed
 from rankscope.methods.base import Method
 from rankscope.models.llama import LlamaLM, lm_loss, lm_loss_sums
 from rankscope.training import checkpoint as ckpt
@@ -138,7 +138,13 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         optimizer = method.build_optimizer(model)
     folder = open_run_folder(cfg, resume, info.is_main, tuple(allow_change))
     try:
-        return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after)
+        try:
+            return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after)
+        except OSError as exc:  # a full disk while writing the log or meta.json: the same paragraph as a checkpoint's
+            if not ckpt.is_disk_full(exc):
+                raise
+            what = str(exc.filename or "a file of the run")
+            raise WorkFailed(ckpt.write_failure(cfg.run_dir, what, exc, partial_removed=False)) from None
     except BaseException:
         folder.discard_if_unstarted()
         raise
