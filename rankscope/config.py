@@ -59,7 +59,9 @@ class TrainConfig:
     micro_batch_size: int = 8  # sequences per forward pass on each process
     grad_accum: int = 1  # micro-batches per update on each process
     lr: float = -1.0  # peak LR (-1: the method's study default for the model size); same as --set lr=, give one
-    seed: int = 0  # seeds the initial weights, data order and method randomness
+    seed: int = 0  # shorthand: sets init_seed and data_seed together (where they are -1)
+    init_seed: int = -1  # initial weights of the base LLaMA, before the method's transform (-1: seed)
+    data_seed: int = -1  # order of training sequences and the method's randomness (-1: seed)
     eval_every: int = 100  # validate every N updates (0: only at the end)
     eval_tokens: int = 65536  # validation budget in non-pad tokens
     save_every: int = 0  # checkpoint every N updates (0: only at the end)
@@ -87,6 +89,25 @@ class TrainConfig:
         if self.decay_steps > self.steps - self.warmup:
             raise UserError(f"train.decay_steps={self.decay_steps} is longer than the steps after warmup "
                             f"({self.steps} - {self.warmup}); use at most {self.steps - self.warmup}, or -1 (20 %)")
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of the initial weights: ``init_seed``, or ``seed`` where it is -1."""
+        return self.seed if self.init_seed < 0 else self.init_seed
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the batch order and method randomness: ``data_seed``, or ``seed`` where it is -1."""
+        return self.seed if self.data_seed < 0 else self.data_seed
+
+    @property
+    def sibling_draws(self) -> bool:
+        """Whether method randomness is reseeded from ``order_seed`` (data seed differs from init seed).
+
+        Runs whose two seeds are equal draw it from the stream that seeded the weights, as every run did
+        before the two seeds were split, so their trajectories (and old run folders) are unchanged.
+        """
+        return self.order_seed != self.weights_seed
 
     @property
     def warmup(self) -> int:
@@ -164,7 +185,7 @@ class RunConfig:
             raise UserError(f"method {self.method!r}: {exc}") from None
         if self.train.lr > 0:
             cfg = replace(cfg, lr=self.train.lr)
-        return cfg
+        return _with_sibling_seeds(cfg, self.train)
 
     def build_method(self):
         """The configured Method instance (errors in the method's options become user errors)."""
@@ -192,6 +213,12 @@ class RunConfig:
                 d["train"].pop(k)
         if not d["data"]["holdout_source"]:  # runs on all sources keep the hash they had before it existed
             d["data"].pop("holdout_source")
+        # Seeds in canonical form: `seed` is the init seed; data_seed only where it differs (old hashes kept).
+        t = self.train
+        d["train"]["seed"] = t.weights_seed
+        d["train"].pop("init_seed"), d["train"].pop("data_seed")
+        if t.sibling_draws:
+            d["train"]["data_seed"] = t.order_seed
         return d
 
     def fingerprint(self) -> str:
@@ -213,6 +240,24 @@ class RunConfig:
         return replace(self, **top)
 
 
+#: Method options that seed an optimizer's own random draws (GoLore's bases, APOLLO's projections).
+OPTIMIZER_SEED_OPTIONS = ("random_seed", "projection_seed")
+
+
+def _with_sibling_seeds(cfg, train: TrainConfig):
+    """A sibling run (data seed != init seed) offsets the optimizer's seed options by its data seed.
+
+    Runs with equal seeds keep the options as given, so their draws (and old run folders) are unchanged.
+    """
+    if not train.sibling_draws:
+        return cfg
+    from rankscope.optim.projectors import mix_seed
+
+    offset = mix_seed(0xDA7A, train.order_seed) >> 3  # < 2**60: room for the parameter position added later
+    present = {f.name for f in fields(cfg)} & set(OPTIMIZER_SEED_OPTIONS)
+    return replace(cfg, **{k: getattr(cfg, k) + offset for k in present})
+
+
 def _build(cls, values: dict[str, Any], where: str):
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
@@ -230,7 +275,8 @@ _COUNT_MINIMUM = {"steps": (1, ""), "warmup_steps": (-1, ", or -1 for 10 % of st
                   "decay_steps": (-1, ", or -1 for 20 % of steps"), "micro_batch_size": (1, ""), "grad_accum": (1, ""),
                   "eval_every": (0, ", or 0 for only at the end"), "eval_tokens": (1, ""),
                   "save_every": (0, ", or 0 for only at the end"), "log_every": (0, ", or 0 for only at the end"),
-                  "max_bad_steps": (0, "")}
+                  "max_bad_steps": (0, ""), "seed": (0, ""), "init_seed": (-1, ", or -1 for the value of seed"),
+                  "data_seed": (-1, ", or -1 for the value of seed")}
 
 
 def _is_int(value: Any) -> bool:

@@ -17,7 +17,7 @@ EXPECTED_FLAGS = {
     "data__seq_len", "data__packing", "data__shuffle_buffer", "data__holdout_source",
     "train__steps", "train__warmup_steps", "train__min_lr_ratio", "train__schedule", "train__decay_steps",
     "train__decay_shape", "train__micro_batch_size", "train__grad_accum",
-    "train__lr", "train__seed", "train__eval_every", "train__eval_tokens", "train__save_every",
+    "train__lr", "train__seed", "train__init_seed", "train__data_seed", "train__eval_every", "train__eval_tokens", "train__save_every",
     "train__save_steps", "train__log_every", "train__precision", "train__device", "train__dist", "train__compile",
     "train__faithful_release", "train__eval_loss", "train__max_bad_steps", "train__retain_cpu_memory",
 }

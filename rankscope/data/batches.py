@@ -210,7 +210,7 @@ def train_batches(cfg: RunConfig, tokenizer, world: int = 1, rank: int = 0):
     if cfg.data.source == "hf" and cfg.data.streaming:
         return StreamingTrainBatches(cfg.data, tokenizer, t.micro_batch_size, t.grad_accum, world, rank)
     seqs = load_sequences(cfg.data, "train", tokenizer)
-    return TrainBatches(seqs, t.seed, t.micro_batch_size, t.grad_accum, world, rank)
+    return TrainBatches(seqs, t.order_seed, t.micro_batch_size, t.grad_accum, world, rank)
 
 
 def eval_batch(cfg: RunConfig, n_tokens: int, split: str | None = None, seed: int = 1234, micro_batch: int = 16):

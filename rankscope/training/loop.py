@@ -51,11 +51,24 @@ def init_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+#: Salt of the method-randomness stream of a run whose data seed differs from its init seed.
+METHOD_STREAM_SALT = 0x5EED_DA7A
+
+
 def build_model(cfg: RunConfig, method: Method) -> tuple[nn.Module, str]:
-    """Seeded base LLaMA (identical for every method with the same seed), then the method's transform."""
-    torch.manual_seed(cfg.train.seed)
+    """Base LLaMA from ``init_seed`` (identical for every method and data seed), then the method's transform.
+
+    The transform's randomness (factor inits, sparse supports, ReLoRA's and SPAM's seeds, drawn from the
+    global RNG) follows the stream that seeded the weights when the two seeds are equal (as before they
+    were split), and is reseeded from ``data_seed`` otherwise (``TrainConfig.sibling_draws``).
+    """
+    from rankscope.optim.projectors import mix_seed
+
+    torch.manual_seed(cfg.train.weights_seed)
     base = LlamaLM(cfg.model_config())
     fingerprint = init_fingerprint(base)
+    if cfg.train.sibling_draws:
+        torch.manual_seed(mix_seed(METHOD_STREAM_SALT, cfg.train.order_seed))
     return method.prepare(base), fingerprint
 
 

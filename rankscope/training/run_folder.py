@@ -204,7 +204,8 @@ def write_meta(cfg: RunConfig, init_fingerprint: str, world: int) -> None:
     if (cfg.run_dir / "meta.json").is_file():
         return
     meta = {
-        "method": cfg.method, "model": cfg.model, "seed": cfg.train.seed, "world_size": world,
+        "method": cfg.method, "model": cfg.model, "seed": cfg.train.weights_seed,
+        "init_seed": cfg.train.weights_seed, "data_seed": cfg.train.order_seed, "world_size": world,
         "package_version": __version__, "git_revision": _git_revision(), "torch_version": torch.__version__,
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "init_fingerprint": init_fingerprint, "config_hash": cfg.fingerprint(),
