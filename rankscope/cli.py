@@ -19,9 +19,12 @@ from rankscope.errors import UserError, WorkFailed
 
 def build_run_config(config: Optional[Path], set_: Optional[list[str]], options: dict):
     from rankscope.config import RunConfig, load_config_file
+    from rankscope.data.paths import imply_files_source
 
     base = load_config_file(config) if config else {}
     nested = merge(base, split_overrides(options))
+    explicit = "--source" if options.get("data__source") is not None else f"in {config}"
+    nested["data"] = imply_files_source(nested.get("data") or {}, explicit)
     method_options = parse_set(set_)
     if method_options:
         nested["method_options"] = {**(nested.get("method_options") or {}), **method_options}

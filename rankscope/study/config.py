@@ -278,6 +278,10 @@ def study_from_dict(d: dict[str, Any], source: str = "study config") -> StudyCon
     bad = sorted(set(d.get("train") or {}) - train_fields)
     if bad:
         raise UserError(f"{source}: train: unknown field {bad[0]!r}; valid fields: {', '.join(sorted(train_fields))}")
+    if isinstance(d.get("data"), dict):  # local files imply source: files (rankscope.data.paths)
+        from rankscope.data.paths import imply_files_source
+
+        d["data"] = imply_files_source(d["data"], f"in {source}")
     for key, cls in _SECTIONS.items():
         if key in d:
             d[key] = _build(cls, d[key] or {}, f"{source}: {key}")
@@ -306,6 +310,12 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     raw = _read_yaml(path)
+    if isinstance(raw.get("data"), dict):  # files in this layer replace a base preset's embedded corpus
+        from rankscope.data.paths import imply_files_source
+
+        raw["data"] = imply_files_source(raw["data"], f"in {path}")
+        if raw["data"].get("source") == "files":
+            raw["data"].setdefault("holdout_source", "")  # the preset's left-out source is embedded-only
     base = raw.pop("base", None)
     if base is None:
         return raw

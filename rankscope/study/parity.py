@@ -42,6 +42,11 @@ class ParitySettings:
     def __post_init__(self) -> None:
         from rankscope.errors import UserError
 
+        if self.protocol is False:  # YAML 1.1 reads an unquoted `off` (also no/false) as the boolean False
+            object.__setattr__(self, "protocol", "off")
+        if self.protocol is True:
+            raise UserError(f"parity.protocol is the boolean true (YAML reads an unquoted on/yes/true so); choose "
+                            f"one of: {', '.join(PROTOCOLS)}")
         if self.protocol not in PROTOCOLS:
             raise UserError(f"parity.protocol={self.protocol!r} is not valid; choose one of: {', '.join(PROTOCOLS)}")
         if isinstance(self.target, str) and self.target not in TARGET_KINDS:

@@ -1,0 +1,95 @@
+"""Training on one's own files (issue 25 items 1-2): files imply --source files, run folders work from anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers_fs import assert_clean_failure, run_cli, snapshot
+
+from rankscope.errors import UserError
+
+WORDS = ("the river ran past a quiet town where bakers and weavers traded bread cloth and news every morning "
+         "while children counted boats and the old clock kept its own slow time").split()
+
+
+def write_corpus(folder: Path, n_docs: int = 40, seed: int = 0) -> tuple[Path, Path]:
+    """data/train.txt and data/val.txt under ``folder``: blank-line separated documents of plain words."""
+    import random
+
+    rng = random.Random(seed)
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, n in (("train.txt", n_docs), ("val.txt", n_docs // 4)):
+        docs = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(n)]
+        (data / name).write_text("\n\n".join(docs) + "\n")
+    return data / "train.txt", data / "val.txt"
+
+
+TINY = ("--model", "smoke", "--steps", "2", "--seq-len", "32", "--micro-batch-size", "2", "--eval-tokens", "64",
+        "--eval-every", "0", "--quiet")
+
+
+def test_files_without_source_train_on_the_files(tmp_path):
+    write_corpus(tmp_path)
+    proc = run_cli("train", *TINY, "--train-files", "data/train.txt", "--val-files", "data/val.txt",
+                   "--out-dir", "runs", "--name", "own", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs" / "own"
+    data = json.loads((run / "config.json").read_text())["data"]
+    assert data["source"] == "files"
+    assert "embedded" not in json.loads((run / "meta.json").read_text())["data_label"]
+
+
+@pytest.mark.parametrize("source", ["embedded", "hf"])
+def test_files_with_another_explicit_source_is_a_user_error(tmp_path, source):
+    write_corpus(tmp_path)
+    out = tmp_path / "runs"
+    proc = run_cli("train", *TINY, "--source", source, "--dataset", "me/corpus", "--train-files", "data/train.txt",
+                   "--out-dir", str(out), cwd=tmp_path)
+    assert_clean_failure(proc, 2)
+    assert f"data.source='{source}' was given (--source)" in proc.stderr and "--train-files" in proc.stderr
+    assert snapshot(out) == {}
+
+
+def test_files_in_a_config_file_with_another_source_name_the_file(tmp_path):
+    write_corpus(tmp_path)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  source: embedded\n  val_files: [data/val.txt]\n")
+    proc = run_cli("train", *TINY, "--config", cfg, "--out-dir", tmp_path / "runs", cwd=tmp_path)
+    assert_clean_failure(proc, 2)
+    assert f"in {cfg}" in proc.stderr and "--val-files" in proc.stderr
+
+
+def test_study_files_override_the_base_presets_source(tmp_path):
+    from rankscope.study import load_study_config
+
+    own = tmp_path / "own.yaml"
+    own.write_text("base: smoke\ndata: {train_files: [a.txt], val_files: [b.txt]}\n")
+    data = load_study_config(own).data
+    assert data.source == "files" and data.holdout_source == ""  # the preset's left-out source is embedded-only
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: smoke\ndata: {source: embedded, train_files: [a.txt]}\n")
+    with pytest.raises(UserError, match=r"bad\.yaml"):
+        load_study_config(bad)
+
+
+@pytest.mark.parametrize("spelling", ["off", "'off'", "no", "false"])
+def test_yaml_off_turns_parity_off(tmp_path, spelling):
+    """YAML 1.1 reads an unquoted `off` as the boolean False; the documented `protocol: off` still means off."""
+    from rankscope.study import load_study_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(f"base: smoke\nparity: {{protocol: {spelling}}}\n")
+    cfg = load_study_config(path)
+    assert cfg.parity.protocol == "off" and not cfg.parity.enabled and cfg.decay_steps == 0
+
+
+def test_yaml_on_is_an_error_that_explains_the_boolean(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("base: smoke\nparity: {protocol: on}\n")
+    proc = run_cli("study", "--config", path, "--out", tmp_path / "out", "--dry-run")
+    assert_clean_failure(proc, 2)
+    assert "parity.protocol is the boolean true" in proc.stderr and "wsd-branches" in proc.stderr
+    assert not (tmp_path / "out").exists()
