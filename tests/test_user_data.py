@@ -93,3 +93,36 @@ def test_yaml_on_is_an_error_that_explains_the_boolean(tmp_path):
     assert_clean_failure(proc, 2)
     assert "parity.protocol is the boolean true" in proc.stderr and "wsd-branches" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+TWO_METHODS = """base: smoke
+methods: [full_rank, galore]
+parity: {protocol: off}
+ood: {texts: [], finetune: null}
+data: {holdout_source: ""}
+analysis: {metrics: [w_erank], n_tokens: 128}
+downstream: {max_items: 5, bootstrap_iters: 10}
+"""
+
+
+def test_two_method_dry_run_says_predict_is_skipped(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_METHODS)
+    proc = run_cli("study", "--config", path, "--out", tmp_path / "out", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    predict = proc.stdout.split("[predict]")[1].splitlines()[1]
+    assert "skipped, not applicable: 2 model(s), the predictor needs at least 4" in predict
+
+
+@pytest.mark.slow
+def test_two_method_study_skips_predict_and_exits_0(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_METHODS)
+    out = tmp_path / "out"
+    proc = run_cli("study", "--config", path, "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = {j["id"]: j for j in json.loads((out / "status.json").read_text())["jobs"]}
+    assert jobs["predict"]["state"] == "skipped" and "needs at least 4" in jobs["predict"]["error"]
+    assert jobs["analyze"]["state"] == jobs["eval"]["state"] == jobs["report"]["state"] == "done"
+    assert not list((out / "results").glob("prediction*"))
+    assert "needs at least 4" in (out / "report.html").read_text()

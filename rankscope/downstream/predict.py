@@ -31,6 +31,7 @@ HEADLINE = ("rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_s
 PPL_METRICS = ("ppl", "val_ppl", "eval_ppl", "perplexity")
 LOSS_METRICS = ("val_loss", "eval_loss", "loss")
 ID_COLUMNS = ("run", "method", "seed", "scale", "ppl", "y")
+MIN_MODELS = 4  # fewer rows leave nothing to cross-validate: a study with fewer models skips its predict stage
 # What the predictor can predict: name -> (downstream-table metric, scope, description). All are read at each
 # run's final step; the predictors always start from log in-domain perplexity.
 TARGETS = {
@@ -145,8 +146,8 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
         raise UserError(f"feature(s) {missing} are not columns of the prediction table; available: "
                         f"{[c for c in table.columns if c not in ID_COLUMNS]}")
     n, p = len(table), len(feats)
-    if n < 4:
-        raise UserError(f"prediction needs at least 4 models (rows), got {n}")
+    if n < MIN_MODELS:
+        raise UserError(f"prediction needs at least {MIN_MODELS} models (rows), got {n}")
     y = table["y"].to_numpy(float)
     log_ppl = np.log(table["ppl"].to_numpy(float))[:, None]
     x_ext = np.column_stack([log_ppl, table[feats].to_numpy(float)]) if p else log_ppl

@@ -294,8 +294,8 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
         if (stage == "ood" and not cfg.ood.enabled(cfg.data)) or (stage == "finetune" and cfg.ood.finetune is None):
             book.update(job, "skipped", 0.0, "not configured (study config: ood)")
             continue
-        if stage == "predict" and len(models) < 4:
-            book.update(job, "skipped", 0.0, f"not run: {len(models)} parity model(s), the predictor needs >= 4")
+        if stage == "predict" and stages.predict_not_applicable(len(models)):
+            book.update(job, "skipped", 0.0, f"parity models: {stages.predict_not_applicable(len(models))}")
             continue
         runner._run_stage(job, make_stamp(), fn, book, out_dir)
 

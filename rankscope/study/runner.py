@@ -78,7 +78,9 @@ def describe_plan(cfg: StudyConfig, out_dir: Path, jobs: list[Job]) -> str:
         "finetune": (f"in process: rankscope.downstream.finetune.finetune_runs(<{cfg.name} runs>, "
                      f"{cfg.ood.finetune}) -> {results / 'finetune.parquet'}"
                      if cfg.ood.finetune is not None else "not configured (study config: ood.finetune)"),
-        "predict": f"in process: rankscope.downstream.predict.predict_from_tables(...) -> {results}/prediction.json",
+        "predict": (f"skipped, {stages.predict_not_applicable(len(cfg.methods) * len(cfg.seeds))}"
+                    if stages.predict_not_applicable(len(cfg.methods) * len(cfg.seeds)) else
+                    f"in process: rankscope.downstream.predict.predict_from_tables(...) -> {results}/prediction.json"),
         "report": f"in process: rankscope.report.render.render_report({out_dir}) -> {out_dir / 'report.html'}",
     }
     lines = [f"study {cfg.name} ({cfg.preset or 'custom'}): {len(cfg.methods)} method(s) × {len(cfg.seeds)} "
@@ -211,6 +213,11 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
         bar.start(stage, what, bar.stage_units(stage))
         if off.get(stage):
             book.update(job, "skipped", 0.0, "not configured (study config: ood)")
+            bar.finish_job(what)
+            continue
+        if stage == "predict" and runs and stages.predict_not_applicable(len(runs)):
+            stages.clear_predict(results)
+            book.update(job, "skipped", 0.0, stages.predict_not_applicable(len(runs)))
             bar.finish_job(what)
             continue
         blocked = [n for n in needs if book.jobs[n].state not in ("done", "skipped")]

@@ -152,6 +152,24 @@ def predict_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) ->
                  [results / "prediction.json"])
 
 
+def predict_not_applicable(n_models: int) -> str:
+    """Why the predict stage cannot apply to ``n_models`` models ("" when it can)."""
+    from rankscope.downstream.predict import MIN_MODELS
+
+    if n_models >= MIN_MODELS:
+        return ""
+    return (f"not applicable: {n_models} model(s), the predictor needs at least {MIN_MODELS} (add methods or "
+            f"seeds to fit it)")
+
+
+def clear_predict(results: Path) -> None:
+    """Remove the predictor's outputs, so a skipped stage leaves no stale prediction from an earlier study."""
+    for path in results.glob("prediction*"):
+        if path.is_file():
+            path.unlink()
+    (results / "stamps" / "predict.json").unlink(missing_ok=True)
+
+
 def run_predict(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
     """Fit log-PPL vs log-PPL + metrics predictors over the finished runs (needs >= 4 of them)."""
     import pandas as pd
