@@ -85,6 +85,35 @@ def test_batch_order_depends_only_on_seed_and_step():
     assert sorted(list(a[0]) + list(a[1]) + list(a[2][:2])) == list(range(10))  # one epoch covers every item
 
 
+def _registered() -> list[str]:
+    from rankscope.methods.registry import available
+
+    return available()
+
+
+@pytest.mark.parametrize("method", _registered())
+def test_two_probes_of_one_checkpoint_give_identical_rows(tmp_path, one_thread, method):
+    """Every registered method. The global RNG is set differently before each probe, as two processes find it
+    (torch seeds it anew in each): ReLoRA's adapter dropout once drew from it (issue 23, item 3)."""
+    from conftest import smoke_config
+
+    from rankscope.training.loop import train
+
+    cfg = smoke_config(tmp_path, method, method=method, steps=1)
+    train(cfg, progress=False)
+    s = FinetuneSettings(**{**SMALL, "steps": 2, "bootstrap_iters": 20})
+    frames = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        frames.append(finetune_runs([cfg.run_dir], settings=s, use_cache=False))
+    assert frames[0].equals(frames[1]), (method, frames[0][["metric", "value"]], frames[1][["metric", "value"]])
+    if method == "relora":  # its dropout draws per update: a probe stopped after update 1 resumes exactly
+        torch.manual_seed(3)
+        assert finetune_runs([cfg.run_dir], settings=s, use_cache=False, stop_after=1).empty
+        torch.manual_seed(4)
+        assert finetune_runs([cfg.run_dir], settings=s, use_cache=False).equals(frames[0])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full_rank", "galore", "fira", "cola", "sltrain", "relora"])
 def test_probe_runs_for_every_method_in_both_modes(tmp_path, one_thread, method):

@@ -10,7 +10,8 @@ Protocol (identical for every checkpoint, so models differ only in their weights
    validation text (``forget_bytes`` UTF-8 bytes, seeded).
 3. Fine-tune: a linear head (seeded init) on the mean-pooled final hidden state; cross-entropy; AdamW at a
    constant ``lr`` for ``steps`` updates of ``batch_size`` items in a seeded order that depends only on
-   (seed, step). ``mode="full"`` trains every weight; ``mode="lora"`` freezes the checkpoint and trains
+   (seed, step). The model trains in training mode, so a method's own training-time randomness (ReLoRA's
+   adapter dropout) stays part of its model, drawn from the global RNG seeded by (seed, step) per update. ``mode="full"`` trains every weight; ``mode="lora"`` freezes the checkpoint and trains
    adapters on the 7 projections of every block (downstream/lora.py).
 4. After: test accuracy of the fine-tuned classifier, its gain over the frozen probe (paired bootstrap over
    test items), and forgetting = in-domain NLL after - before (nats per token; paired bootstrap over
@@ -23,6 +24,7 @@ cached per checkpoint like analyze (key: settings + the checkpoint file's size a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -110,6 +112,20 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
         perm = np.random.default_rng([seed, q // n]).permutation(n)
         out.append(perm[q % n])
     return np.asarray(out)
+
+
+@contextlib.contextmanager
+def update_rng(seed: int, step: int, device: torch.device):
+    """The global torch RNG seeded by (probe seed, update) for one update, the caller's state restored after.
+
+    A model's training-mode randomness (ReLoRA's adapter dropout, p=0.1) draws from the global RNG, which
+    torch seeds differently in every process; unseeded, two probes of one checkpoint differed in the 5th
+    digit (issue 23). Seeding per update, not once, keeps a resumed probe equal to an uninterrupted one.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0] >> 1))
+        yield
 
 
 @torch.no_grad()
@@ -205,9 +221,10 @@ def finetune_model(model: nn.Module, tokenizer, data, s: FinetuneSettings, *, st
     for step in range(start, s.steps):
         idx = batch_indices(step, len(train), s.batch_size, s.seed)
         ids, mask = _pad([enc["train"][i] for i in idx], pad, device)
-        loss = F.cross_entropy(clf(ids, mask), target[torch.as_tensor(idx, device=device)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with update_rng(s.seed, step, device):  # e.g. ReLoRA's adapter dropout: seeded by (seed, step)
+            loss = F.cross_entropy(clf(ids, mask), target[torch.as_tensor(idx, device=device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         done = step + 1
         stopping = stop_after is not None and done >= stop_after and done < s.steps
