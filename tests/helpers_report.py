@@ -36,9 +36,18 @@ def table_row(**fields: Any) -> dict:
 
 def _row(run: str, method: str, seed: int, step: int, metric: str, value: float, **kw: Any) -> dict:
     defaults = dict(scope="model", name="", space="native" if method == "cola" else "dense", mode="default",
-                    scale="tiny", n_tokens=65536, settings_hash="synthetic0000", settings="{}", note="")
-    return table_row(**{**defaults, "run": run, "method": method, "seed": seed, "step": step,
+                    scale="tiny", n_tokens=65536, settings_hash="synthetic0000", settings="{}", note="", null="",
+                    data_seed=DATA_SEEDS.get(run, seed))
+    return table_row(**{**defaults, "run": run, "method": method, "seed": seed, "init_seed": seed, "step": step,
                         "metric": metric, "value": value, **kw})
+
+
+DATA_SEEDS: dict[str, int] = {}  # run -> data seed of the study being written (siblings differ from their seed)
+
+
+def sibling_name(method: str, seed: int, data_seed: int) -> str:
+    """Run name of a data-order sibling, as the study names it (``full_rank_s0_d1``)."""
+    return f"{method}_s{seed}_d{data_seed}"
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -54,7 +63,8 @@ def _write_run(
     train = {"steps": steps, "seed": seed, "lr": 1e-3}
     cfg = dict(name=run, model="tiny", method=method, method_options={}, data=data, train=train)
     _write_json(folder / "config.json", cfg)
-    meta = dict(method=method, seed=seed, package_version="0.1.0", init_fingerprint="sha1:0", world_size=1)
+    meta = dict(method=method, seed=seed, init_seed=seed, data_seed=DATA_SEEDS.get(run, seed), package_version="0.1.0",
+                init_fingerprint="sha1:0", world_size=1)
     _write_json(folder / "meta.json", meta)
     params = 6_500_000 if method != "cola" else 4_200_000
     trainable = params if method != "relora" else 2_100_000
@@ -128,16 +138,19 @@ def _run_rows(run: str, method: str, seed: int, ckpts: list[int], rng: np.random
                 r(metric, 1000.0, space="factor")
         r("w_spectral_gap", 0.2 + 0.3 * t)
         r("w_n_sv_gt_0p1", 40 + 10 * t)
-        gap = {"full_rank": 0.0, "galore": 0.05}.get(method, 0.15)
+        sibling = run in SIBLINGS  # a full-rank data-order sibling: its CKA to the reference is the ceiling
+        gap = 0.02 if sibling else {"full_rank": 0.0, "galore": 0.05}.get(method, 0.15)
         layers = range(N_LAYERS + 2)  # 0 = embedding output, 1..L blocks, L+1 = final-norm output
-        cka = [1.0 if method == "full_rank" else 1 - gap * (k + 1) / N_LAYERS * (0.5 + t) for k in layers]
+        exact = method == "full_rank" and not sibling
+        cka = [1.0 if exact else 1 - gap * (k + 1) / N_LAYERS * (0.5 + t) for k in layers]
+        null = "sibling" if sibling else ""
         for layer, c in zip(layers, cka, strict=True):
-            c = float(np.clip(c + (0 if method == "full_rank" else rng.normal(0, 0.005)), 0, 1))
-            r("act_cka", c, scope="layer", name=str(layer), stderr=0.003)
-            r("act_cos", c * 0.98, scope="layer", name=str(layer))
-            r("act_rel_l2", (1 - c) * 1.5, scope="layer", name=str(layer))
-        r("act_cka", float(np.mean(cka)), stderr=0.002)
-        r("act_rel_l2", float(1 - np.mean(cka)) * 1.5, stderr=0.003)
+            c = float(np.clip(c + (0 if exact else rng.normal(0, 0.005)), 0, 1))
+            r("act_cka", c, scope="layer", name=str(layer), stderr=0.003, null=null)
+            r("act_cos", c * 0.98, scope="layer", name=str(layer), null=null)
+            r("act_rel_l2", (1 - c) * 1.5, scope="layer", name=str(layer), null=null)
+        r("act_cka", float(np.mean(cka)), stderr=0.002, null=null)
+        r("act_rel_l2", float(1 - np.mean(cka)) * 1.5, stderr=0.003, null=null)
     return rows
 
 
@@ -145,11 +158,22 @@ def _space(method: str, cola_space: str) -> str:
     return cola_space if method == "cola" else "dense"
 
 
+SIBLINGS: set[str] = set()
+
+
 def _imib_rows(runs: dict[str, tuple[str, int]], ckpts: list[int], rng: np.random.Generator) -> list[dict]:
-    """One row per unordered same-seed pair; ``name`` is the other *run*, as interpolation.py writes it."""
+    """One row per unordered paired (same init and data seed) pair of methods; ``name`` is the other *run*, as
+    interpolation.py writes it. Sibling pairs (one method, same start) get small barriers and null "sibling"."""
     rows = []
     for (ra, (ma, sa)), (rb, (mb, sb)) in itertools.combinations(runs.items(), 2):
-        if sa != sb or ma == mb:
+        if ma == mb and sa == sb and (ra in SIBLINGS) != (rb in SIBLINGS):
+            ref, sib = (ra, rb) if rb in SIBLINGS else (rb, ra)
+            for metric, scale in (("imib", 1.0), ("imib_rel", 0.2), ("imib_lin", 0.7)):
+                v = abs(0.04 + rng.normal(0, 0.005))
+                rows.append(_row(ref, ma, sa, ckpts[-1], metric, v * scale, stderr=0.01, scope="pair", name=sib,
+                                 null="sibling"))
+            continue
+        if sa != sb or ma == mb or DATA_SEEDS.get(ra, sa) != DATA_SEEDS.get(rb, sb):
             continue
         for i, step in enumerate(ckpts):
             excluded = "cola" in (ma, mb)
@@ -221,12 +245,24 @@ def make_synthetic_study(
     seeds: Sequence[int] = (0,),
     n_checkpoints: int = 4,
     rng_seed: int = 0,
+    siblings: int = 1,
 ) -> Path:
-    """Write a complete synthetic study folder at ``directory`` and return its path."""
+    """Write a complete synthetic study folder at ``directory`` and return its path.
+
+    ``siblings``: data-order siblings of full-rank per seed (``full_rank_s0_d1``, ...): the within-method null."""
     root = Path(directory)
     rng = np.random.default_rng(rng_seed)
     ckpts = [int(round(steps * (i + 1) / n_checkpoints)) for i in range(n_checkpoints)]
     runs = {f"{m}_s{s}": (m, s) for m in methods for s in seeds}
+    DATA_SEEDS.clear()
+    SIBLINGS.clear()
+    if "full_rank" in methods:
+        for s in seeds:
+            for d in range(1, siblings + 1):
+                name = sibling_name("full_rank", s, d)
+                runs[name] = ("full_rank", s)
+                DATA_SEEDS[name] = d
+                SIBLINGS.add(name)
     _write_json(
         root / "study.json",
         {

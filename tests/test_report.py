@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 from pathlib import Path
 
@@ -151,115 +150,8 @@ def _rows(*specs: tuple) -> pd.DataFrame:
     return pd.DataFrame(recs, columns=TABLE_COLUMNS)
 
 
-def _sharp(metric: str, full: float, others: dict[str, float], se: float | None = 0.01) -> pd.DataFrame:
-    specs = [("full_rank_s0", "full_rank", 100, metric, full, se)]
-    specs += [(f"{m}_s0", m, 100, metric, v, se) for m, v in others.items()]
-    specs += [("full_rank_s0", "full_rank", 50, metric, -99.0, se)]  # an earlier step must be ignored
-    return _rows(*specs)
-
-
 def _finding(fid: str, diag: pd.DataFrame | None = None, down=None, pred=None, runs=None):
     return {f.id: f for f in evaluate_findings(diag, down, pred, runs or [])}[fid]
-
-
-@pytest.mark.parametrize(
-    ("full", "se", "expected"),
-    [
-        (1.0, 0.01, HOLDS),  # clearly sharper
-        (0.55, 0.05, INCONCLUSIVE),  # intervals overlap
-        (0.2, 0.01, FAILS),  # reversed
-        (1.0, None, INCONCLUSIVE),  # one seed and no stderr: no interval at all
-    ],
-)
-def test_f1_verdicts(full: float, se: float | None, expected: str) -> None:
-    f = _finding("F1", _sharp("rand_sharpness", full, {"galore": 0.5, "fira": 0.52}, se))
-    assert f.verdict == expected
-    assert len(f.evidence) == 2
-    if expected == INCONCLUSIVE:
-        assert f.reason
-
-
-def test_f1_uses_seed_spread_and_reports_missing_reference() -> None:
-    specs = [
-        (f"full_rank_s{s}", "full_rank", 10, "rand_sharpness", 1.0 + 0.01 * s, math.nan) for s in range(3)
-    ]
-    specs += [(f"galore_s{s}", "galore", 10, "rand_sharpness", 0.5 + 0.01 * s, math.nan) for s in range(3)]
-    f = _finding("F1", _rows(*specs))
-    assert f.verdict == HOLDS and "seeds" in f.evidence[0].detail
-    f = _finding("F1", _rows(*specs[3:]))
-    assert f.verdict == INCONCLUSIVE and "missing" in f.reason and "full_rank" in f.reason
-
-
-@pytest.mark.parametrize(("full", "expected"), [(0.2, HOLDS), (1.0, FAILS), (0.49, INCONCLUSIVE)])
-def test_f2_full_rank_flatter_along_top1(full: float, expected: str) -> None:
-    assert _finding("F2", _sharp("pca_top1_sharpness", full, {"sltrain": 0.5})).verdict == expected
-
-
-def _imib(values: dict[tuple[str, str], float], se: float = 0.01) -> pd.DataFrame:
-    specs = []
-    for (a, b), v in values.items():
-        for step in (10, 20, 30):
-            specs.append((f"{a}_s0", a, step, "imib", v * step / 30, se, "pair", b, ""))
-    specs.append(
-        ("cola_s0", "cola", 30, "imib", math.nan, math.nan, "pair", "galore", "excluded: no dense form")
-    )
-    return _rows(*specs)
-
-
-def test_f3_barriers() -> None:
-    f = _finding("F3", _imib({("full_rank", "galore"): 0.3, ("galore", "fira"): 0.2}))
-    assert f.verdict == HOLDS
-    assert any("excluded: no dense form" in n for n in f.notes)
-    assert any(e.label.startswith("trend") and e.value == 1.0 for e in f.evidence)
-    assert (
-        _finding("F3", _imib({("full_rank", "galore"): 0.3, ("galore", "fira"): 0.01})).verdict
-        == INCONCLUSIVE
-    )
-    assert _finding("F3", _imib({("full_rank", "galore"): -0.3})).verdict == FAILS
-    assert "missing" in _finding("F3", _rows()).reason
-
-
-def test_f3_names_each_models_step_when_a_pair_sits_at_two_steps() -> None:
-    """At parity the two models of a pair are at their own steps; the evidence says which is where."""
-    diag = _imib({("full_rank", "galore"): 0.3})
-    last = diag["step"] == 30
-    diag.loc[last & (diag["method"] == "full_rank"), "step_b"] = 17
-    labels = [e.label for e in _finding("F3", diag).evidence if e.label.startswith("imib")]
-    assert labels == ["imib full_rank ↔ galore @ steps 30 (full_rank), 17 (galore)"]
-    labels = [e.label for e in _finding("F3", _imib({("full_rank", "galore"): 0.3})).evidence]
-    assert "imib full_rank ↔ galore @ step 30" in labels
-
-
-def _cka(method: str, per_layer_drop: float, per_step_drop: float) -> list[tuple]:
-    specs = []
-    for step in (10, 20, 30):
-        for layer in range(5):
-            value = 1 - per_layer_drop * layer - per_step_drop * layer * step / 30 + 0.001 * (layer % 2)
-            specs.append((f"{method}_s0", method, step, "act_cka", value, 0.001, "layer", str(layer), ""))
-    return specs
-
-
-def test_f4_depth_and_time_trends() -> None:
-    assert _finding("F4", _rows(*_cka("galore", 0.02, 0.01), *_cka("fira", 0.05, 0.02))).verdict == HOLDS
-    assert _finding("F4", _rows(*_cka("galore", -0.02, 0.01))).verdict == FAILS  # CKA rises with depth
-    f = _finding("F4", _rows(*_cka("galore", 0.0, 0.0)))  # flat, only noise
-    assert f.verdict == INCONCLUSIVE
-
-
-def test_f5_galore_closest() -> None:
-    def table(galore: float, fira: float, se: float = 0.005) -> pd.DataFrame:
-        return _rows(
-            ("g", "galore", 30, "act_cka", galore, se),
-            ("f", "fira", 30, "act_cka", fira, se),
-            ("g", "galore", 30, "act_rel_l2", 1 - galore, se),
-            ("f", "fira", 30, "act_rel_l2", 1 - fira, se),
-            ("r", "full_rank", 30, "act_cka", 1.0, 0.0),
-        )
-
-    assert _finding("F5", table(0.95, 0.8)).verdict == HOLDS
-    assert _finding("F5", table(0.8, 0.95)).verdict == FAILS
-    assert _finding("F5", table(0.9, 0.899)).verdict == INCONCLUSIVE
-    assert "galore" in _finding("F5", _rows(("f", "fira", 30, "act_cka", 0.9, 0.01))).reason
 
 
 def _down(acc: dict[str, float], tasks: int = 6) -> tuple[pd.DataFrame, pd.DataFrame]:

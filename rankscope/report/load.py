@@ -21,6 +21,8 @@ TABLE_COLUMNS = [
     "method",
     "scale",
     "seed",
+    "init_seed",
+    "data_seed",
     "step",
     "step_b",
     "metric",
@@ -36,6 +38,7 @@ TABLE_COLUMNS = [
     "settings_hash",
     "settings",
     "note",
+    "null",
 ]
 
 
@@ -86,6 +89,7 @@ class StudyData:
 
 
 SPACE_ORDER = ("dense", "linear_product", "native", "factor")  # most to least comparable across methods
+SPACE_RANK = {s: i for i, s in enumerate(SPACE_ORDER)}
 
 
 def prefer_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -96,7 +100,9 @@ def prefer_rows(rows: pd.DataFrame) -> pd.DataFrame:
         return rows
     if (rows["mode"] == "default").any():
         rows = rows[rows["mode"] == "default"]
-    rank = rows["space"].map(lambda s: SPACE_ORDER.index(s) if s in SPACE_ORDER else len(SPACE_ORDER))
+    rank = rows["space"].map(SPACE_RANK).fillna(len(SPACE_ORDER))
+    if rank.nunique() <= 1:
+        return rows
     return rows[rank == rank.groupby(rows["method"]).transform("min")]
 
 
@@ -125,6 +131,10 @@ def normalise_table(frame: pd.DataFrame | None) -> pd.DataFrame:
     frame["scope"] = frame["scope"].fillna("model").astype(str)
     frame["metric"] = frame["metric"].fillna("").astype(str)
     frame["note"] = frame["note"].fillna("").astype(str)
+    # Tables written before init_seed/data_seed: one seed set both; no row was a null.
+    for col in ("init_seed", "data_seed"):
+        frame[col] = pd.to_numeric(frame[col].where(frame[col].notna(), frame["seed"]), errors="coerce")
+    frame["null"] = frame["null"].fillna("").astype(str)
     return frame
 
 

@@ -136,8 +136,12 @@ def _findings_summary(findings: list[Finding]) -> str:
 
 
 def _finding_html(f: Finding) -> str:
-    ev = [(e.label, e.value, fmt_interval(e.lo, e.hi), e.verdict or "context", e.detail) for e in f.evidence]
-    evidence = table(["quantity", "estimate", "95% interval", "verdict", "detail"], ev) if ev else ""
+    ev = [(e.label, e.value, fmt_interval(e.lo, e.hi), "–" if e.n is None else e.n,
+           "–" if e.n_null is None else e.n_null, e.null_units or "–", e.verdict or "context", e.detail)
+          for e in f.evidence]
+    head = ["quantity", "effect", "95% interval", "n (paired seeds)", "n_null", "in units of the null", "verdict",
+            "detail"]
+    evidence = table(head, ev) if ev else ""
     return (
         f'<div class="finding" data-finding="{esc(f.id)}"><h3>{esc(f.id)}. {esc(f.statement)} '
         f"{verdict_badge(f.verdict)}</h3><p><b>Check:</b> {esc(f.check)}</p>"

@@ -155,6 +155,9 @@ class Evidence:
     hi: float = math.nan
     verdict: str = ""  # empty for context rows that do not decide the finding
     detail: str = ""  # where the interval came from, or why this row is inconclusive
+    n: int | None = None  # paired seeds behind the estimate (seed-level rows)
+    n_null: int | None = None  # sibling comparisons behind the null
+    null_units: str = ""  # the effect in units of the null, e.g. "3.1 × sibling barrier"
 
 
 @dataclass

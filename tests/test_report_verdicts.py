@@ -1,0 +1,212 @@
+"""F1–F5 against within-method nulls, on hand-made diagnostics tables: the words of spec evidence.md §5, the seed
+columns, negative sharpness, and calibration by simulation through the table path (≥ 200 simulated studies)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rankscope.report.findings import evaluate_findings
+from rankscope.report.findings_geometry import check_f3, check_f5, versus_full
+from rankscope.report.load import TABLE_COLUMNS, normalise_table
+from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
+from rankscope.report.verdict_rules import CONNECTED, DISTINCT, NO_NULL, NOT_MINIMUM, WITHIN, is_exploratory
+
+SHARP = ("full-rank sharper", "full-rank flatter")
+
+
+def _frame(recs: list[dict]) -> pd.DataFrame:
+    return normalise_table(pd.DataFrame(recs, columns=TABLE_COLUMNS))
+
+
+def _run(method: str, init: int, data: int) -> str:
+    return f"{method}_s{init}" + (f"_d{data}" if data != init else "")
+
+
+def per_run_table(values: dict[tuple[str, int, int], float], metric: str = "rand_sharpness",
+                  null: dict[tuple[str, int, int], str] | None = None) -> pd.DataFrame:
+    """values[(method, init_seed, data_seed)] = final-step value of ``metric``; an earlier step is noise."""
+    keys = list(values)
+    n = len(keys)
+    cols = {c: [None] * (2 * n) for c in TABLE_COLUMNS}
+    cols["run"] = [_run(m, i, d) for m, i, d in keys] * 2
+    cols["method"] = [k[0] for k in keys] * 2
+    cols["seed"] = cols["init_seed"] = [k[1] for k in keys] * 2
+    cols["data_seed"] = [k[2] for k in keys] * 2
+    cols["step"] = [100] * n + [50] * n
+    cols["value"] = [values[k] for k in keys] + [-99.0] * n
+    cols.update(metric=[metric] * 2 * n, scope=["model"] * 2 * n, name=[""] * 2 * n, mode=["default"] * 2 * n,
+                null=[(null or {}).get(k, "") for k in keys] * 2, space=["dense"] * 2 * n, note=[""] * 2 * n)
+    frame = pd.DataFrame(cols)
+    frame[["value", "step", "init_seed", "data_seed"]] = frame[["value", "step", "init_seed", "data_seed"]].astype(float)
+    return frame
+
+
+def barrier_table(cross: dict[tuple[str, str], list[float]], sib: dict[str, list[float]]) -> pd.DataFrame:
+    """cross[(a, b)][s]: barrier of the paired runs at seed s; sib[m][s]: barrier of m_s ↔ its sibling m_s_d(s+100).
+    Each run also gets one placeholder row so the table knows its seeds (as analyze's per-run rows do)."""
+    recs: list[tuple] = []  # run, method, init, data, metric, value, name, null
+    for (a, b), vals in cross.items():
+        for s, v in enumerate(vals):
+            recs += [(_run(a, s, s), a, s, s, "imib", v, _run(b, s, s), ""),
+                     (_run(b, s, s), b, s, s, "placeholder", 0.0, "", "")]
+    for m, vals in sib.items():
+        for s, v in enumerate(vals):
+            recs += [(_run(m, s, s), m, s, s, "imib", v, _run(m, s, s + 100), "sibling"),
+                     (_run(m, s, s + 100), m, s, s + 100, "placeholder", 0.0, "", "")]
+    frame = pd.DataFrame(recs, columns=["run", "method", "init_seed", "data_seed", "metric", "value", "name", "null"])
+    frame = frame.assign(seed=frame["init_seed"], step=100.0, step_b=np.nan, mode="default", space="dense",
+                         note="", scope=np.where(frame["metric"] == "imib", "pair", "model"))
+    return frame.astype({"init_seed": float, "data_seed": float, "value": float})
+
+
+def _f1(table: pd.DataFrame, null: pd.DataFrame | None = None) -> Finding:
+    f = Finding("F1", "s", "c")
+    return versus_full(f, table, "rand_sharpness", True, SHARP, null)
+
+
+# ---------------------------------------------------------------- words on hand-made tables
+
+
+def test_f1_words_need_siblings_seeds_and_an_effect_beyond_the_spread() -> None:
+    seeds = range(5)
+    vals = {("full_rank", s, s): 1.0 + 0.01 * s for s in seeds}
+    vals |= {("galore", s, s): 0.5 + 0.012 * s for s in seeds}
+    assert _f1(per_run_table(vals)).verdict == NO_NULL  # no siblings: no verdict, however large the gap
+    sibs = {("full_rank", s, s + 100): 1.0 + 0.01 * s + (0.02 if s % 2 else -0.02) for s in seeds}
+    f = _f1(per_run_table(vals | sibs))
+    assert f.verdict == HOLDS and f.evidence[0].verdict == "full-rank sharper"
+    ev = f.evidence[0]
+    assert ev.n == 5 and ev.n_null == 5 and "× sibling spread" in ev.null_units and "Holm" in ev.detail
+    reversed_ = vals | sibs | {("galore", s, s): 1.5 + 0.012 * s for s in seeds}
+    f = _f1(per_run_table(reversed_))
+    assert f.verdict == FAILS and f.evidence[0].verdict == "full-rank flatter"
+    # same gap, but siblings as far apart as the methods: within the noise floor
+    wide = {("full_rank", s, s + 100): 1.0 + (0.8 if s % 2 else -0.8) for s in seeds}
+    assert _f1(per_run_table(vals | wide)).evidence[0].verdict == WITHIN
+
+
+def test_f1_few_seeds_is_exploratory_never_holds() -> None:
+    vals = {("full_rank", 0, 0): 1.0, ("galore", 0, 0): 0.5, ("full_rank", 0, 100): 1.02, ("full_rank", 0, 200): 0.99}
+    f = _f1(per_run_table(vals))
+    assert is_exploratory(f.verdict) and "n = 1" in f.verdict and "minimum attainable p = 0.5" in f.verdict
+    assert f.verdict != HOLDS
+
+
+def test_negative_sharpness_is_not_a_minimum() -> None:
+    """Issue 25 item 4: loss falls on both sides -> flagged, no sharper/flatter verdict."""
+    seeds = range(5)
+    vals = {("full_rank", s, s): 1.0 + 0.01 * s for s in seeds}
+    vals |= {("full_rank", s, s + 100): 1.0 + 0.01 * s + (0.02 if s % 2 else -0.02) for s in seeds}
+    vals |= {("sltrain", s, s): -0.002 - 0.001 * s for s in seeds} | {("galore", s, s): 0.5 for s in seeds}
+    f = _f1(per_run_table(vals))
+    words = {e.label: e.verdict for e in f.evidence}
+    assert words["rand_sharpness: full_rank − sltrain"] == NOT_MINIMUM
+    assert words["rand_sharpness: full_rank − galore"] == "full-rank sharper"
+    assert f.verdict != HOLDS and any(NOT_MINIMUM in n for n in f.notes)
+
+
+def test_f1_parity_takes_the_null_from_equal_steps() -> None:
+    seeds = range(5)
+    vals = {("full_rank", s, s): 1.0 + 0.01 * s for s in seeds} | {("galore", s, s): 0.5 for s in seeds}
+    equal = per_run_table(vals | {("full_rank", s, s + 100): 1.0 + 0.01 * s + 0.02 * (-1) ** s for s in seeds})
+    f = _f1(per_run_table(vals), null=equal)
+    assert f.verdict == HOLDS and any("equal-step siblings" in n for n in f.notes)
+
+
+def test_deciding_estimator_preferred_with_a_note() -> None:
+    seeds = range(5)
+    vals = {("full_rank", s, s): 1.0 + 0.01 * s for s in seeds} | {("galore", s, s): 0.5 for s in seeds}
+    vals |= {("full_rank", s, s + 100): 1.0 + 0.01 * s + 0.02 * (-1) ** s for s in seeds}
+    raw = per_run_table({k: -v for k, v in vals.items()})  # raw form says "flatter" (and negative)
+    normed = per_run_table(vals, metric="rand_sharpness_fn")
+    f = _f1(pd.concat([raw, normed], ignore_index=True))
+    assert f.verdict == HOLDS and "rand_sharpness_fn" in f.evidence[0].label
+    assert any("decided on rand_sharpness_fn" in n for n in f.notes)
+    assert any("raw rand_sharpness" in n for n in _f1(per_run_table(vals)).notes)
+
+
+def test_f3_distinct_connected_and_no_null() -> None:
+    sib = {"full_rank": [0.05, 0.06, 0.055, 0.07, 0.065]}
+    far = {("full_rank", "galore"): [0.3, 0.35, 0.32, 0.31, 0.4]}
+    f = check_f3(barrier_table(far, sib))
+    assert f.verdict == HOLDS and f.evidence[0].verdict == DISTINCT
+    assert f.evidence[0].n == 5 and f.evidence[0].n_null == 5 and "× sibling barrier" in f.evidence[0].null_units
+    assert any(e.label.startswith("sibling barrier") for e in f.evidence)
+    near = {("full_rank", "galore"): [0.06, 0.05, 0.07, 0.058, 0.062]}
+    f = check_f3(barrier_table(near, sib))
+    assert f.evidence[0].verdict == CONNECTED and f.verdict == FAILS
+    assert check_f3(barrier_table(far, {})).verdict == NO_NULL
+    one = check_f3(barrier_table({("full_rank", "galore"): [0.4]}, {"full_rank": [0.05]}))
+    assert is_exploratory(one.verdict) and "n = 1" in one.verdict
+
+
+def test_f5_against_the_ceiling() -> None:
+    seeds = range(5)
+    vals = {("galore", s, s): 0.9 + 0.002 * s for s in seeds} | {("fira", s, s): 0.7 + 0.003 * s for s in seeds}
+    ceil = {("full_rank", s, s + 100): 0.91 + 0.004 * (-1) ** s for s in seeds}
+    ref = {("full_rank", s, s): 1.0 for s in seeds}  # the reference against itself: not part of any null
+    table = per_run_table(vals | ceil | ref, metric="act_cka", null={k: "sibling" for k in ceil})
+    f = check_f5(table)
+    assert f.verdict == HOLDS and f.evidence[0].verdict == "galore more similar"
+    ceiling = next(e for e in f.evidence if e.label.startswith("CKA ceiling"))
+    assert ceiling.value == pytest.approx(0.91, abs=0.01) and "galore / ceiling" in ceiling.detail
+    assert check_f5(per_run_table(vals | ref, metric="act_cka")).verdict == NO_NULL
+
+
+def test_old_tables_without_seed_columns_still_read() -> None:
+    old = pd.DataFrame([{"run": "full_rank_s0", "method": "full_rank", "seed": 3, "step": 1, "metric": "x",
+                         "value": 1.0}])
+    frame = normalise_table(old)
+    assert frame.loc[0, "init_seed"] == 3 and frame.loc[0, "data_seed"] == 3 and frame.loc[0, "null"] == ""
+    assert all(f.verdict == INCONCLUSIVE for f in evaluate_findings(old, None, None, []))
+
+
+# ---------------------------------------------------------------- calibration through the table path
+
+N_STUDIES = 200
+
+
+def _gamma(rng: np.random.Generator, mean: float, size: int, cv: float = 0.3) -> np.ndarray:
+    k = 1 / cv**2
+    return rng.gamma(k, mean / k, size)
+
+
+@pytest.mark.parametrize("effect", [1.0, 3.0])
+def test_f3_calibration_on_tables(effect: float) -> None:
+    """Cross and sibling barriers from one distribution: F3 "holds"/"distinct" in ≤ 5 % of 200 studies;
+    cross = 3 × the sibling barrier with 5 paired seeds: in ≥ 80 %."""
+    rng = np.random.default_rng(2)
+    declared = 0
+    for _ in range(N_STUDIES):
+        table = barrier_table({("full_rank", "galore"): list(_gamma(rng, 0.06 * effect, 5))},
+                              {"full_rank": list(_gamma(rng, 0.06, 5))})
+        declared += check_f3(table).verdict == HOLDS
+    rate = declared / N_STUDIES
+    assert rate <= 0.05 if effect == 1.0 else rate >= 0.80
+
+
+@pytest.mark.parametrize(("metric", "effect"), [("rand_sharpness", 0.0), ("rand_sharpness", 3.0),
+                                                ("act_cka", 0.0), ("act_cka", 3.0)])
+def test_per_run_calibration_on_tables(metric: str, effect: float) -> None:
+    """Sharpness (F1) and CKA (F5): methods and siblings from one distribution -> "holds" in ≤ 5 %; a paired
+    difference of 3 × the sibling spread over 5 paired seeds -> ≥ 80 %."""
+    rng = np.random.default_rng(4)
+    declared = 0
+    for _ in range(N_STUDIES):
+        start = rng.normal(0, 0.3, 5)
+        noise = lambda: rng.normal(0, 0.05, 5)  # noqa: E731 - one sibling spread for every run
+        if metric == "rand_sharpness":
+            vals = {("full_rank", s, s): 1 + start[s] + e for s, e in enumerate(noise())}
+            vals |= {("full_rank", s, s + 100): 1 + start[s] + e for s, e in enumerate(noise())}
+            vals |= {("galore", s, s): 1 + start[s] + e - effect * 0.05 for s, e in enumerate(noise())}
+            declared += _f1(per_run_table(vals)).verdict == HOLDS
+        else:
+            start = start / 10
+            vals = {("galore", s, s): 0.8 + start[s] + e + effect * 0.05 for s, e in enumerate(noise())}
+            vals |= {("fira", s, s): 0.8 + start[s] + e for s, e in enumerate(noise())}
+            vals |= {("fira", s, s + 100): 0.8 + start[s] + e for s, e in enumerate(noise())}
+            declared += check_f5(per_run_table(vals, metric="act_cka")).verdict == HOLDS
+    rate = declared / N_STUDIES
+    assert rate <= 0.05 if effect == 0 else rate >= 0.80
