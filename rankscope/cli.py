@@ -14,6 +14,7 @@ import typer
 
 from rankscope.cli_app import app
 from rankscope.cli_options import merge, parse_set, split_overrides, with_config_options
+from rankscope.cli_runs import with_run_options
 from rankscope.errors import UserError, WorkFailed
 
 
@@ -81,8 +82,9 @@ def methods() -> None:
 
 
 @app.command("export-hf")
+@with_run_options("run_dir")
 def export_hf(
-    run_dir: Path = typer.Argument(..., help="Run folder."),
+    run_dir: Path = typer.Argument(..., help="Run folder (rankscope's or external checkpoints)."),
     out: Path = typer.Argument(..., help="Output folder for a Hugging Face LlamaForCausalLM (config + safetensors)."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the last)."),
     force: bool = typer.Option(False, "--force", help="Write into OUT even if it is not empty (its files with "
@@ -91,8 +93,9 @@ def export_hf(
     """Export a checkpoint's dense weights as a Hugging Face LLaMA folder (ReLoRA/SLTrain merged)."""
     from rankscope.models.hf import export_run
 
-    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
-        raise UserError(f"export-hf: {out} is inside the run folder {run_dir}; export to a folder outside it")
+    run_path = run_dir.path.resolve()
+    if out.resolve() == run_path or run_path in out.resolve().parents:
+        raise UserError(f"export-hf: {out} is inside the run folder {run_dir.path}; export to a folder outside it")
     if out.exists() and not out.is_dir():
         raise UserError(f"export-hf: {out} is a file; give a folder for the Hugging Face model")
     if out.is_dir() and any(out.iterdir()) and not force:

@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from rankscope.cli_app import app
+from rankscope.cli_runs import with_run_options
 from rankscope.errors import UserError
 
 
@@ -28,8 +29,10 @@ def _json_option(text: Optional[str], flag: str) -> dict:
 
 
 @app.command()
+@with_run_options()
 def analyze(
-    run_dirs: list[Path] = typer.Argument(..., help="Run folders (one per method/seed); the full_rank run is the reference."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders (one per method/seed; rankscope's or external "
+                                          "checkpoint folders, docs/external_runs.md); the full_rank run is the reference."),
     out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Folder for diagnostics.parquet/csv and the cache."),
     metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="Metric ids or groups (default: the 16 headline metrics)."),
     mode: str = typer.Option("default", help="default (corrected) | faithful (the release's conventions)."),
@@ -62,8 +65,9 @@ def analyze(
 
 
 @app.command("eval")
+@with_run_options()
 def evaluate(
-    run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders (rankscope's or external checkpoint folders)."),
     steps: str = typer.Option("final", help="final | all | comma-separated steps."),
     tasks: Optional[list[str]] = typer.Option(None, "--task", help="Offline task names (default: all)."),
     # = downstream.evaluate.DEFAULT_MAX_ITEMS (a literal so `--help` needs no torch import; a test ties them)
@@ -81,8 +85,9 @@ def evaluate(
 
 
 @app.command()
+@with_run_options()
 def ppl(
-    run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders (rankscope's or external checkpoint folders)."),
     texts: list[str] = typer.Option(..., "--text", help="Held-out text: a .txt/.jsonl/.parquet file, "
                                     "hf:NAME[:CONFIG] (online), embedded:SPLIT[:SOURCE,...], val or shift."),
     steps: str = typer.Option("final", help="final | all | comma-separated steps."),
@@ -101,8 +106,9 @@ def ppl(
 
 
 @app.command()
+@with_run_options()
 def finetune(
-    run_dirs: list[Path] = typer.Argument(..., help="Run folders."),
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders (rankscope's or external checkpoint folders)."),
     steps: str = typer.Option("final", help="final | all | comma-separated checkpoint steps."),
     settings: Optional[str] = typer.Option(None, help="JSON FinetuneSettings overrides, e.g. "
                                            "'{\"steps\": 10, \"lr\": 3e-4, \"mode\": \"lora\"}'."),

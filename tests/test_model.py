@@ -80,7 +80,7 @@ def test_import_rejects_non_llama(tmp_path):
     from rankscope.errors import UserError
 
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(UserError, match="expected 'llama'"):
+    with pytest.raises(UserError, match="model_type is 'gpt2'"):
         import_hf(tmp_path)
     with pytest.raises(UserError, match="missing"):
         import_hf(tmp_path / "nowhere")

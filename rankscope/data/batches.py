@@ -213,11 +213,16 @@ def train_batches(cfg: RunConfig, tokenizer, world: int = 1, rank: int = 0):
     return TrainBatches(seqs, t.order_seed, t.micro_batch_size, t.grad_accum, world, rank)
 
 
-def eval_batch(cfg: RunConfig, n_tokens: int, split: str | None = None, seed: int = 1234, micro_batch: int = 16):
-    """A fixed, seeded budget of ``n_tokens`` held-out tokens: identical for every method and checkpoint."""
+def eval_batch(cfg: RunConfig | DataConfig, n_tokens: int, split: str | None = None, seed: int = 1234,
+               micro_batch: int = 16):
+    """A fixed, seeded budget of ``n_tokens`` held-out tokens: identical for every method and checkpoint.
+
+    ``cfg`` is a run's config or just its data settings (external runs have no RunConfig).
+    """
     from rankscope.data.tokenizer import load_tokenizer
     from rankscope.diagnostics.context import EvalBatch
 
+    cfg = RunConfig(data=cfg) if isinstance(cfg, DataConfig) else cfg
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     split = split or "validation"
     if cfg.data.source == "hf" and cfg.data.streaming:

@@ -152,14 +152,15 @@ def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equ
     return out
 
 
-def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...]]]:
+def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...], list[Path]]]:
+    """(run path, steps, checkpoint folders) of every run a task reads."""
     steps = (task["step"],) if task.get("step_b") is None else (task["step"], task["step_b"])
-    runs = [(task["run"].path, steps)]
+    pairs = [(task["run"], steps)]
     for role in ("reference", "other"):
         if task.get(role) is not None:
             other_step = task.get("other_step")
-            runs.append((task[role].path, (task["step"] if other_step is None else other_step,)))
-    return runs
+            pairs.append((task[role], (task["step"] if other_step is None else other_step,)))
+    return [(h.path, s, [h.checkpoint_dir(x) for x in s]) for h, s in pairs]
 
 
 def _error_row(diag: Diagnostic, task: dict[str, Any], mode: str, settings: dict, exc: Exception) -> Row:
@@ -171,10 +172,8 @@ def _error_row(diag: Diagnostic, task: dict[str, Any], mode: str, settings: dict
 
 def _failure(name: str, task: dict[str, Any], exc: Exception) -> str:
     """One line: which group, which checkpoint(s), which error."""
-    from rankscope.training.checkpoint import step_dir
-
     first = (str(exc).strip().splitlines() or [""])[0]
-    ckpts = [str(step_dir(path, s)) for path, steps in _key_runs(task) for s in steps]
+    ckpts = [str(d) for _, _, dirs in _key_runs(task) for d in dirs]
     where = "" if any(c in first for c in ckpts) else f" (checkpoint {', '.join(ckpts)})"  # said once is enough
     kind = "" if isinstance(exc, UserError) else f"{type(exc).__name__}: "
     return f"{name} on run {task['run'].name!r} step {task['step']}{where}: {kind}{first}"
@@ -182,6 +181,11 @@ def _failure(name: str, task: dict[str, Any], exc: Exception) -> str:
 
 def _check_runs(runs: Sequence[RunHandle]) -> None:
     empty = [str(r.path) for r in runs if not r.steps]
+    tokenizers = {str(r.run.data.tokenizer) for r in runs}
+    if len(tokenizers) > 1:
+        names = "; ".join(f"{r.name}: {r.run.data.tokenizer}" for r in runs)
+        raise UserError(f"the runs use different tokenizers ({names}); every metric is computed on one shared "
+                        f"batch of held-out tokens, so analyse runs of one tokenizer together")
     if empty:
         raise UserError(f"run folder(s) {', '.join(empty)} have no complete checkpoint (no checkpoints/step_*/ with "
                         f"train_state.json): train them first (or let the running job save one), or leave them "
@@ -230,9 +234,8 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
     def eval_batch() -> EvalBatch:  # built on first need: a fully cached rerun never touches the data
         if "batch" not in shared:
             from rankscope.data.batches import eval_batch as build
-            from rankscope.training.checkpoint import read_run_config
 
-            shared["batch"] = build(read_run_config(runs[0].path), n_tokens, seed=1234)
+            shared["batch"] = build(runs[0].run.data, n_tokens, seed=1234)
         return shared["batch"]
 
     rows: list[Row] = []

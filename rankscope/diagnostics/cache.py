@@ -21,14 +21,15 @@ from rankscope.diagnostics.table import Row
 CACHE_VERSION = 1  # bump when a diagnostic's output format changes incompatibly
 
 
-def checkpoint_stamp(run_path: Path, step: int) -> list[Any]:
-    """(file, size, mtime_ns) of the checkpoint's weights (all files of the folder if that one is absent)."""
-    try:
+def checkpoint_stamp(run_path: Path, step: int, folder: Path | None = None) -> list[Any]:
+    """(file, size, mtime_ns) of the checkpoint's weights (all files of the folder if that one is absent).
+
+    ``folder`` is the checkpoint's folder when it is not a rankscope run's ``checkpoints/step_*`` (external runs).
+    """
+    if folder is None:
         from rankscope.training.checkpoint import step_dir
 
         folder = step_dir(Path(run_path), step)
-    except ImportError:  # pragma: no cover - the checkpoint module ships with the package
-        folder = Path(run_path) / "checkpoints" / f"step_{step:06d}"
     if not folder.is_dir():
         return ["missing", str(folder)]
     weights = folder / "model.safetensors"
@@ -38,7 +39,7 @@ def checkpoint_stamp(run_path: Path, step: int) -> list[Any]:
 
 def task_key(group: str, *, mode: str, n_tokens: int | None, seed: int, settings: dict[str, Any],
              runs: list[tuple[Path, tuple[int, ...]]]) -> dict[str, Any]:
-    """The cache key of one task: ``runs`` = [(run path, steps of that run used by the task)]."""
+    """The cache key of one task: ``runs`` = [(run path, steps of that run used by the task[, their folders])]."""
     from rankscope import __version__
 
     return {
@@ -46,8 +47,8 @@ def task_key(group: str, *, mode: str, n_tokens: int | None, seed: int, settings
         "n_tokens": n_tokens, "seed": seed, "settings": settings,
         "runs": [
             {"path": str(Path(p).resolve()), "steps": list(steps),
-             "stamps": [checkpoint_stamp(Path(p), s) for s in steps]}
-            for p, steps in runs
+             "stamps": [checkpoint_stamp(Path(p), s, d) for s, d in zip(steps, dirs or [None] * len(steps))]}
+            for p, steps, *more in runs for dirs in [more[0] if more else None]
         ],
     }
 

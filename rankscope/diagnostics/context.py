@@ -60,7 +60,8 @@ def per_chunk_losses(model: nn.Module, batch: EvalBatch, device: torch.device | 
 
 @dataclass
 class RunHandle:
-    """One run folder. Loads checkpoints lazily and caches the dense state of the latest request."""
+    """One run (rankscope's or external, see rankscope.runs). Loads checkpoints lazily and caches the dense
+    state of the latest request."""
 
     path: Path
     name: str
@@ -68,31 +69,30 @@ class RunHandle:
     scale: str
     seed: int
     steps: list[int]
+    run: Any = field(default=None, repr=False)  # the rankscope.runs.Run behind the handle
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     # Small results worth keeping for the whole analyze call (per-sequence losses of a checkpoint on a
     # token budget: every IMIB pair and consecutive-checkpoint line ends at one of them).
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path) -> RunHandle:
-        from rankscope.training.checkpoint import list_checkpoints, read_run_config
+    def open(cls, path: Any, options: Any = None) -> RunHandle:
+        """A handle on a run folder, an external checkpoint series, or an already opened ``Run``."""
+        from rankscope.runs import open_run
 
-        path = Path(path)
-        cfg = read_run_config(path)
-        return cls(path, cfg.name, cfg.method, cfg.model, cfg.train.seed, list_checkpoints(path))
+        run = open_run(path, options)
+        return cls(run.path, run.name, run.method, run.scale, run.seed, list(run.steps), run)
 
     @cached_property
     def has_dense_form(self) -> bool:
-        from rankscope.methods.registry import get_method
+        return self.run.has_dense_form
 
-        return get_method(self.method).has_dense_form
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.run.checkpoint_dir(step)
 
     def native_model(self, step: int) -> LlamaLM:
         """The method's own model (swapped layers), fp32, eval mode: a fresh copy each call."""
-        from rankscope.training.checkpoint import load_model
-
-        model, _ = load_model(self.path, step)
-        return model.float().eval()
+        return self.run.load_model(step).float().eval()
 
     def dense_state(self, step: int) -> dict[str, torch.Tensor] | None:
         """Plain-LLaMA fp32 state dict (merged weights), or None for methods without a dense form."""
@@ -110,12 +110,11 @@ class RunHandle:
     def dense_model(self, step: int) -> LlamaLM:
         """A plain LlamaLM with the merged weights (fresh copy). Raises NoDenseForm for CoLA."""
         from rankscope.methods.dense import NoDenseForm
-        from rankscope.training.checkpoint import read_run_config
 
         state = self.dense_state(step)
         if state is None:
             raise NoDenseForm(f"run {self.name!r} ({self.method}) has no dense form")
-        model = LlamaLM(read_run_config(self.path).model_config())
+        model = LlamaLM(self.run.model_config())
         model.load_state_dict(state, strict=True)
         return model.float().eval()
 

@@ -89,21 +89,19 @@ def cmd_finetune(run_dirs: Sequence[str | Path], steps: str = "final", settings:
 def _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online) -> None:
     import json
 
-    from rankscope.data.tokenizer import load_tokenizer
     from rankscope.downstream.lm_eval_adapter import HUB_TASKS, run_lm_eval
-    from rankscope.training.checkpoint import load_model, read_run_config
+    from rankscope.runs import open_runs
 
-    for run_dir in map(Path, run_dirs):
-        cfg = read_run_config(run_dir)
-        model, _ = load_model(run_dir)
+    for run in open_runs(run_dirs):
+        model = run.load_model()
         from rankscope.downstream.tasks import task_info, task_names
 
         names = [n for n in (list(tasks) if tasks else task_names()) if task_info(n)["kind"] != "probe"]
         if online:
             names += list(HUB_TASKS)
-        results = run_lm_eval(model, load_tokenizer(cfg.data.tokenizer), names, online=online, max_items=cap,
+        results = run_lm_eval(model, run.tokenizer(), names, online=online, max_items=cap,
                               seed=seed, bootstrap_iters=bootstrap_iters)
-        path = run_dir / "results" / "lm_eval.json"
+        path = run.results_dir / "lm_eval.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=2, default=str))
         print(f"lm-eval results: {path}")

@@ -112,10 +112,9 @@ def scores_to_rows(scores: Sequence[TaskScore], run: str, method: str, step: int
     return rows
 
 
-def _steps(run_dir: Path, steps: str | Sequence[int]) -> list[int]:
-    from rankscope.training.checkpoint import list_checkpoints
-
-    available = list_checkpoints(run_dir)
+def _steps(run, steps: str | Sequence[int]) -> list[int]:
+    """The checkpoint steps of ``run`` (a rankscope.runs.Run) that ``steps`` selects."""
+    run_dir, available = run.path, list(run.steps)
     if not available:
         raise UserError(f"run {run_dir} has no complete checkpoint; train it first (rankscope train ...)")
     if steps == "final":
@@ -135,27 +134,25 @@ def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "
                   out: str | Path | None = None, seed: int = 0, bootstrap_iters: int = BOOTSTRAP_ITERS,
                   device: str = "cpu") -> pd.DataFrame:
     """Score checkpoints of each run; write per-run tables (and ``out`` as a combined table stem)."""
-    from rankscope.data.tokenizer import load_tokenizer
-    from rankscope.training.checkpoint import load_model, read_run_config
+    from rankscope.runs import open_runs
 
     frames = []
-    for run_dir in map(Path, run_dirs):
-        cfg = read_run_config(run_dir)
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
+    for run in open_runs(run_dirs):
+        tokenizer = run.tokenizer()
         settings = {"max_items": max_items, "seed": seed, "bootstrap_iters": bootstrap_iters,
                     "tasks_build": T.manifest()["build_version"], "scorer": "native",
-                    "prefix_token": "eos", "tokenizer": cfg.data.tokenizer}
+                    "prefix_token": "eos", "tokenizer": run.data.tokenizer}
         rows: list[Row] = []
-        for step in _steps(run_dir, steps):
-            model, _ = load_model(run_dir, step, device=device)
+        for step in _steps(run, steps):
+            model = run.load_model(step, device=device)
             with torch.inference_mode():
                 scores = evaluate_model(model, tokenizer, tasks, max_items=max_items, seed=seed,
                                         bootstrap_iters=bootstrap_iters)
-            rows += scores_to_rows(scores, cfg.name, cfg.method, step, scale=cfg.model, seed=cfg.train.seed,
+            rows += scores_to_rows(scores, run.name, run.method, step, scale=run.scale, seed=run.seed,
                                    settings=settings)  # no wall-clock values: identical evals, identical rows
             del model
         frame = rows_to_frame(rows)
-        write_table(frame, run_dir / "results" / "downstream")
+        write_table(frame, run.results_dir / "downstream")
         frames.append(frame)
     combined = pd.concat(frames, ignore_index=True) if frames else rows_to_frame([])
     if out is not None:

@@ -270,54 +270,52 @@ def summarise(res: dict, s: FinetuneSettings) -> dict[str, tuple[float, float, f
     return {k: (float(v[0]), *(v[1:] if len(v) == 3 else (math.nan, math.nan))) for k, v in out.items()}
 
 
-def _key(run_dir: Path, step: int, s: FinetuneSettings) -> dict:
+def _key(run, step: int, s: FinetuneSettings) -> dict:
     from rankscope.diagnostics.cache import task_key
 
-    return task_key(GROUP, mode=s.mode, n_tokens=None, seed=s.seed, settings=asdict(s), runs=[(run_dir, (step,))])
+    return task_key(GROUP, mode=s.mode, n_tokens=None, seed=s.seed, settings=asdict(s), runs=[(run.path, (step,), [run.checkpoint_dir(step)])])
 
 
 def finetune_runs(run_dirs: Sequence[str | Path], steps="final", settings: FinetuneSettings | None = None, *,
                   out: str | Path | None = None, device: str = "cpu", use_cache: bool = True,
                   stop_after: int | None = None) -> pd.DataFrame:
     """The probe on checkpoints of each run; rows to ``<run>/results/finetune.parquet`` (and ``out``)."""
-    from rankscope.data.tokenizer import load_tokenizer
     from rankscope.diagnostics.cache import RowCache
     from rankscope.downstream.evaluate import _steps
     from rankscope.downstream.ppl import merge_table
-    from rankscope.training.checkpoint import load_model, read_run_config
+    from rankscope.runs import open_runs
 
     s = settings or FinetuneSettings()
     frames = []
-    for run_dir in map(Path, run_dirs):
-        cfg = read_run_config(run_dir)
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
-        cache = RowCache(run_dir / "results" / "cache", enabled=use_cache)
+    for run in open_runs(run_dirs):
+        tokenizer = run.tokenizer()
+        cache = RowCache(run.results_dir / "cache", enabled=use_cache)
         rows: list[Row] = []
-        for step in _steps(run_dir, steps):
-            key = _key(run_dir, step, s)
+        for step in _steps(run, steps):
+            key = _key(run, step, s)
             cached = cache.get(key)
             if cached is not None:
                 rows += cached
                 continue
             digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
-            state_path = run_dir / "results" / "cache" / "finetune_state" / f"{digest}.pt"
-            model, _ = load_model(run_dir, step, device=device)
-            res = finetune_model(model, tokenizer, cfg.data, s, state_path=state_path, stop_after=stop_after)
+            state_path = run.results_dir / "cache" / "finetune_state" / f"{digest}.pt"
+            model = run.load_model(step, device=device)
+            res = finetune_model(model, tokenizer, run.data, s, state_path=state_path, stop_after=stop_after)
             if res is None:
                 return rows_to_frame(rows)
             info = {**asdict(s), "n_train": res["n_train"], "n_test": res["n_test"],
                     "n_forget_paragraphs": len(res["before"].nll), "n_forget_tokens": int(res["before"].tokens.sum())}
             # no wall-clock values in the table: identical studies give identical rows and settings hashes
-            new = [Row(run=cfg.name, method=cfg.method, step=step, metric=m, value=v, ci_low=lo, ci_high=hi,
-                       scope="finetune", name=s.task, space="native", mode=s.mode, scale=cfg.model,
-                       seed=cfg.train.seed, settings=info, note=f"fine-tuning probe ({s.mode}, {s.steps} steps)")
+            new = [Row(run=run.name, method=run.method, step=step, metric=m, value=v, ci_low=lo, ci_high=hi,
+                       scope="finetune", name=s.task, space="native", mode=s.mode, scale=run.scale,
+                       seed=run.seed, settings=info, note=f"fine-tuning probe ({s.mode}, {s.steps} steps)")
                    for m, (v, lo, hi) in summarise(res, s).items()]
             cache.put(key, new)
             state_path.unlink(missing_ok=True)
             rows += new
             del model
         frame = rows_to_frame(rows)
-        merge_table(frame, run_dir / "results" / "finetune")
+        merge_table(frame, run.results_dir / "finetune")
         frames.append(frame)
     combined = pd.concat(frames, ignore_index=True) if frames else rows_to_frame([])
     if out is not None:

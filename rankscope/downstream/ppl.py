@@ -179,23 +179,21 @@ def ppl_runs(run_dirs: Sequence[str | Path], texts: Sequence[str | dict | Heldou
              bootstrap_iters: int = BOOTSTRAP_ITERS, out: str | Path | None = None,
              device: str = "cpu") -> pd.DataFrame:
     """Score checkpoints of each run on each held-out text; write per-run and (optionally) combined tables."""
-    from rankscope.data.tokenizer import load_tokenizer
     from rankscope.downstream.evaluate import _steps
-    from rankscope.training.checkpoint import load_model, read_run_config
+    from rankscope.runs import open_runs
 
     parsed = parse_texts(texts)
     frames = []
-    for run_dir in map(Path, run_dirs):
-        cfg = read_run_config(run_dir)
-        tokenizer = load_tokenizer(cfg.data.tokenizer)
-        docs = {t.name: t.sample(cfg.data, max_bytes, max_docs, seed, chunk_bytes) for t in parsed}
+    for run in open_runs(run_dirs):
+        tokenizer = run.tokenizer()
+        docs = {t.name: t.sample(run.data, max_bytes, max_docs, seed, chunk_bytes) for t in parsed}
         settings = {"max_bytes": max_bytes, "max_docs": max_docs, "chunk_bytes": chunk_bytes, "seed": seed,
-                    "tokenizer": cfg.data.tokenizer}
+                    "tokenizer": run.data.tokenizer}
         rows: list[Row] = []
-        for step in _steps(run_dir, steps):
-            model, _ = load_model(run_dir, step, device=device)
+        for step in _steps(run, steps):
+            model = run.load_model(step, device=device)
             scored: dict[str, DocScores] = {}
-            ident = {"run": cfg.name, "method": cfg.method, "step": step, "scale": cfg.model, "seed": cfg.train.seed,
+            ident = {"run": run.name, "method": run.method, "step": step, "scale": run.scale, "seed": run.seed,
                      "iters": bootstrap_iters, "boot_seed": seed}
             for text in parsed:
                 scored[text.name] = score_texts(model, tokenizer, docs[text.name])
@@ -205,7 +203,7 @@ def ppl_runs(run_dirs: Sequence[str | Path], texts: Sequence[str | dict | Heldou
                          for r in gap_rows(scored["val"], scored[t.name], t, **ident, settings=settings)]
             del model
         frame = rows_to_frame(rows)
-        merge_table(frame, run_dir / "results" / "heldout")
+        merge_table(frame, run.results_dir / "heldout")
         frames.append(frame)
     combined = pd.concat(frames, ignore_index=True) if frames else rows_to_frame([])
     if out is not None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from rankscope.errors import UserError
 from rankscope.models.llama import LlamaLM, ModelConfig
@@ -20,9 +20,9 @@ def hf_config(cfg: ModelConfig, eos_id: int | None = None, bos_id: int | None = 
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_heads,
+        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads,
         "head_dim": cfg.head_dim, "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_base, "hidden_act": "silu", "tie_word_embeddings": False,
+        "rope_theta": cfg.rope_base, "hidden_act": "silu", "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False, "mlp_bias": False, "initializer_range": cfg.init_std, "torch_dtype": "float32",
         "bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": cfg.embedding_padding_idx,
     }
@@ -33,8 +33,9 @@ def export_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, out_dir: str | P
     """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) for a plain dense LLaMA state."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, out / "model.safetensors",
-              {"format": "pt"})
+    tied = cfg.tie_embeddings  # one matrix: saved once, under the embedding's name (as HF does)
+    save_file({k: v.detach().float().contiguous().cpu().clone() for k, v in state.items()
+               if not (tied and k == "lm_head.weight")}, out / "model.safetensors", {"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(cfg, eos_id=eos_id, bos_id=eos_id), indent=2))
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         (out / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
@@ -56,48 +57,32 @@ def tokenizer_config(tokenizer_file: Path, eos_id: int | None) -> dict:
             "eos_token": eos, "bos_token": eos, "pad_token": pad, "model_max_length": 1 << 30}
 
 
-def import_hf(folder: str | Path) -> LlamaLM:
-    """Load a HF LLaMA folder (config.json + safetensors) into rankscope's LlamaLM."""
+def import_hf(folder: str | Path, allow_pickle: bool = False) -> LlamaLM:
+    """Load a HF LLaMA folder (config.json + safetensors; ReLoRA/SLTrain layouts merged) into rankscope's LlamaLM."""
+    from rankscope.models.hf_folder import model_config_from_hf, read_config_json, read_weights
+    from rankscope.models.hf_layouts import build_model, detect_layout
+
     folder = Path(folder)
-    cfg_path = folder / "config.json"
-    if not cfg_path.is_file():
-        raise UserError(f"{folder} is not a Hugging Face model folder: {cfg_path} is missing")
-    hf = json.loads(cfg_path.read_text())
-    if hf.get("model_type") != "llama":
-        raise UserError(f"{cfg_path}: model_type is {hf.get('model_type')!r}, expected 'llama'")
-    if hf.get("num_key_value_heads", hf["num_attention_heads"]) != hf["num_attention_heads"]:
-        raise UserError(f"{cfg_path}: grouped-query attention is not supported by rankscope's LLaMA")
-    cfg = ModelConfig(
-        vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
-        n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-        max_seq_len=hf.get("max_position_embeddings", 256), rope_base=hf.get("rope_theta", 10000.0),
-        norm_eps=hf.get("rms_norm_eps", 1e-6),
-    )
-    state: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        state.update(load_file(f))
-    if not state:
-        raise UserError(f"{folder} holds no .safetensors weights")
-    model = LlamaLM(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or [k for k in unexpected if "rotary" not in k]:
-        raise UserError(f"{folder}: weights do not match a LLaMA of this config (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
-    return model
+    hf = read_config_json(folder)
+    mcfg = model_config_from_hf(hf, folder / "config.json")
+    state = read_weights(folder, allow_pickle)
+    return build_model(state, mcfg, detect_layout(hf, folder, set(state)), folder, hf)
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
-    """Export a run checkpoint's dense weights (merged for ReLoRA/SLTrain; CoLA has none and is refused)."""
-    from rankscope.data.tokenizer import load_tokenizer
+def export_run(run_dir, out_dir: str | Path, step: int | None = None) -> Path:
+    """Export a checkpoint's dense weights (merged for ReLoRA/SLTrain; CoLA has none and is refused).
+
+    ``run_dir`` is any run (rankscope.runs): a rankscope run folder or external checkpoints.
+    """
     from rankscope.methods.dense import NoDenseForm, materialize
-    from rankscope.training.checkpoint import load_model, read_run_config
+    from rankscope.runs import open_run
 
-    cfg = read_run_config(run_dir)
-    model, _ = load_model(run_dir, step)
+    run = open_run(run_dir)
+    model = run.load_model(step)
     try:
         state = materialize(model)
     except NoDenseForm as exc:
-        raise UserError(f"{run_dir}: {exc}") from None
-    tok = load_tokenizer(cfg.data.tokenizer)
+        raise UserError(f"{run.path}: {exc}") from None
+    tok = run.tokenizer()
     tok_file = getattr(tok, "source_file", None)
-    return export_hf(state, cfg.model_config(), out_dir, tok_file, eos_id=tok.eos_id)
+    return export_hf(state, run.model_config(), out_dir, tok_file, eos_id=tok.eos_id)

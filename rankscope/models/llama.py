@@ -30,16 +30,29 @@ class ModelConfig:
     norm_eps: float = 1e-6  # RMSNorm epsilon
     init_std: float = 0.02  # N(0, std^2) for every Linear and the Embedding
     embedding_padding_idx: int | None = None  # release quirk: a zero, never-trained embedding row
+    n_kv_heads: int | None = None  # key/value heads (grouped-query attention); None: n_heads (external models)
+    tie_embeddings: bool = False  # lm_head shares the embedding matrix (external models, e.g. small LLaMA 3)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if (self.d_model // self.n_heads) % 2:
             raise ValueError(f"head dim {self.d_model // self.n_heads} must be even for RoPE")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.kv_heads}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def kv_dim(self) -> int:
+        """Output width of k_proj and v_proj (d_model unless the attention is grouped-query)."""
+        return self.kv_heads * self.head_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -75,21 +88,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.n_heads, self.head_dim, self.kv_heads = cfg.n_heads, cfg.head_dim, cfg.kv_heads
         d = cfg.d_model
         self.q_proj = nn.Linear(d, d, bias=False)
-        self.k_proj = nn.Linear(d, d, bias=False)
-        self.v_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, cfg.kv_dim, bias=False)
+        self.v_proj = nn.Linear(d, cfg.kv_dim, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
-        shape = (b, t, self.n_heads, self.head_dim)
-        q = self.q_proj(x).view(shape).transpose(1, 2)
-        k = self.k_proj(x).view(shape).transpose(1, 2)
-        v = self.v_proj(x).view(shape).transpose(1, 2)
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = cos[:t].to(q.dtype), sin[:t].to(q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_heads != self.n_heads:  # grouped-query: each k/v head serves n_heads / kv_heads query heads
+            k = k.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.kv_heads, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, d))
 
@@ -137,6 +152,8 @@ class LlamaLM(nn.Module):
         self.config = cfg
         self.model = Trunk(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:  # one matrix under both names, as HF's tie_word_embeddings
+            self.lm_head.weight = self.model.embed_tokens.weight
         cos, sin = rope_tables(cfg)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -202,9 +219,9 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def target_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
     """(qualified name, out, in) of the 7 projections of every block, in module order."""
-    d, f = cfg.d_model, cfg.d_ff
+    d, f, kv = cfg.d_model, cfg.d_ff, cfg.kv_dim
     per_block = [
-        ("self_attn.q_proj", d, d), ("self_attn.k_proj", d, d), ("self_attn.v_proj", d, d),
+        ("self_attn.q_proj", d, d), ("self_attn.k_proj", kv, d), ("self_attn.v_proj", kv, d),
         ("self_attn.o_proj", d, d), ("mlp.gate_proj", f, d), ("mlp.up_proj", f, d), ("mlp.down_proj", d, f),
     ]
     return [(f"model.layers.{i}.{name}", m, n) for i in range(cfg.n_layers) for name, m, n in per_block]
@@ -212,7 +229,8 @@ def target_shapes(cfg: ModelConfig) -> list[tuple[str, int, int]]:
 
 def extra_param_count(cfg: ModelConfig) -> int:
     """Embedding + lm_head + every RMSNorm gain: the parameters no method makes low-rank."""
-    return 2 * cfg.vocab_size * cfg.d_model + (2 * cfg.n_layers + 1) * cfg.d_model
+    embeddings = 1 if cfg.tie_embeddings else 2
+    return embeddings * cfg.vocab_size * cfg.d_model + (2 * cfg.n_layers + 1) * cfg.d_model
 
 
 def dense_param_count(cfg: ModelConfig) -> int:
