@@ -20,7 +20,7 @@ VARIANTS = {
     "fp32": ({}, {}),
     "bf16": ({}, {"dtype": torch.bfloat16}),
     "sharded": ({}, {"max_shard_size": "200KB"}),
-    "gqa": ({"num_attention_heads": 4, "num_key_value_heads": 2}, {}),
+    "gqa": ({"num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 500000.0}, {}),
     "tied": ({"tie_word_embeddings": True}, {}),
 }
 

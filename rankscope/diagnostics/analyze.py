@@ -23,6 +23,7 @@ failure with :class:`AnalysisFailed` naming the checkpoint and the error (the CL
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -179,10 +180,17 @@ def _failure(name: str, task: dict[str, Any], exc: Exception) -> str:
     return f"{name} on run {task['run'].name!r} step {task['step']}{where}: {kind}{first}"
 
 
+@functools.lru_cache(maxsize=16)
+def _tokenizer_fingerprint(spec: str) -> str:
+    from rankscope.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(spec).fingerprint()
+
+
 def _check_runs(runs: Sequence[RunHandle]) -> None:
     empty = [str(r.path) for r in runs if not r.steps]
-    tokenizers = {str(r.run.data.tokenizer) for r in runs}
-    if len(tokenizers) > 1:
+    specs = {str(r.run.data.tokenizer) for r in runs}  # different paths may hold one tokenizer: compare ids
+    if len(specs) > 1 and len({_tokenizer_fingerprint(s) for s in specs}) > 1:
         names = "; ".join(f"{r.name}: {r.run.data.tokenizer}" for r in runs)
         raise UserError(f"the runs use different tokenizers ({names}); every metric is computed on one shared "
                         f"batch of held-out tokens, so analyse runs of one tokenizer together")

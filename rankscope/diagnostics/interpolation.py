@@ -16,7 +16,9 @@ L_A, L_B are the α = 0 and α = 1 curve points, and the argmax α is in the row
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,8 +159,12 @@ def ckpt_interpolation(ctx: AnalysisContext, n_points: int = 7, max_tokens: int 
 
 
 def init_fingerprint(run: RunHandle) -> str | None:
-    """``init_fingerprint`` from the run's meta.json, if the trainer recorded one (external runs: None)."""
-    return run.run.init_fingerprint()
+    """``init_fingerprint`` from the run's meta.json, if the trainer recorded one."""
+    meta = Path(run.path) / "meta.json"
+    try:
+        return json.loads(meta.read_text()).get("init_fingerprint")
+    except (OSError, ValueError):
+        return None
 
 
 def shared_init(a: RunHandle, b: RunHandle) -> bool | str:

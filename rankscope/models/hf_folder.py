@@ -60,10 +60,7 @@ def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:
                            "num_attention_heads") if not isinstance(hf.get(k), int)]
     if missing:
         raise UserError(f"{path}: field(s) {missing} are missing or not integers; a LLaMA config.json needs them")
-    if hf.get("rope_scaling") not in (None, {}):
-        raise UserError(f"{path}: rope_scaling={hf['rope_scaling']!r} is not supported: rankscope's LLaMA uses "
-                        f"plain RoPE (theta only), so a scaled-RoPE model would get wrong losses. Use a model "
-                        f"without rope_scaling (its config.json has none or null)")
+    rope = _rope(hf, path)
     act = hf.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise UserError(f"{path}: hidden_act={act!r}; rankscope's LLaMA MLP is SwiGLU (hidden_act 'silu')")
@@ -82,12 +79,28 @@ def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:
             d_ff=hf["intermediate_size"],
             max_seq_len=min(int(hf.get("max_position_embeddings") or hf.get("max_sequence_length") or 2048),
                             MAX_ROPE_POSITIONS),
-            rope_base=float(hf.get("rope_theta", 10000.0)), norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_base=rope, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             init_std=float(hf.get("initializer_range", 0.02)),
             n_kv_heads=None if kv == heads else int(kv), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         )
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
+
+
+def _rope(hf: dict[str, Any], path: Path) -> float:
+    """RoPE theta; any scaled RoPE is refused. transformers 5 writes ``rope_parameters`` (type + theta),
+    earlier versions ``rope_theta`` and an optional ``rope_scaling``."""
+    for key in ("rope_scaling", "rope_parameters"):
+        value = hf.get(key)
+        if value in (None, {}):
+            continue
+        kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else value
+        if kind != "default":
+            raise UserError(f"{path}: {key}={value!r} is not supported: rankscope's LLaMA uses plain RoPE "
+                            f"(theta only), so a scaled-RoPE model would get wrong losses. Use a model without "
+                            f"rope_scaling (its config.json has none or null, or rope_type 'default')")
+    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
 def shape_fields(mcfg: ModelConfig) -> dict[str, Any]:
