@@ -33,8 +33,12 @@ class DataConfig:
     packing: str = "pack"  # pack (concatenate documents) | pad (one document per sequence, pads = -100)
     shuffle_buffer: int = 10000  # documents in the streaming shuffle buffer (source=hf)
     holdout_source: str = ""  # embedded only: leave out sotu | brown | austen (train+validate on the other two)
+    typed_paths: dict[str, Any] = field(default_factory=dict)  # relative data paths as typed (set automatically)
 
     def __post_init__(self) -> None:
+        from rankscope.data.paths import resolve_paths
+
+        resolve_paths(self)  # relative data paths become absolute; what was typed is kept (rankscope/data/paths.py)
         _choice("data.source", self.source, ("embedded", "hf", "files"))
         _choice("data.packing", self.packing, ("pack", "pad"))
         if self.holdout_source:
@@ -46,6 +50,16 @@ class DataConfig:
             raise UserError("data.source=hf needs data.dataset (e.g. --dataset allenai/c4 --dataset-config en)")
         if self.source == "files" and not self.train_files:
             raise UserError("data.source=files needs at least one --train-files PATH (.txt, .jsonl or .parquet)")
+
+    @property
+    def origin(self) -> str:
+        """The run's config.json this was read from ("" when made from flags or a study config)."""
+        return getattr(self, "_origin", "")
+
+    def read_from(self, config_path: str) -> DataConfig:
+        """Remember the config.json this was read from, so an error about its data files names that file."""
+        object.__setattr__(self, "_origin", config_path)
+        return self
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,8 @@ class RunConfig:
                 d["train"].pop(k)
         if not d["data"]["holdout_source"]:  # runs on all sources keep the hash they had before it existed
             d["data"].pop("holdout_source")
+        # Data paths as typed: the hash of a run made before paths were stored absolute is unchanged.
+        d["data"].update(d["data"].pop("typed_paths"))
         # Seeds in canonical form: `seed` is the init seed; data_seed only where it differs (old hashes kept).
         t = self.train
         d["train"]["seed"] = t.weights_seed

@@ -126,3 +126,71 @@ def test_two_method_study_skips_predict_and_exits_0(tmp_path):
     assert jobs["analyze"]["state"] == jobs["eval"]["state"] == jobs["report"]["state"] == "done"
     assert not list((out / "results").glob("prediction*"))
     assert "needs at least 4" in (out / "report.html").read_text()
+
+
+def _train_own(proj: Path, *extra: str) -> Path:
+    write_corpus(proj)
+    proc = run_cli("train", *TINY, "--train-files", "data/train.txt", "--val-files", "data/val.txt",
+                   "--out-dir", "runs", "--name", "own", *extra, cwd=proj)
+    assert proc.returncode == 0, proc.stderr
+    return proj / "runs" / "own"
+
+
+def test_run_folder_made_from_relative_paths_works_from_another_directory(tmp_path):
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = _train_own(proj)
+    data = json.loads((run / "config.json").read_text())["data"]
+    assert data["train_files"] == [str(proj / "data" / "train.txt")] and data["val_files"] == [str(proj / "data" / "val.txt")]
+    assert data["typed_paths"] == {"train_files": ["data/train.txt"], "val_files": ["data/val.txt"]}
+
+    ppl = run_cli("ppl", run, "--text", "val", "--max-bytes", "2000", cwd=elsewhere)
+    assert ppl.returncode == 0, ppl.stderr
+    analyze = run_cli("analyze", run, "--metric", "rand_sharpness", "--n-tokens", "64", "--out", tmp_path / "an",
+                      "--settings", '{"landscape_random": {"n_directions": 1, "n_points": 3}}', "--quiet",
+                      cwd=elsewhere)
+    assert analyze.returncode == 0, analyze.stderr
+
+    (proj / "data" / "val.txt").rename(proj / "val.moved")  # the data moved: the error names the run's config
+    before = snapshot(run)
+    gone = run_cli("ppl", run, "--text", "val", cwd=elsewhere)
+    assert_clean_failure(gone, 2)
+    assert f"{run / 'config.json'} names it in data.val_files (typed as 'data/val.txt'" in gone.stderr
+    assert "--val-files" not in gone.stderr
+    assert snapshot(run) == before
+
+
+def test_run_folder_with_relative_paths_from_an_older_version_loads_and_resumes(tmp_path):
+    """config.json as written before paths were stored absolute: relative paths, no typed_paths."""
+    from rankscope.config import RunConfig
+    from rankscope.training.checkpoint import list_checkpoints, read_run_config, step_dir
+
+    proj = tmp_path / "proj"
+    run = _train_own(proj, "--steps", "4", "--save-steps", "2")
+    new_hash = read_run_config(run).fingerprint()
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"].update(cfg["data"].pop("typed_paths"))  # the old layout
+    (run / "config.json").write_text(json.dumps(cfg))
+    import shutil
+
+    shutil.rmtree(step_dir(run, 4))
+    assert list_checkpoints(run) == [2]
+    old = RunConfig.from_dict(cfg)
+    assert old.fingerprint() == new_hash  # the hash of a run is that of the paths as typed, old or new layout
+
+    resumed = run_cli("train", *TINY, "--train-files", "data/train.txt", "--val-files", "data/val.txt",
+                      "--out-dir", "runs", "--name", "own", "--steps", "4", "--save-steps", "2", "--resume", cwd=proj)
+    assert resumed.returncode == 0, resumed.stderr
+    assert list_checkpoints(run) == [2, 4]
+    ppl = run_cli("ppl", "runs/own", "--text", "val", "--max-bytes", "2000", cwd=proj)
+    assert ppl.returncode == 0, ppl.stderr
+
+
+def test_fingerprint_of_a_relative_path_config_is_unchanged():
+    """Recorded with the code before data paths were resolved (commit a0a5635): config hashes stay valid."""
+    from rankscope.config import DataConfig, RunConfig, TrainConfig
+
+    cfg = RunConfig(model="smoke", data=DataConfig(source="files", train_files=("data/train.txt",),
+                                                   val_files=("data/val.txt",), seq_len=32), train=TrainConfig(steps=4))
+    assert cfg.data.train_files[0].endswith("/data/train.txt") and cfg.data.train_files[0].startswith("/")
+    assert cfg.fingerprint() == "22b6071365e0f766"

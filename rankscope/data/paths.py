@@ -42,3 +42,34 @@ def imply_files_source(data: dict[str, Any], where: str) -> dict[str, Any]:
 def absolute(path: str) -> str:
     """``path`` made absolute against the working directory (symlinks kept, ``..`` folded)."""
     return os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_paths(data: Any) -> None:
+    """Make a DataConfig's relative local paths absolute, in place, keeping what was typed in ``typed_paths``.
+
+    Files are always resolved; the tokenizer only when it names an existing path (otherwise it is ``embedded``
+    or a hub name). Absolute paths are left as they are, so resolving twice changes nothing. A run folder
+    written before paths were stored absolute is resolved against the working directory when it is read,
+    which is where its relative paths always pointed.
+    """
+    typed = dict(data.typed_paths or {})
+    for name in FILE_FIELDS:
+        values = tuple(getattr(data, name))
+        if any(not os.path.isabs(v) for v in values):
+            typed[name] = values
+            object.__setattr__(data, name, tuple(absolute(v) for v in values))
+    tok = data.tokenizer
+    if tok != "embedded" and not os.path.isabs(tok) and os.path.exists(tok):
+        typed["tokenizer"] = tok
+        object.__setattr__(data, "tokenizer", absolute(tok))
+    object.__setattr__(data, "typed_paths", typed)
+
+
+def as_typed(data: Any, name: str, path: str) -> str:
+    """How the user wrote ``path`` (an entry of ``data.<name>``), or "" when it was typed as it is stored."""
+    values = getattr(data, name)
+    typed = (data.typed_paths or {}).get(name)
+    if isinstance(values, tuple) and typed and len(typed) == len(values) and path in values:
+        written = typed[values.index(path)]
+        return "" if written == path else written
+    return typed if isinstance(typed, str) and typed != path else ""

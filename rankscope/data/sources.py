@@ -43,9 +43,24 @@ def iter_texts(data: DataConfig, split: str) -> Iterator[str]:
             raise UserError(f"data.source=files needs {'--train-files' if split == 'train' else '--val-files'} "
                             f"PATH (.txt, .jsonl or .parquet)")
         for path in files:
+            _check_exists(data, "train_files" if split == "train" else "val_files", path)
             yield from iter_file(path, data.text_column)
     else:
         yield from _iter_hub(data, which)
+
+
+def _check_exists(data: DataConfig, field: str, path: str) -> None:
+    """A missing file of a run read from its config.json is reported against that file, not against flags."""
+    from pathlib import Path
+
+    if not data.origin or Path(path).exists():
+        return
+    from rankscope.data.paths import as_typed
+
+    typed = as_typed(data, field, path)
+    how = (f" (typed as {typed!r}, relative to the folder the run was started from)" if typed else "")
+    raise UserError(f"data file {path} does not exist: {data.origin} names it in data.{field}{how}. Put the file "
+                    f"back, or edit that entry of {data.origin} to the file's current absolute path.")
 
 
 def _check_embedded_split(split: str) -> None:

@@ -64,7 +64,9 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a rankscope run folder: {path} is missing")
-    return RunConfig.from_dict(load_config_file(path), source=str(path))
+    cfg = RunConfig.from_dict(load_config_file(path), source=str(path))
+    cfg.data.read_from(str(path))  # a missing data file is then reported against this config.json
+    return cfg
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

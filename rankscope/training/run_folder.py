@@ -210,7 +210,7 @@ def write_meta(cfg: RunConfig, init_fingerprint: str, world: int) -> None:
         "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "init_fingerprint": init_fingerprint, "config_hash": cfg.fingerprint(),
         "data_label": "embedded corpus (SOTU + Brown + Austen), not C4" if cfg.data.source == "embedded"
-        else (cfg.data.dataset or ",".join(cfg.data.train_files)),
+        else (cfg.data.dataset or ",".join(cfg.data.typed_paths.get("train_files") or cfg.data.train_files)),
         "effective_method_config": json.loads(json.dumps(cfg.method_config().__dict__, default=str)),
     }
     ckpt.write_json_atomic(cfg.run_dir / "meta.json", meta)
