@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers_report import make_synthetic_study
@@ -10,9 +11,11 @@ from helpers_report import make_synthetic_study
 from rankscope.report.browser import check_page, find_chromium
 from rankscope.report.load import load_study
 from rankscope.report.parity_section import NOT_APPLICABLE, apply_baseline_verdicts, differ_at_parity
+from rankscope.report.parity_verdicts import speed_html
 from rankscope.report.plots import FIGURE_NAMES
 from rankscope.report.render import render_report
-from rankscope.report.stats import HOLDS, INCONCLUSIVE, Finding
+from rankscope.report.stats import HOLDS, Finding
+from rankscope.report.verdict_rules import NO_NULL, WITHIN, is_exploratory
 
 
 def _study(tmp_path, unigram):
@@ -53,6 +56,7 @@ def test_report_has_parity_section_and_baseline_verdicts(tmp_path):
     html = render_report(root).read_text()
     for text in ("Perplexity parity and baselines", "Cost to the target", "Findings at parity", "P1.",
                  "Diagnostics: equal steps and at parity", "Downstream at parity", "(at equal steps)",
+                 "Speed to the target (seed level)",
                  "early training"):
         assert text in html, text
     assert html.count("<figcaption>") == len(FIGURE_NAMES) + 1  # + the cooled-model curves
@@ -60,17 +64,54 @@ def test_report_has_parity_section_and_baseline_verdicts(tmp_path):
 
 
 def _down(values):
-    return pd.DataFrame([{"run": f"{m}_s0", "method": m, "step": 10, "metric": "avg_acc", "scope": "model",
-                          "name": "", "value": v, "ci_low": v - 0.02, "ci_high": v + 0.02} for m, v in values])
+    """values: (method, init_seed, data_seed, avg_acc); each model's evaluator interval is ±0.02."""
+    return pd.DataFrame([{"run": f"{m}_s{i}_d{d}", "method": m, "seed": i, "init_seed": i, "data_seed": d,
+                          "step": 10, "metric": "avg_acc", "scope": "model", "name": "", "value": v,
+                          "ci_low": v - 0.02, "ci_high": v + 0.02} for m, i, d, v in values])
 
 
-def test_differ_at_parity_interval_of_largest_pair():
-    f = differ_at_parity(_down([("full_rank", 0.50), ("galore", 0.60), ("cola", 0.52)]))
-    assert f.verdict == HOLDS and "galore" in f.evidence[0].label and "full_rank" in f.evidence[0].label
-    assert abs(f.evidence[0].value) == pytest.approx(0.10)
-    se = 0.02 / 1.96
-    assert f.evidence[0].hi - f.evidence[0].lo == pytest.approx(2 * 1.96 * (2 * se**2) ** 0.5)
-    assert differ_at_parity(_down([("full_rank", 0.50), ("galore", 0.51)])).verdict == INCONCLUSIVE
+def _p1_table(gap: float, seeds: int = 5, sib_noise: float = 0.005):
+    vals = [("full_rank", s, s, 0.50 + 0.01 * s) for s in range(seeds)]
+    vals += [("galore", s, s, 0.50 + 0.01 * s + gap + 0.002 * (-1) ** s) for s in range(seeds)]
+    vals += [("cola", s, s, 0.50 + 0.01 * s + 0.001 * (-1) ** s) for s in range(seeds)]
+    sibs = [("full_rank", s, s + 100, 0.50 + 0.01 * s + sib_noise * (-1) ** s) for s in range(seeds)]
+    return _down(vals), _down(vals + sibs)
+
+
+def test_differ_at_parity_words():
+    parity, equal = _p1_table(gap=0.10)
+    f = differ_at_parity(parity, null_down=equal)  # the parity models have no siblings: the equal-step null
+    assert f.verdict == HOLDS and any("equal-step siblings" in n for n in f.notes)
+    row = next(e for e in f.evidence if "galore" in e.label and "full_rank" in e.label)
+    assert row.verdict == "differ" and row.n == 5 and row.n_null == 5 and abs(row.value) == pytest.approx(0.10, abs=1e-3)
+    assert "× sibling spread" in row.null_units and "Holm" in row.detail
+    assert differ_at_parity(parity).verdict == NO_NULL  # no siblings anywhere: no verdict
+    parity, equal = _p1_table(gap=0.001)
+    assert differ_at_parity(parity, null_down=equal).verdict == WITHIN
+    parity, equal = _p1_table(gap=0.10, seeds=2)
+    f = differ_at_parity(parity, null_down=equal)
+    assert is_exploratory(f.verdict) and "n = 2" in f.verdict
+
+
+@pytest.mark.parametrize("effect", [0.0, 3.0])
+def test_p1_calibration_on_tables(effect):
+    """Accuracies of two methods and a sibling from one distribution: P1 holds in ≤ 5 % of 200 studies; a gap of
+    3 × the sibling spread with 5 paired seeds: ≥ 80 %."""
+    rng = np.random.default_rng(9)
+    sigma, item = 0.01, 0.01  # seed-to-seed and item-level noise of one model's average accuracy
+    spread = float(np.hypot(sigma, item))
+    declared = 0
+    for _ in range(200):
+        start = rng.normal(0.5, 0.02, 5)
+        a, b, sib = (start + rng.normal(0, sigma, (3, 5)) + rng.normal(0, item, (3, 5)))
+        vals = [("full_rank", s, s, v) for s, v in enumerate(a)]
+        vals += [("galore", s, s, v + effect * spread) for s, v in enumerate(b)]
+        sibs = [("full_rank", s, s + 100, v) for s, v in enumerate(sib)]
+        down = _down(vals + sibs).assign(ci_low=lambda f: f["value"] - 1.96 * item,
+                                         ci_high=lambda f: f["value"] + 1.96 * item)
+        declared += differ_at_parity(down, n_boot=500).verdict == HOLDS
+    rate = declared / 200
+    assert rate <= 0.05 if effect == 0 else rate >= 0.80
 
 
 @pytest.mark.browser
@@ -80,3 +121,19 @@ def test_parity_report_passes_the_browser_check(tmp_path):
     seen = check_page(render_report(root))
     assert seen.probe_ran and seen.figures_ok == seen.figures_total == len(FIGURE_NAMES) + 1
     assert seen.console_errors == []
+
+
+def test_speed_to_target_is_decided_against_the_siblings():
+    def run(method, i, d, tokens):
+        return {"main_run": f"{method}_s{i}_d{d}", "method": method, "seed": i, "init_seed": i, "data_seed": d,
+                "reached": True, "tokens_to_target": tokens, "flops_to_target": 6 * tokens}
+
+    runs = [run("full_rank", s, s, 1e6 * (1 + 0.05 * s)) for s in range(5)]
+    runs += [run("galore", s, s, 0.5e6 * (1 + 0.05 * s) * (1 + 0.01 * (-1) ** s)) for s in range(5)]
+    html = speed_html({"runs": runs}, None)
+    assert "no null" in html and "0.501×" in html  # no sibling reached the target: no speed verdict
+    sibs = [run("full_rank", s, s + 100, 1e6 * (1 + 0.05 * s) * (1 + 0.02 * (-1) ** s)) for s in range(5)]
+    html = speed_html({"runs": runs + sibs}, None)
+    assert "faster to target" in html and "Sibling spread of log tokens" in html
+    slow = [run("full_rank", s, s + 100, 1e6 * (1 + 0.05 * s) * (3.0 if s % 2 else 0.3)) for s in range(5)]
+    assert "faster to target" not in speed_html({"runs": runs + slow}, None).split("</thead>")[1]

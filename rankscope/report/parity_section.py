@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,11 @@ import pandas as pd
 
 from rankscope.report.htmlkit import esc, fmt, fmt_interval, table, verdict_badge
 from rankscope.report.load import RunInfo, normalise_table
+from rankscope.report.parity_verdicts import differ_at_parity, speed_html
 from rankscope.report.plots_common import Figure, ordered
-from rankscope.report.stats import HOLDS, INCONCLUSIVE, Evidence, Finding
+from rankscope.report.stats import Finding
+
+__all__ = ["NOT_APPLICABLE", "apply_baseline_verdicts", "differ_at_parity", "parity_html"]
 
 NOT_APPLICABLE = "not applicable: these models have not learned beyond unigram statistics"
 EARLY_NOTE = ("At this scale the findings describe early training: the models are small and trained for a short "
@@ -119,34 +121,6 @@ def parity_curves(parity: dict[str, Any], baselines: dict[str, Any]) -> Figure:
     return fig_
 
 
-def differ_at_parity(down: pd.DataFrame) -> Finding:
-    """New finding: at parity, do the methods' average downstream accuracies differ?"""
-    f = Finding("P1", "At perplexity parity, downstream accuracies still differ between methods.",
-                "largest pairwise difference of mean average accuracy between methods' parity models; its 95% "
-                "interval (normal, from the evaluator's per-model intervals, independent models) excludes 0.")
-    rows = normalise_table(down)
-    rows = rows[(rows["metric"] == "avg_acc") & (rows["scope"] == "model") & rows["value"].notna()]
-    if rows.empty:
-        f.reason = "missing: no avg_acc rows for the parity models"
-        return f
-    by = {}
-    for method, grp in rows.groupby("method"):
-        se = ((grp["ci_high"] - grp["ci_low"]) / (2 * 1.96)).fillna(0.0)
-        by[method] = (float(grp["value"].mean()), float(math.sqrt((se**2).sum()) / len(grp)))
-    if len(by) < 2:
-        f.reason = "missing: fewer than two methods have parity models"
-        return f
-    a, b = max(combinations(ordered(by), 2), key=lambda p: abs(by[p[0]][0] - by[p[1]][0]))
-    d = by[a][0] - by[b][0]
-    half = 1.96 * math.sqrt(by[a][1] ** 2 + by[b][1] ** 2)
-    lo, hi = d - half, d + half
-    f.verdict = HOLDS if (lo > 0 or hi < 0) else INCONCLUSIVE
-    f.reason = ("the interval of the largest difference excludes 0" if f.verdict == HOLDS else
-                f"interval [{lo:.3g}, {hi:.3g}] contains 0: no difference shown at this sample size")
-    f.evidence.append(Evidence(f"avg_acc {a} − {b} (largest pair)", d, lo, hi, f.verdict))
-    return f
-
-
 def cost_table(parity: dict[str, Any]) -> str:
     rows = []
     target = (parity.get("target") or {}).get("ppl")
@@ -237,6 +211,7 @@ def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, 
                  f"fell inside the band; <i>not reached</i> gives the best perplexity within the cap.</p>")
     parts.append(figure(parity_curves(parity, baselines)))
     parts.append("<h3>Cost to the target</h3>" + cost_table(parity))
+    parts.append(speed_html(parity, equal_diag))
     if any((d.get("seeds") or 0) > 1 for d in (parity.get("per_method") or {}).values()):
         parts.append("<h3>Across seeds (mean [95% t-interval])</h3>" + interval_table(parity))
     models = parity_runs(root, parity, main_runs)
@@ -252,9 +227,10 @@ def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, 
                  "against full-rank) pair the parity models themselves, each at its own step.</p>")
     parts.append(diagnostics_side_by_side(equal_diag, diag, headline))
     parts.append("<h3>Downstream at parity</h3>" + render_downstream(down))
-    findings = evaluate_findings(diag, down, pred, models)
+    findings = evaluate_findings(diag, down, pred, models, null_diagnostics_df=equal_diag)
     apply_baseline_verdicts(findings, models, baselines)
-    p1 = differ_at_parity(down)
+    equal_down = _read_table(Path(root) / "results" / "downstream.parquet", [], "downstream")
+    p1 = differ_at_parity(down, pd.concat([equal_diag, diag], ignore_index=True), null_down=equal_down)
     apply_baseline_verdicts([p1], models, baselines)
     rows = "".join(f"<tr><td>{esc(f.id)}</td><td>{esc(f.statement)}</td><td>{verdict_badge(f.verdict)}</td></tr>"
                    for f in [p1, *findings])
