@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from rankscope.cli_app import app
+from rankscope.cli_app import app, exit_if_stopped
 from rankscope.cli_options import merge, parse_set, split_overrides, with_config_options
 from rankscope.cli_runs import with_run_options
 from rankscope.errors import UserError, WorkFailed
@@ -48,14 +48,20 @@ def train(
     allow_change: Optional[str] = typer.Option(
         None, "--allow-change", help="With --resume: settings that may differ from the run's config.json "
         "(comma list of lr, grad_clip, weight_decay); the change is recorded in meta.json."),
+    stop_signal: Optional[str] = typer.Option(
+        None, "--stop-signal", help="Also stop cleanly on this signal (e.g. USR1 for Slurm's --signal=USR1@90; "
+        "comma list): finish the update, checkpoint, exit 143. SIGTERM always does this."),
     **options,
 ) -> None:
     """Pre-train one model with one method; writes runs/<name>/ (config, metrics, checkpoints)."""
     from rankscope.training.loop import train as run_training
+    from rankscope.training.stop import parse_signals
 
+    signals = parse_signals(stop_signal)
     cfg = build_run_config(config, set_, options)
     changes = tuple(x.strip() for x in (allow_change or "").split(",") if x.strip())
-    result = run_training(cfg, resume=resume, progress=not quiet, allow_change=changes)
+    result = run_training(cfg, resume=resume, progress=not quiet, allow_change=changes, stop_signals=signals)
+    exit_if_stopped(result, "repeat the command with --resume")
     if int(os.environ.get("RANK", "0")) == 0:
         ppl = f"{result.val_ppl:.2f}" if result.val_ppl is not None else "n/a"
         typer.echo(f"run {result.run_dir}: step {result.step}, validation perplexity {ppl}")
@@ -114,7 +120,8 @@ INTERRUPTED = "interrupted; checkpoints intact, resume with --resume"
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The console script: exit 0 success, 1 failed work, 2 user error, 130 interrupted (README)."""
+    """The console script: exit 0 success, 1 failed work, 2 user error, 130 interrupted, 143 stopped by
+    SIGTERM (README)."""
     sys.exit(run(argv))
 
 

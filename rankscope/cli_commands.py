@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from rankscope.cli_app import app
+from rankscope.cli_app import app, exit_if_stopped
 from rankscope.cli_runs import with_run_options
 from rankscope.errors import UserError
 
@@ -149,12 +149,14 @@ def study(
                                       "b200 | a100 | l40s | a10g (default h100)."),
     gpu_check_json: Optional[Path] = typer.Option(None, "--gpu-check-json", help="gpu_check.json from `make "
                                                   "gpu-check`: its measured MFU replaces the assumed one."),
+    stop_signal: Optional[str] = typer.Option(None, "--stop-signal", help="Also stop on this signal (e.g. USR1), "
+                                              "as on SIGTERM: training jobs checkpoint, exit 143."),
 ) -> None:
     """The whole study: train every method and seed, analyze, evaluate, predict, and write report.html."""
     from rankscope.study.commands import cmd_study
 
     code = cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet, gpu=gpu,
-                     gpu_check_json=gpu_check_json)
+                     gpu_check_json=gpu_check_json, stop_signal=stop_signal)
     if code:
         raise typer.Exit(code)
 
@@ -192,5 +194,6 @@ def branch(
 
     cfg = create_branch(parent, step, cooldown, name=name, out_dir=out_dir, decay_shape=decay_shape)
     result = run_training(cfg, resume=True, progress=not quiet)
+    exit_if_stopped(result, "re-run the same `rankscope branch` command")
     ppl = f"{result.val_ppl:.2f}" if result.val_ppl is not None else "n/a"
     typer.echo(f"branch {result.run_dir}: step {result.step}, validation perplexity {ppl}")

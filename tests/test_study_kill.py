@@ -115,3 +115,63 @@ def test_killing_the_study_ends_its_training_job(tmp_path, sig):
         assert status["train:full_rank_s0"]["state"] != "done"
     else:
         assert proc.returncode == -signal.SIGKILL
+
+
+SHORT_STUDY = """base: smoke
+methods: [full_rank]
+steps: 12
+checkpoint_steps: [12]
+parity: {protocol: 'off', branch_steps: []}
+analysis: {metrics: [w_erank], n_tokens: 64}
+downstream: {max_items: 4, bootstrap_iters: 5}
+ood: {texts: [], finetune: null}
+"""
+
+
+@pytest.mark.slow  # a short study, stopped and re-run, and the same run trained straight
+def test_sigterm_stops_the_study_after_its_job_checkpoints_and_a_rerun_resumes(tmp_path, one_thread):
+    """The study passes SIGTERM on to its training job, which finishes its update, checkpoints and exits 143;
+    the study exits 143 with one line; re-running it resumes the job to the same weights as a straight run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from rankscope.config import RunConfig
+    from rankscope.study import load_study_config, run_study
+    from rankscope.training import checkpoint as ckpt
+    from rankscope.training.loop import train
+
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(SHORT_STUDY)
+    out = tmp_path / "out"
+    run = out / "runs" / "full_rank_s0"
+    proc = subprocess.Popen([str(RANKSCOPE), "study", "--config", str(cfg), "--out", str(out), "--quiet"],
+                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = run / "metrics.jsonl"
+        wait_until(lambda: metrics.is_file() and metrics.stat().st_size > 0, 300, "the training job", proc)
+        jobs = descendants(proc.pid)
+        for j in jobs:  # paused, so the job cannot finish before the study's SIGTERM reaches it
+            os.kill(j, signal.SIGSTOP)
+        os.kill(proc.pid, signal.SIGTERM)  # the study process only: it passes SIGTERM on
+        time.sleep(1.0)
+        for j in jobs:
+            os.kill(j, signal.SIGCONT)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("stopped by SIGTERM") and "re-run the same command" in err
+    steps = ckpt.list_checkpoints(run)
+    assert len(steps) == 1 and 0 < steps[0] < 12, steps  # the job checkpointed where it stopped
+    assert "stopped by SIGTERM after update" in (out / "logs" / "full_rank_s0.log").read_text()
+    result = run_study(load_study_config(cfg), out, progress=False)
+    assert not result.failed, [(j.id, j.error) for j in result.failed]
+    assert ckpt.list_checkpoints(run) == [steps[0], 12]  # resumed from the stop, not restarted
+    straight = RunConfig.from_dict({**json.loads((out / "runs" / "full_rank_s0.json").read_text()),
+                                    "out_dir": str(tmp_path / "straight")})
+    train(straight, progress=False)
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(ckpt.step_dir(straight.run_dir, 12) / name), load_file(ckpt.step_dir(run, 12) / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -13,7 +13,7 @@ from rankscope.errors import UserError
 
 def cmd_study(preset: str | None = None, config: str | Path | None = None, out: str | Path | None = None,
               dry_run: bool = False, quiet: bool = False, gpu: str | None = None,
-              gpu_check_json: str | Path | None = None) -> int:
+              gpu_check_json: str | Path | None = None, stop_signal: str | None = None) -> int:
     """Run a study from a preset (default ``demo``) or a YAML file; returns the exit code.
 
     The code is 1 when any job failed, but only after every other job and the report are done.
@@ -21,7 +21,8 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
     with the MFU measured by ``make gpu-check`` when ``gpu_check_json`` is given.
     """
     from rankscope.study.config import load_study_config
-    from rankscope.study.runner import run_study
+    from rankscope.study.runner import Stopped, run_study
+    from rankscope.training.stop import parse_signals
 
     if preset and config:
         raise UserError("give either --preset or --config, not both (a config file can start from a preset "
@@ -31,6 +32,7 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
     if not dry_run and (gpu or gpu_check_json):
         raise UserError("--gpu and --gpu-check-json choose the cost estimate, which only --dry-run prints; "
                         "add --dry-run (nothing is trained then)")
+    signals = parse_signals(stop_signal)
     cfg = load_study_config(config if config else (preset or "demo"))
     if not dry_run:
         _check_out_folder(Path(out))
@@ -42,7 +44,12 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
         mains = cfg.to_run_configs(Path(out))
         costs = format_costs(study_costs(mains, cfg.launcher.nproc, gpu or "h100", gpu_check_json,
                                          planned=planned_jobs(cfg, mains)))
-    result = run_study(cfg, out, dry_run=dry_run, progress=not quiet)
+    try:
+        result = run_study(cfg, out, dry_run=dry_run, progress=not quiet, stop_signals=signals)
+    except Stopped as stop:
+        print(f"stopped by {stop.signal}: running training jobs wrote a checkpoint first; re-run the same command "
+              f"to resume the study", file=sys.stderr)
+        raise
     if costs:
         print(costs)
     if result.failed:

@@ -7,8 +7,8 @@ run folder, and a re-run of the study trains the same run twice at once.
 
 * Linux: ask the kernel to send SIGTERM to this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``),
   then ``exec`` the command in place (the setting survives exec), so the job is one process with no
-  wrapper. SIGTERM rather than SIGKILL, so torchrun can stop its workers; a training process has no SIGTERM
-  handler and ends at once (its checkpoints are written atomically).
+  wrapper. SIGTERM rather than SIGKILL, so torchrun can stop its workers; a training process finishes its
+  update, writes a checkpoint and exits 143 (training/stop.py), so the next invocation resumes from there.
 * Elsewhere (or if prctl is unavailable): stay as a small parent of the command, poll once a second
   whether the study is gone (this process was re-parented), and then terminate the command's process
   group; SIGTERM/SIGINT sent to the guard are passed on.

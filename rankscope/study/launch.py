@@ -20,6 +20,10 @@ from rankscope.study.jobs import Job, child_env
 # Called with (job, state, seconds, error) when a job finishes; the runner updates status and progress.
 Report = Callable[[Job, str, float, str], None]
 
+#: Seconds a stopped study gives each training job to finish its update and write its checkpoint (SIGTERM),
+#: before it is killed.
+STOP_GRACE_SECONDS = 120
+
 
 def tail(text: str, lines: int = 12) -> str:
     """The last lines of a log: where a training error message is."""
@@ -86,11 +90,11 @@ def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Call
                 ok, err = _finish(code, log, logs / f"{job.run}.log")
                 report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
     except BaseException:  # Ctrl-C or an error in the study: stop every job this loop started
-        for _, proc, _, _ in running:  # SIGTERM first: torchrun (and the guard) pass it on to their workers
+        for _, proc, _, _ in running:  # SIGTERM: the job checkpoints after its update (torchrun passes it on)
             proc.terminate()
         for _, proc, log, _ in running:
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -107,8 +107,13 @@ def _parity_plan(cfg: StudyConfig, out_dir: Path) -> list[str]:
                      for run, n in planned]
 
 
-def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, progress: bool = True) -> StudyResult:
-    """Run (or with ``dry_run`` only print) the whole study into ``out_dir``."""
+def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, progress: bool = True,
+              stop_signals: tuple[int, ...] = ()) -> StudyResult:
+    """Run (or with ``dry_run`` only print) the whole study into ``out_dir``.
+
+    SIGTERM and ``stop_signals`` raise :class:`Stopped` (exit 143): the running training jobs get SIGTERM,
+    finish their update and checkpoint, and a re-run resumes them.
+    """
     out_dir = Path(out_dir)
     runs, jobs = plan(cfg, out_dir)
     if dry_run:
@@ -121,7 +126,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
         write_json_atomic(_config_path(out_dir, r), r.to_dict())
     book = StatusBook(out_dir / "status.json", jobs)
     book.write()
-    with _terminate_as_exit(), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
+    with _terminate_as_exit(stop_signals), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
         t0 = time.perf_counter()
         _train_stage(cfg, out_dir, runs, jobs, book, bar)
         parity_models = parity_stage.train_and_choose(cfg, out_dir, runs, book, bar)  # baselines; parity.*
@@ -140,21 +145,32 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     return result
 
 
+class Stopped(SystemExit):
+    """The study was asked to stop (SIGTERM or a --stop-signal): exit 143 once its jobs have checkpointed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(143)
+        self.signal = signal.Signals(signum).name
+
+
 @contextlib.contextmanager
-def _terminate_as_exit():
-    """SIGTERM (e.g. a scheduler or `kill`) unwinds like Ctrl-C, so the running job is stopped, not orphaned."""
+def _terminate_as_exit(extra: tuple[int, ...] = ()):
+    """SIGTERM (e.g. a scheduler or `kill`) unwinds like Ctrl-C, so the running job is stopped, not orphaned:
+    run_jobs_local passes SIGTERM on to it, and a training job then checkpoints before it exits."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise SystemExit(128 + signum)
+        raise Stopped(signum)
 
-    old = signal.signal(signal.SIGTERM, handler)
+    sigs = tuple(dict.fromkeys((int(signal.SIGTERM), *extra)))
+    old = {sig: signal.signal(sig, handler) for sig in sigs}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: list[Job], book: StatusBook,

@@ -30,6 +30,7 @@ from rankscope.training.logging import MetricsLog
 from rankscope.training.peak_memory import peak_mib
 from rankscope.training.run_folder import open_run_folder, write_meta
 from rankscope.training.state import LoopState, NonFiniteLoss, advice, restore_state, save_state
+from rankscope.training.stop import StopOnSignal, signal_name
 
 __all__ = ["NonFiniteLoss", "TrainResult", "build_model", "train", "validate"]
 
@@ -40,6 +41,7 @@ class TrainResult:
     step: int
     val_loss: float | None
     val_ppl: float | None
+    stopped_by: str = ""  # a signal's name when the run stopped early on it (checkpoint written at ``step``)
 
 
 def init_fingerprint(model: nn.Module) -> str:
@@ -112,14 +114,20 @@ def _due(step: int, every: int, total: int, extra: tuple[int, ...] = ()) -> bool
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None,
-          allow_change: tuple[str, ...] = ()) -> TrainResult:
+          allow_change: tuple[str, ...] = (), stop_signals: tuple[int, ...] = ()) -> TrainResult:
     """Train one run to ``cfg.train.steps`` updates, writing the run folder; resumes exactly if asked.
 
     Config, tokenizer and data are checked before anything is written, so a refused start leaves no folder
     (or, on resume, an unchanged one). ``allow_change`` names optimisation settings a resume may change
     (run_folder.CHANGEABLE). ``stop_after`` ends the process's work after that update (as a pre-empted job
-    would); the run is then completed by calling again with ``resume=True``.
+    would); the run is then completed by calling again with ``resume=True``. SIGTERM and ``stop_signals``
+    end the run after the current update with a checkpoint (``TrainResult.stopped_by``; training/stop.py).
     """
+    with StopOnSignal(stop_signals) as stopper:  # from here on a scheduler's SIGTERM waits for an update boundary
+        return _train(cfg, resume, progress, stop_after, allow_change, stopper)
+
+
+def _train(cfg, resume, progress, stop_after, allow_change, stopper: StopOnSignal) -> TrainResult:
     from rankscope.data.batches import eval_batch, train_batches
     from rankscope.data.tokenizer import load_tokenizer
 
@@ -152,7 +160,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
     folder = open_run_folder(cfg, resume, info.is_main, tuple(allow_change))
     try:
         try:
-            return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after)
+            return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after,
+                        stopper)
         except OSError as exc:  # a full disk while writing the log or meta.json: the same paragraph as a checkpoint's
             if not ckpt.is_disk_full(exc):
                 raise
@@ -165,7 +174,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True, stop_afte
         folder.close()
 
 
-def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after):
+def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after, stopper):
     """Restore (if resuming), then the update loop; ``folder`` is open and locked."""
     t, run_dir, start_step = cfg.train, cfg.run_dir, folder.start_step
     if start_step:
@@ -226,9 +235,10 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
             loop.window_steps += 1
         if done == start_step + 1 and info.is_main:
             _write_memory(run_dir, model, optimizer, method, cfg, print_table=progress)
+        stop = stopper.agreed(info)  # every rank stops after the same update (one scalar all-reduce)
         log_now = _due(done, t.log_every, t.steps)
         eval_now = _due(done, t.eval_every, t.steps)
-        save_now = _due(done, t.save_every, t.steps, t.save_steps)
+        save_now = _due(done, t.save_every, t.steps, t.save_steps) or bool(stop)
         if (log_now or eval_now or save_now) and bool(dist.all_reduce_sum(bad.float()).item() > 0):
             raise NonFiniteLoss(f"non-finite training loss at or before update {done} of run {run_dir}; stopped, "
                                 f"and no checkpoint was written after it. {advice(run_dir)}")
@@ -249,12 +259,13 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
         if save_now:
             save_state(run_dir, done, model, optimizer, method, info, cfg, tokens_per_step, loop, val)
         bar.update(1)
-        if stop_after is not None and done >= stop_after:
+        if (stop and done < t.steps) or (stop_after is not None and done >= stop_after):
             break
     bar.close()
     log.close()
     dist.teardown()
-    return TrainResult(run_dir, done, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None)
+    return TrainResult(run_dir, done, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None,
+                       stopped_by=signal_name(stop) if stop and done < t.steps else "")
 
 
 def _finished(run_dir: Path, step: int) -> TrainResult:
