@@ -88,13 +88,14 @@ def test_local_sources(tmp_path):
         assert eval_batch(cfg, 64).n_tokens >= 64
 
 
-def test_pad_mode_on_embedded_corpus_counts_only_real_tokens(tmp_path):
+def test_pad_mode_on_embedded_corpus_counts_only_real_tokens(tmp_path, capsys):
     cfg = _cfg(tmp_path, packing="pad")
     seqs = load_sequences(cfg.data, "validation", load_tokenizer())
     assert len(seqs) == 56  # one sequence per validation document
-    with pytest.warns(UserWarning, match="holds only"):
-        batch = eval_batch(cfg, 10_000)  # 56 documents × 32 positions cannot reach the budget
+    batch = eval_batch(cfg, 10_000)  # 56 documents × 32 positions cannot reach the budget
     assert batch.n_tokens == 56 * 32 == int((batch.labels != IGNORE).sum())
+    assert f"warning: --eval-tokens 10000 asks for more validation tokens than the embedded 'validation' split " \
+           f"holds ({56 * 32})" in capsys.readouterr().err
 
 
 def test_too_small_split_is_a_clear_error(tmp_path):

@@ -36,6 +36,7 @@ def test_files_without_source_train_on_the_files(tmp_path):
     proc = run_cli("train", *TINY, "--train-files", "data/train.txt", "--val-files", "data/val.txt",
                    "--out-dir", "runs", "--name", "own", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr.lower()  # within one epoch, a budget the data holds: nothing to say
     run = tmp_path / "runs" / "own"
     data = json.loads((run / "config.json").read_text())["data"]
     assert data["source"] == "files"
@@ -194,3 +195,42 @@ def test_fingerprint_of_a_relative_path_config_is_unchanged():
                                                    val_files=("data/val.txt",), seq_len=32), train=TrainConfig(steps=4))
     assert cfg.data.train_files[0].endswith("/data/train.txt") and cfg.data.train_files[0].startswith("/")
     assert cfg.fingerprint() == "22b6071365e0f766"
+
+
+def test_train_warns_about_epochs_a_defeated_method_and_a_too_large_eval_budget(tmp_path):
+    """Three settings that are valid but probably not meant: one clear `warning:` paragraph each, exit 0."""
+    write_corpus(tmp_path, n_docs=8)  # ~16 sequences of 32 tokens: 12 updates x 2 sequences is 1.5 epochs
+    proc = run_cli("train", *TINY, "--steps", "12", "--eval-tokens", "100000", "--method", "galore",
+                   "--set", "rank=1000", "--train-files", "data/train.txt", "--val-files", "data/val.txt",
+                   "--out-dir", "runs", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 3 and "UserWarning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    epochs, method, budget = warnings
+    n_seqs = int(epochs.split(" sequences in data/train.txt")[0].rsplit("(", 1)[1])
+    assert f"12 updates x 2 sequences = 24 sequences of 32 tokens are {24 / n_seqs:.1f} epochs" in epochs
+    assert f"One epoch is {n_seqs // 2} updates" in epochs
+    assert "method 'galore': option rank=1000 (at least min(m, n)" in method and "saves no memory" in method
+    assert "--set rank=8" in method  # the study default for the smoke model
+    assert budget.startswith("warning: --eval-tokens 100000 asks for more validation tokens than data/val.txt")
+
+
+def test_rank_warning_is_exact_at_the_break_even_rank():
+    """The named rank is the largest that stores less than AdamW: one more stores at least as much."""
+    from rankscope.config import RunConfig
+    from rankscope.training.run_warnings import method_warning
+
+    for method in ("galore", "cola", "relora", "sltrain"):
+        text = method_warning(RunConfig(model="tiny", method=method, method_options={"rank": 1000}))
+        best = int(text.split("ranks up to ")[1].split()[0])
+        assert not method_warning(RunConfig(model="tiny", method=method, method_options={"rank": best})), method
+        assert method_warning(RunConfig(model="tiny", method=method, method_options={"rank": best + 1})), method
+
+
+def test_study_defaults_raise_no_method_warning():
+    from rankscope.config import RunConfig
+    from rankscope.methods.registry import available
+    from rankscope.training.run_warnings import method_warning
+
+    for model in ("smoke", "tiny", "60m", "130m", "350m", "1b"):
+        assert not [m for m in available() if method_warning(RunConfig(model=model, method=m))], model

@@ -214,10 +214,11 @@ def train_batches(cfg: RunConfig, tokenizer, world: int = 1, rank: int = 0):
 
 
 def eval_batch(cfg: RunConfig | DataConfig, n_tokens: int, split: str | None = None, seed: int = 1234,
-               micro_batch: int = 16):
+               micro_batch: int = 16, flag: str = "--eval-tokens"):
     """A fixed, seeded budget of ``n_tokens`` held-out tokens: identical for every method and checkpoint.
 
-    ``cfg`` is a run's config or just its data settings (external runs have no RunConfig).
+    ``cfg`` is a run's config or just its data settings (external runs have no RunConfig). A budget larger
+    than the split is a warning naming ``flag`` (the option that set it); then every token is used.
     """
     from rankscope.data.tokenizer import load_tokenizer
     from rankscope.diagnostics.context import EvalBatch
@@ -239,10 +240,13 @@ def eval_batch(cfg: RunConfig | DataConfig, n_tokens: int, split: str | None = N
                 break
         inputs, labels = seqs.get(np.array(chosen))
         if counted < n_tokens:
-            import warnings
+            from rankscope.training.run_warnings import warn
 
-            warnings.warn(f"the {split} split holds only {counted} evaluation tokens (< the {n_tokens} asked for); "
-                          f"using all of them", stacklevel=2)
+            d = cfg.data
+            what = (", ".join(d.typed_paths.get("val_files") or d.val_files) if d.source == "files"
+                    else f"the {d.source} {split!r} split")
+            warn(f"{flag} {n_tokens} asks for more validation tokens than {what} holds ({counted}); all {counted} "
+                 f"are used. Pass {flag} {counted} or less to silence this.")
     return EvalBatch(inputs, labels, micro_batch)
 
 

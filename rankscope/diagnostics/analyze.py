@@ -243,7 +243,7 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
         if "batch" not in shared:
             from rankscope.data.batches import eval_batch as build
 
-            shared["batch"] = build(runs[0].run.data, n_tokens, seed=1234)
+            shared["batch"] = build(runs[0].run.data, n_tokens, seed=1234, flag="--n-tokens")
         return shared["batch"]
 
     rows: list[Row] = []

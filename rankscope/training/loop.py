@@ -29,6 +29,7 @@ from rankscope.training import dist
 from rankscope.training.logging import MetricsLog
 from rankscope.training.peak_memory import peak_mib
 from rankscope.training.run_folder import open_run_folder, write_meta
+from rankscope.training.run_warnings import warn_before_training
 from rankscope.training.state import LoopState, NonFiniteLoss, advice, restore_state, save_state
 from rankscope.training.stop import StopOnSignal, signal_name
 
@@ -145,6 +146,7 @@ def _train(cfg, resume, progress, stop_after, allow_change, stopper: StopOnSigna
         raise UserError(f"tokenizer {cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens but model "
                         f"{cfg.model!r} has vocab_size {model_cfg.vocab_size}; pass --vocab-size {tokenizer.vocab_size}")
     batches = train_batches(cfg, tokenizer, info.world, info.rank)
+    warn_before_training(cfg, batches)  # past one epoch; a method option that defeats the method
     val = eval_batch(cfg, t.eval_tokens)
     model, fingerprint = build_model(cfg, method)
     if t.precision == "bf16-pure":
