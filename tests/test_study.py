@@ -323,3 +323,32 @@ def test_smoke_study_report_passes_the_browser_check(smoke_study):
     assert seen.probe_ran, "the probe script did not run"
     assert seen.figures_total >= 8 and seen.figures_ok == seen.figures_total
     assert seen.console_errors == []
+    _assert_issue_25_report_items(html)
+
+
+def _assert_issue_25_report_items(html: str) -> None:
+    """One average per model per task set (equal to F6's), majority baselines, both perplexities explained,
+    and every metric link pointing at a glossary entry of the same page."""
+    import re
+
+    tables = re.findall(r"<table>.*?</table>", html, flags=re.S)
+    down = [t for t in tables if "majority class</th>" in t]
+    assert down, "no downstream table with a majority-class column"
+    for t in down:  # equal steps and at parity: one average row each, with its definition
+        assert t.count("average accuracy") == 1
+        assert "agreement_hard: a subset of another task, reported but not averaged" in t
+    assert "average over tasks" not in html
+    avg_row = re.search(r"<b>average accuracy</b>.*?</tr>", down[0], flags=re.S).group(0)
+    heads = re.findall(r"<th>(.*?)</th>", down[0])[4:]
+    cells = dict(zip(heads, re.findall(r"<td[^>]*>(.*?)</td>", avg_row)[4:], strict=True))
+    f6 = re.search(r'data-finding="F6".*?</div>', html, flags=re.S).group(0)
+    for method, value in re.findall(r"<td>(\w+): mean acc over 4 tasks</td><td class=\"num\">(.*?)</td>", f6):
+        assert cells[method] == value, (method, cells[method], value)  # the table and F6 print one number
+    genre = re.search(r"<tr><td>genre</td>(.*?)</tr>", down[0]).group(1)
+    majority = re.findall(r"<td[^>]*>(.*?)</td>", genre)[2]
+    assert 0.5 <= float(majority) <= 1.0
+    assert "majority class (test)</th>" in html  # beside the fine-tuning probe's accuracies
+    assert "trainer val ppl (sampled)" in html and "in-domain ppl (whole val text)" in html
+    assert "They differ because they score different tokens with different context" in html
+    targets = set(re.findall(r'href="#(metric-[\w]+)"', html))
+    assert targets and targets <= set(re.findall(r'id="(metric-[\w]+)"', html))

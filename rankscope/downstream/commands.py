@@ -30,11 +30,27 @@ def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequen
                           seed=seed, bootstrap_iters=bootstrap_iters, device=device)
     if lm_eval or online:
         _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online)
+    print_scores(frame)
+    return frame
+
+
+def print_scores(frame: pd.DataFrame) -> None:
+    """acc of each task with its chance and majority-class rates, then the one average and its definition."""
+    import json
+
+    from rankscope.downstream.average import definition
+
+    def rate(r, key: str) -> str:
+        s = r["settings"]
+        v = (json.loads(s) if isinstance(s, str) else dict(s or {})).get(key)
+        return "  –  " if v is None else f"{v:.3f}"
+
     shown = frame[frame["metric"].isin(["acc", "avg_acc"])]
     for _, r in shown.iterrows():
+        floors = (f"  chance {rate(r, 'chance')} majority {rate(r, 'majority')}" if r["metric"] == "acc" else
+                  "  = " + definition(frame.loc[(frame["run"] == r["run"]) & (frame["metric"] == "acc"), "name"]))
         print(f"{r['run']:>20} step {r['step']:>7} {r['name']:>15} {r['metric']:>8} {r['value']:.3f} "
-              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
-    return frame
+              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{floors}")
 
 
 def parse_steps(steps: str) -> str | list[int]:

@@ -3,8 +3,8 @@
 ``evaluate_model`` scores one in-memory model on the shipped offline tasks (native scorer, no lm-eval);
 ``evaluate_runs`` does it for checkpoints of run folders and writes ``<run_dir>/results/downstream.parquet``
 (+ csv). Rows: metric ``acc``/``acc_norm``, ``scope="task"``, ``name=<task>``, stderr and a bootstrap 95 % CI,
-plus ``avg_acc`` (macro average of the main tasks' ``acc``; the ``agreement_hard`` subset is reported but not
-averaged). Every row says in ``note`` that the tasks come from held-out text of the embedded corpus, so they
+plus ``avg_acc`` (macro average of the main tasks' ``acc``, defined once in downstream/average.py; the
+``agreement_hard`` subset is reported but not averaged). Every row says in ``note`` that the tasks come from held-out text of the embedded corpus, so they
 are never mistaken for the paper's hub benchmarks.
 """
 
@@ -21,12 +21,13 @@ from torch import nn
 
 from rankscope.diagnostics.table import Row, rows_to_frame, write_table
 from rankscope.downstream import tasks as T
+from rankscope.downstream.average import averaged_tasks
 from rankscope.downstream.probe import score_probe
 from rankscope.downstream.scoring import BOOTSTRAP_ITERS, mean_stderr, score_choices, subsample
 from rankscope.errors import UserError
 
 DEFAULT_MAX_ITEMS = 300  # per task (the CLI default too): all tasks of a tiny checkpoint in 27 s on 2 idle cores
-SOURCE_NOTE = "offline tasks from held-out embedded-corpus text (not hub benchmarks)"
+SOURCE_NOTE = T.SOURCE_NOTE
 
 
 @dataclass
@@ -41,17 +42,43 @@ class TaskScore:
     ci_high: float
     n: int
     draws: np.ndarray = field(repr=False)
-    chance: float | None = None
-    baseline: float | None = None
+    chance: float | None = None  # expected accuracy of a uniform guess among the choices
+    baseline: float | None = None  # the task's bigram (or bag-of-words) model, from the manifest
+    majority: float | None = None  # accuracy of always giving the most common answer (classification tasks)
 
 
-def _summarise(task: str, metric: str, correct: np.ndarray, iters: int, seed: int, info: dict) -> TaskScore:
+def answer_rates(items: Sequence[dict]) -> tuple[float | None, float | None]:
+    """(chance, majority-class rate) of the scored items.
+
+    chance = mean of 1/len(choices) (probe items: 1/number of classes). The majority-class rate is the accuracy
+    of always giving the most common correct answer; it exists only when every item offers the same answers
+    (a classification such as the genre probe or a yes/no task): where the choices change with every item
+    there is no class to favour, and chance is the floor.
+    """
+    if not items:
+        return None, None
+    if "text" in items[0] and "choices" not in items[0]:  # probe: the test part is what gets scored
+        labels = [it["label"] for it in items if it.get("part", "test") == "test"] or [it["label"] for it in items]
+        counts = np.unique(np.asarray([str(x) for x in labels]), return_counts=True)[1]
+        n_classes = len({str(it["label"]) for it in items})
+        return 1.0 / max(n_classes, 1), float(counts.max() / len(labels))
+    chance = float(np.mean([1.0 / len(it["choices"]) for it in items]))
+    if len({tuple(it["choices"]) for it in items}) != 1:
+        return chance, None
+    answers = [str(it["choices"][int(it["label"])]) for it in items]
+    counts = np.unique(np.asarray(answers), return_counts=True)[1]
+    return chance, float(counts.max() / len(answers))
+
+
+def _summarise(task: str, metric: str, correct: np.ndarray, iters: int, seed: int, info: dict,
+               items: Sequence[dict] = ()) -> TaskScore:
     rng = np.random.default_rng(seed)
     draws = correct[rng.integers(0, len(correct), size=(iters, len(correct)))].mean(axis=1)
     lo, hi = np.percentile(draws, [2.5, 97.5])
     base = info.get("baseline", {}).get(metric)
+    chance, majority = answer_rates(items) if items else (info.get("chance"), None)
     return TaskScore(task, metric, float(correct.mean()), mean_stderr(correct), float(lo), float(hi),
-                     len(correct), draws, info.get("chance"), base)
+                     len(correct), draws, chance, base, majority)
 
 
 def evaluate_model(model: nn.Module, tokenizer, tasks: Sequence[str] | None = None, *,
@@ -66,17 +93,19 @@ def evaluate_model(model: nn.Module, tokenizer, tasks: Sequence[str] | None = No
         if info["kind"] == "probe":
             items = _probe_subsample(items, max_items, seed)
             correct = score_probe(model, tokenizer, items)
-            scores.append(_summarise(name, "acc", correct, bootstrap_iters, seed, info))
+            scores.append(_summarise(name, "acc", correct, bootstrap_iters, seed, info, items))
             continue
         items = [items[i] for i in subsample(len(items), max_items, seed)]
         res = score_choices(model, tokenizer, items, info["target_delimiter"], batch_tokens=batch_tokens)
         for metric in info["metrics"]:
-            scores.append(_summarise(name, metric, getattr(res, metric), bootstrap_iters, seed, info))
+            scores.append(_summarise(name, metric, getattr(res, metric), bootstrap_iters, seed, info, items))
         if "hard_subset" in info:
             hard = np.array([bool(it.get("hard")) for it in items])
             sub = dict(info["hard_subset"], chance=info["chance"])
-            scores.append(_summarise(f"{name}_hard", "acc", res.acc[hard], bootstrap_iters, seed, sub))
-    main = [s for s in scores if s.metric == "acc" and s.task in names]
+            scores.append(_summarise(f"{name}_hard", "acc", res.acc[hard], bootstrap_iters, seed, sub,
+                                     [it for it, h in zip(items, hard, strict=True) if h]))
+    keep = set(averaged_tasks(s.task for s in scores if s.metric == "acc"))
+    main = [s for s in scores if s.metric == "acc" and s.task in keep]
     if main:
         draws = np.mean([s.draws for s in main], axis=0)
         value = float(np.mean([s.value for s in main]))
@@ -107,7 +136,8 @@ def scores_to_rows(scores: Sequence[TaskScore], run: str, method: str, step: int
         rows.append(Row(run=run, method=method, step=step, metric=s.metric, value=s.value, stderr=s.stderr,
                         ci_low=s.ci_low, ci_high=s.ci_high, scope="task" if s.task != "average" else "model",
                         name=s.task, space="native", scale=scale, seed=seed,
-                        settings={**settings, "n_items": s.n, "chance": s.chance, "baseline": s.baseline},
+                        settings={**settings, "n_items": s.n, "chance": s.chance, "majority": s.majority,
+                                  "baseline": s.baseline},
                         note=SOURCE_NOTE))
     return rows
 
@@ -161,16 +191,19 @@ def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "
 
 
 def above_chance(frame: pd.DataFrame, min_tasks: int = 2, metric: str = "acc") -> list[str]:
-    """Tasks whose CI lies entirely above chance (for "a trained model beats chance on >= 2 tasks" checks).
+    """Tasks whose CI lies entirely above chance and the majority-class rate (for "a trained model beats chance on
+    >= 2 tasks" checks).
 
     Raises AssertionError naming every task's CI and chance when fewer than ``min_tasks`` pass.
     """
     rows = frame[(frame["metric"] == metric) & (frame["scope"] == "task")]
     passed, report = [], []
     for _, r in rows.iterrows():
-        chance = _settings(r).get("chance")
-        if chance is None:
+        rates = [_settings(r).get(k) for k in ("chance", "majority")]
+        rates = [x for x in rates if x is not None]
+        if not rates:
             continue
+        chance = max(rates)  # the stricter floor: a probe at its majority-class rate has learned nothing
         report.append(f"{r['name']}: {r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] vs chance {chance:.3f}")
         if r["ci_low"] > chance:
             passed.append(r["name"])

@@ -235,8 +235,10 @@ def finetune_model(model: nn.Module, tokenizer, data, s: FinetuneSettings, *, st
     model.eval()
     correct = (_predict(clf, enc["test"], pad) == y["test"]).astype(float)
     after = score_texts(model, tokenizer, forget)
+    counts = np.unique(y["test"], return_counts=True)[1]  # the floor both accuracies are read against
     return {"correct": correct, "zero_shot": zero_shot, "before": before, "after": after,
-            "n_train": len(train), "n_test": len(test)}
+            "n_train": len(train), "n_test": len(test), "majority": float(counts.max() / len(y["test"])),
+            "chance": 1.0 / len(np.unique(np.concatenate([y["train"], y["test"]])))}
 
 
 def _ci(draws: np.ndarray) -> tuple[float, float]:
@@ -304,6 +306,7 @@ def finetune_runs(run_dirs: Sequence[str | Path], steps="final", settings: Finet
             if res is None:
                 return rows_to_frame(rows)
             info = {**asdict(s), "n_train": res["n_train"], "n_test": res["n_test"],
+                    "majority": res["majority"], "chance": res["chance"],
                     "n_forget_paragraphs": len(res["before"].nll), "n_forget_tokens": int(res["before"].tokens.sum())}
             # no wall-clock values in the table: identical studies give identical rows and settings hashes
             new = [Row(run=run.name, method=run.method, step=step, metric=m, value=v, ci_low=lo, ci_high=hi,

@@ -101,6 +101,10 @@ def target_values(downstream_df: pd.DataFrame, target: str = "avg_acc") -> pd.Se
         raise UserError(f"unknown prediction target {target!r}; choose one of: {', '.join(TARGETS)} "
                         "(shift_nll:<text label> to pick a held-out text)")
     metric, scope, _ = TARGETS[kind]
+    if kind == "avg_acc":  # one task set, as the report and F6 use (downstream/average.py)
+        from rankscope.downstream.average import primary_task_set
+
+        downstream_df = primary_task_set(downstream_df)
     down = downstream_df[downstream_df["metric"] == metric]
     if kind == "shift_nll":
         names = sorted(set(down["name"].astype(str)) - {"val"})
@@ -236,11 +240,10 @@ def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFram
         ppl = diag[ppl_col] if ppl_col else np.exp(diag[loss_col])
         meta = meta.merge(ppl.rename("ppl"), left_on="run", right_index=True, how="left")
     avg = target_values(downstream_df, target)
-    if avg.empty and target == "avg_acc":
-        down = downstream_df[downstream_df["metric"] == "acc"]
-        down = down[down["step"] == down.groupby("run")["step"].transform("max")]
-        acc = down[~down["name"].astype(str).str.endswith("_hard")]
-        avg = acc.groupby("run")["value"].mean()
+    if avg.empty and target == "avg_acc":  # no avg_acc rows: the same average from the per-task rows
+        from rankscope.downstream.average import average_accuracy, primary_task_set
+
+        avg = average_accuracy(primary_task_set(downstream_df))
     meta = meta.merge(avg.rename("y"), left_on="run", right_index=True, how="left")
     drop_cols = set(PPL_METRICS) | set(LOSS_METRICS)
     metric_cols = diag[[c for c in diag.columns if c not in drop_cols]]

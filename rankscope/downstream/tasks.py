@@ -15,6 +15,7 @@ from pathlib import Path
 from rankscope.errors import UserError
 
 MANIFEST = "tasks_manifest.json"
+SOURCE_NOTE = "offline tasks from held-out embedded-corpus text (not hub benchmarks)"  # the rows' task set
 
 
 def assets_dir() -> Path:

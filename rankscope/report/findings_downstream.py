@@ -31,17 +31,10 @@ N_BOOT = 1000
 
 
 def _task_matrix(down: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Accuracy per (run, task), preferring ``acc`` over ``acc_norm``; empty if neither exists."""
-    for metric in ("acc", "acc_norm"):
-        rows = down[(down["metric"] == metric) & (down["scope"] == "task") & down["value"].notna()]
-        if not rows.empty:
-            last = rows.groupby("run")["step"].transform("max")
-            rows = rows[rows["step"] == last]
-            table = rows.pivot_table(index="run", columns="name", values="value", aggfunc="mean")
-            # "<task>_hard" rows are subsets of <task> (downstream/evaluate.py); both would double-weight it
-            subsets = [c for c in table.columns if str(c).endswith("_hard") and str(c)[:-5] in table.columns]
-            return table.drop(columns=subsets), metric
-    return pd.DataFrame(), ""
+    """Accuracy per (run, averaged task) of the main task set: the one average of downstream/average.py."""
+    from rankscope.downstream.average import METRIC, final_task_accuracy, primary_task_set
+
+    return final_task_accuracy(primary_task_set(down)), METRIC
 
 
 def check_f6(down: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> Finding:

@@ -33,6 +33,10 @@ figcaption { font-size: 0.88rem; color: #444; max-width: 1000px; }
 """
 
 
+class Html(str):
+    """Markup built from escaped parts (e.g. a linked metric name): ``table`` puts it into a cell as is."""
+
+
 def esc(text: Any) -> str:
     """Escape anything for HTML text or attribute context."""
     return html.escape(str(text), quote=True)
@@ -70,6 +74,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], cls: str = "") 
         cells = []
         for cell in row:
             numeric = isinstance(cell, numbers.Real) and not isinstance(cell, bool)
+            if isinstance(cell, Html):
+                cells.append(f"<td>{cell}</td>")
+                continue
             cells.append(
                 f'<td class="num">{esc(fmt(cell))}</td>' if numeric else f"<td>{esc(fmt(cell))}</td>"
             )

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from rankscope.diagnostics.registry import display_name
+from rankscope.report.glossary import metric_label
 from rankscope.report.htmlkit import esc, fmt, fmt_interval, table, verdict_badge
 from rankscope.report.load import RunInfo, normalise_table
 from rankscope.report.parity_verdicts import differ_at_parity, speed_html
@@ -155,7 +157,7 @@ def diagnostics_side_by_side(equal: pd.DataFrame, at_parity: pd.DataFrame, metri
         a = _per_method_final(eq, metric)
         b = _per_method_final(par, metric)
         for method in ordered(set(a) | set(b)):
-            rows.append((metric, method, a.get(method), b.get(method)))
+            rows.append((metric_label(metric, display_name(metric)), method, a.get(method), b.get(method)))
     if not rows:
         return '<p class="missing">No diagnostic rows for the parity models.</p>'
     return table(["metric", "method", "equal steps (final)", "at parity"], rows)

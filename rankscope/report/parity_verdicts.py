@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rankscope.downstream.average import primary_task_set
 from rankscope.report.findings_geometry import NULL_FROM_EQUAL_STEPS, evidence_row
 from rankscope.report.htmlkit import esc, fmt, fmt_interval, table
 from rankscope.report.load import normalise_table
@@ -49,7 +50,7 @@ def _with_seeds(rows: pd.DataFrame, diag: pd.DataFrame | None) -> pd.DataFrame:
 
 def avg_acc_runs(down: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run: method, seeds, average accuracy and its item-level standard error, at its last step."""
-    rows = normalise_table(down)
+    rows = primary_task_set(normalise_table(down))  # the one average of downstream/average.py, one task set
     rows = rows[(rows["metric"] == "avg_acc") & (rows["scope"] == "model") & rows["value"].notna()]
     if rows.empty:
         return pd.DataFrame(columns=["run", "method", "init_seed", "data_seed", "null", "value", "se"])

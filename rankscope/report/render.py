@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from rankscope.diagnostics.registry import display_name
+from rankscope.report.downstream_table import downstream_table as _downstream_table
 from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_downstream import check_targets, prediction_schemes
+from rankscope.report.glossary import glossary_html
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
 from rankscope.report.load import StudyData, load_study
 from rankscope.report.parity_section import apply_baseline_verdicts, parity_html
@@ -27,7 +27,7 @@ from rankscope.report.plots_common import Figure, ordered
 from rankscope.report.robustness import finetune_panels, load_robustness, shift_panels
 from rankscope.report.stats import Finding
 
-# The 16 headline metrics of diagnostics.md §2.5; the "missing data" list names the ones with no rows.
+# The 16 headline metrics (docs/metrics.md); the "missing data" list names the ones with no rows.
 HEADLINE = tuple(
     "rand_sharpness rand_variance pca_top1_sharpness pca_topk_sharpness pca_topk_variance ckpt_barrier "
     "imib w_erank w_stable_rank w_spectral_gap w_n_sv_gt_0p1 dw_rel_fro dw_erank dw_stable_rank act_cka "
@@ -120,10 +120,25 @@ def _runs_table(data: StudyData) -> str:
             "trainable",
             "optimizer state (MiB)",
             "tokens",
-            "final val ppl",
+            "trainer val ppl (sampled)",
         ],
         rows,
-    )
+    ) + f'<p class="note">{esc(PPL_NOTE.format(tokens=_eval_tokens(data)))}</p>'
+
+
+# Item 10 of issue 25: one model, two validation perplexities; say which is which and why they differ.
+PPL_NOTE = (
+    "'trainer val ppl (sampled)' is the training loop's estimate on a seeded sample of {tokens} validation "
+    "tokens cut into packed fixed-length chunks; the shift section's 'in-domain ppl (whole val text)' scores the "
+    "whole validation text with every document read from its start. They differ because they score different "
+    "tokens with different context (a packed chunk starts mid-document with no context), so compare models "
+    "within one column, never across the two."
+)
+
+
+def _eval_tokens(data: StudyData) -> str:
+    values = sorted({int(v) for r in data.runs if isinstance(v := (r.config.get("train") or {}).get("eval_tokens"), int)})
+    return " / ".join(f"{v:,}" for v in values) or "eval_tokens"
 
 
 def _findings_summary(findings: list[Finding]) -> str:
@@ -147,31 +162,6 @@ def _finding_html(f: Finding) -> str:
         f"{verdict_badge(f.verdict)}</h3><p><b>Check:</b> {esc(f.check)}</p>"
         f"<p><b>Why:</b> {esc(f.reason or '–')}</p>{evidence}{bullet_list(f.notes, 'note')}</div>"
     )
-
-
-def _downstream_table(down: pd.DataFrame) -> str:
-    """Task × method table of accuracy (mean over seeds) with the evaluator's 95% CI, plus the average."""
-    rows = down[(down["scope"] == "task") & down["value"].notna()]
-    if rows.empty:
-        return ""
-    rows = rows[rows["step"] == rows.groupby("run")["step"].transform("max")]
-    methods = ordered(rows["method"].unique())
-    out = []
-    for (metric, task), grp in rows.groupby(["metric", "name"]):
-        cells = []
-        for m in methods:
-            sub = grp[grp["method"] == m]
-            ci = fmt_interval(sub["ci_low"].mean(), sub["ci_high"].mean())
-            cells.append(
-                "–" if sub.empty else f"{fmt(sub['value'].mean())} {ci if ci != '–' else ''}".strip()
-            )
-        out.append((task, metric, *cells))
-    for metric, grp in rows.groupby("metric"):
-        means = grp.groupby("method")["value"].mean()
-        out.append(("average over tasks", metric, *(fmt(means.get(m)) for m in methods)))
-    notes = sorted({str(n) for n in rows["note"].dropna() if str(n)})
-    source = f'<p class="note">Task source: {esc("; ".join(notes))}</p>' if notes else ""
-    return table(["task", "metric", *methods], out) + source
 
 
 def _score(score: tuple[float, float, float] | None) -> str:
@@ -244,8 +234,17 @@ def _missing(data: StudyData, figures: list[Figure], findings: list[Finding]) ->
     present = set(data.diagnostics["metric"].dropna().astype(str)) if len(data.diagnostics) else set()
     absent = [display_name(m) for m in HEADLINE if m not in present]
     if absent:
-        items.append("headline metrics (diagnostics.md §2.5) with no rows: " + ", ".join(absent))
+        items.append("headline metrics (docs/metrics.md) with no rows: " + ", ".join(absent))
     return items
+
+
+def _shown_metrics(data: StudyData, robust) -> set[str]:
+    """Metric ids that appear in this report's tables (for the glossary)."""
+    shown = {"val_ppl", *HEADLINE}
+    for frame in (data.diagnostics, data.downstream, getattr(robust, "heldout", None), getattr(robust, "finetune", None)):
+        if frame is not None and len(frame) and "metric" in frame:
+            shown |= set(frame["metric"].dropna().astype(str))
+    return shown
 
 
 def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -287,6 +286,8 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         if key == "finetune":
             parts.append(finetune_panels(robust))
     parts += [
+        '<h2 id="glossary">Metric glossary</h2>',
+        glossary_html(_shown_metrics(data, robust)),
         "<h2>Timings</h2>",
         _timings_html(data),
         "<h2>Missing data</h2>",

@@ -103,7 +103,7 @@ def shift_html(heldout: pd.DataFrame) -> str:
     rows = _final(heldout)
     texts = [t for t in sorted(set(rows["name"].astype(str))) if t != IN_DOMAIN]
     methods = ordered(rows["method"].unique())
-    headers = ["method", "in-domain ppl (val)"]
+    headers = ["method", "in-domain ppl (whole val text)"]
     for t in texts:
         headers += [f"ppl: {t}", f"gap (nats/token): {t}"]
     body = []
@@ -133,6 +133,9 @@ def shift_html(heldout: pd.DataFrame) -> str:
         notes.append("Bits per byte (tokenizer-independent) are in results/heldout.parquet, metric heldout_bpb.")
     notes.append("Gap = NLL on the text − NLL on the run's own validation text, 95% interval from independent "
                  "bootstraps over documents (pieces of about 2 kB).")
+    notes.append("'in-domain ppl (whole val text)' scores the run's whole validation text, every document from its "
+                 "start; the Runs table's 'trainer val ppl (sampled)' is the training loop's estimate on a sample of "
+                 "packed validation chunks. Different tokens and context make them differ: compare within a column.")
     parts.append("".join(f"<p>{esc(n)}</p>" for n in notes))
     return "".join(parts)
 
@@ -145,21 +148,25 @@ def finetune_html(ft: pd.DataFrame) -> str:
     rows = _final(ft)
     metrics = (("ft_zero_shot_acc", "frozen probe acc"), ("ft_acc", "fine-tuned acc"), ("ft_gain", "gain"),
                ("ft_nll_before", "in-domain NLL before"), ("ft_nll_after", "after"), ("ft_forgetting", "forgetting"))
-    body = []
-    for m in ordered(rows["method"].unique()):
-        r = rows[rows["method"] == m]
-        body.append([m, *(_cell(r[r["metric"] == key]) for key, _ in metrics)])
     settings = rows["settings"].iloc[0] if "settings" in rows.columns and len(rows) else "{}"
     try:
         s = json.loads(settings) if isinstance(settings, str) else dict(settings)
     except ValueError:
         s = {}
+    floor = [s.get("chance"), s.get("majority")]  # the same test items for every model
+    body = []
+    for m in ordered(rows["method"].unique()):
+        r = rows[rows["method"] == m]
+        body.append([m, *floor, *(_cell(r[r["metric"] == key]) for key, _ in metrics)])
     proto = (f"Protocol: task {s.get('task', '?')}, {s.get('mode', '?')} fine-tuning, {s.get('steps', '?')} steps × "
              f"{s.get('batch_size', '?')} items, lr {s.get('lr', '?')}, seed {s.get('seed', '?')}, texts cut to "
              f"{s.get('max_tokens', '?')} tokens; {s.get('n_train', '?')} train / {s.get('n_test', '?')} test items. "
              "Gain = fine-tuned − frozen-probe accuracy (paired bootstrap over test items); forgetting = in-domain "
              "NLL after − before (nats/token, paired bootstrap over paragraphs).")
-    return table(["method", *(label for _, label in metrics)], body) + f"<p>{esc(proto)}</p>"
+    proto += (" Chance = 1/number of classes; majority class = accuracy of always answering the test part's "
+              "most common class: both accuracies are read against it.")
+    return table(["method", "chance", "majority class (test)", *(label for _, label in metrics)], body) + \
+        f"<p>{esc(proto)}</p>"
 
 
 def shift_panels(data: RobustnessData) -> str:
