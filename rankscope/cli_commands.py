@@ -75,13 +75,18 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Also write a combined downstream table here."),
     lm_eval: bool = typer.Option(False, "--lm-eval", help="Cross-check through lm-evaluation-harness."),
     online: bool = typer.Option(False, "--online", help="Also run the paper's hub tasks through lm-eval (internet)."),
+    task_files: Optional[list[Path]] = typer.Option(
+        None, "--task-file", help='Your own task: JSON lines of {"context": ..., "choices": [...], "answer": '
+        "index or text}; named after the file. With it, shipped tasks run only if named by --task."),
+    lm_eval_tasks: Optional[list[str]] = typer.Option(
+        None, "--lm-eval-task", help="An lm-eval task name or task YAML file (needs the 'eval' extra: lm_eval)."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
 ) -> None:
-    """Downstream accuracy (with bootstrap CIs) on offline tasks built from held-out text."""
+    """Downstream accuracy (with bootstrap CIs) on offline tasks built from held-out text, or on your own tasks."""
     from rankscope.downstream.commands import cmd_eval
 
     cmd_eval(run_dirs, steps=steps, tasks=tasks, max_items=max_items, out=out, lm_eval=lm_eval, online=online,
-             device=device)
+             device=device, task_files=task_files or (), lm_eval_tasks=lm_eval_tasks or ())
 
 
 @app.command()

@@ -17,17 +17,20 @@ from rankscope.errors import UserError
 def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequence[str] | None = None,
              max_items: int | None = DEFAULT_MAX_ITEMS, out: str | Path | None = None, seed: int = 0,
              bootstrap_iters: int = 1000, lm_eval: bool = False, online: bool = False,
-             device: str = "cpu") -> pd.DataFrame:
+             device: str = "cpu", task_files: Sequence[str | Path] = (),
+             lm_eval_tasks: Sequence[str] = ()) -> pd.DataFrame:
     """Score runs on the offline tasks (native scorer; ``lm_eval=True`` cross-checks through lm-eval).
 
     ``steps``: "final", "all" or comma-separated step numbers. ``max_items``: per-task cap (0 = all items).
-    ``online``: also run the paper's hub tasks through lm-eval (needs internet).
+    ``online``: also run the paper's hub tasks through lm-eval (needs internet). ``task_files`` /
+    ``lm_eval_tasks``: the user's own tasks (downstream/user_tasks.py).
     """
     from rankscope.downstream.evaluate import evaluate_runs
 
     cap = None if not max_items else max_items
     frame = evaluate_runs(run_dirs, steps=parse_steps(steps), tasks=list(tasks) if tasks else None, max_items=cap, out=out,
-                          seed=seed, bootstrap_iters=bootstrap_iters, device=device)
+                          seed=seed, bootstrap_iters=bootstrap_iters, device=device, task_files=task_files,
+                          lm_eval_tasks=lm_eval_tasks)
     if lm_eval or online:
         _lm_eval_runs(run_dirs, tasks, cap, seed, bootstrap_iters, online)
     print_scores(frame)
@@ -48,7 +51,8 @@ def print_scores(frame: pd.DataFrame) -> None:
     shown = frame[frame["metric"].isin(["acc", "avg_acc"])]
     for _, r in shown.iterrows():
         floors = (f"  chance {rate(r, 'chance')} majority {rate(r, 'majority')}" if r["metric"] == "acc" else
-                  "  = " + definition(frame.loc[(frame["run"] == r["run"]) & (frame["metric"] == "acc"), "name"]))
+                  "  = " + definition(frame.loc[(frame["run"] == r["run"]) & (frame["step"] == r["step"])
+                                                & (frame["note"] == r["note"]) & (frame["metric"] == "acc"), "name"]))
         print(f"{r['run']:>20} step {r['step']:>7} {r['name']:>15} {r['metric']:>8} {r['value']:.3f} "
               f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]{floors}")
 

@@ -104,16 +104,21 @@ def evaluate_model(model: nn.Module, tokenizer, tasks: Sequence[str] | None = No
             sub = dict(info["hard_subset"], chance=info["chance"])
             scores.append(_summarise(f"{name}_hard", "acc", res.acc[hard], bootstrap_iters, seed, sub,
                                      [it for it, h in zip(items, hard, strict=True) if h]))
+    return scores + average_score(scores)
+
+
+def average_score(scores: Sequence[TaskScore]) -> list[TaskScore]:
+    """The task set's ``avg_acc`` (downstream/average.py: mean ``acc`` of the main tasks) with a bootstrap CI
+    from the tasks' draws; [] when no task has ``acc``."""
     keep = set(averaged_tasks(s.task for s in scores if s.metric == "acc"))
     main = [s for s in scores if s.metric == "acc" and s.task in keep]
-    if main:
-        draws = np.mean([s.draws for s in main], axis=0)
-        value = float(np.mean([s.value for s in main]))
-        stderr = float(np.sqrt(sum(s.stderr**2 for s in main)) / len(main))
-        lo, hi = np.percentile(draws, [2.5, 97.5])
-        scores.append(TaskScore("average", "avg_acc", value, stderr, float(lo), float(hi),
-                                sum(s.n for s in main), draws))
-    return scores
+    if not main:
+        return []
+    draws = np.mean([s.draws for s in main], axis=0)
+    value = float(np.mean([s.value for s in main]))
+    stderr = float(np.sqrt(sum(s.stderr**2 for s in main)) / len(main))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return [TaskScore("average", "avg_acc", value, stderr, float(lo), float(hi), sum(s.n for s in main), draws)]
 
 
 def _probe_subsample(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
@@ -129,7 +134,8 @@ def _probe_subsample(items: list[dict], max_items: int | None, seed: int) -> lis
 
 
 def scores_to_rows(scores: Sequence[TaskScore], run: str, method: str, step: int, *, scale: str = "",
-                   seed: int | None = None, settings: dict | None = None) -> list[Row]:
+                   seed: int | None = None, settings: dict | None = None, note: str = SOURCE_NOTE) -> list[Row]:
+    """Table rows of one model's scores; ``note`` names the task set (the shipped tasks by default)."""
     settings = dict(settings or {})
     rows = []
     for s in scores:
@@ -138,7 +144,7 @@ def scores_to_rows(scores: Sequence[TaskScore], run: str, method: str, step: int
                         name=s.task, space="native", scale=scale, seed=seed,
                         settings={**settings, "n_items": s.n, "chance": s.chance, "majority": s.majority,
                                   "baseline": s.baseline},
-                        note=SOURCE_NOTE))
+                        note=note))
     return rows
 
 
@@ -162,9 +168,19 @@ def _steps(run, steps: str | Sequence[int]) -> list[int]:
 def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "final",
                   tasks: Sequence[str] | None = None, max_items: int | None = DEFAULT_MAX_ITEMS,
                   out: str | Path | None = None, seed: int = 0, bootstrap_iters: int = BOOTSTRAP_ITERS,
-                  device: str = "cpu") -> pd.DataFrame:
-    """Score checkpoints of each run; write per-run tables (and ``out`` as a combined table stem)."""
+                  device: str = "cpu", task_files: Sequence[str | Path] = (),
+                  lm_eval_tasks: Sequence[str] = ()) -> pd.DataFrame:
+    """Score checkpoints of each run; write per-run tables (and ``out`` as a combined table stem).
+
+    ``task_files`` / ``lm_eval_tasks``: the user's own tasks (downstream/user_tasks.py), each its own task set;
+    with either, the shipped tasks are scored only when ``tasks`` names them.
+    """
+    from rankscope.downstream import user_tasks as U
     from rankscope.runs import open_runs
+
+    own = U.check_task_sources(task_files, lm_eval_tasks)  # every file checked before any model is loaded
+    shipped = tasks is not None or not (task_files or lm_eval_tasks)
+    files = {Path(f).stem: Path(f).resolve() for f in task_files}
 
     frames = []
     for run in open_runs(run_dirs):
@@ -175,11 +191,20 @@ def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "
         rows: list[Row] = []
         for step in _steps(run, steps):
             model = run.load_model(step, device=device)
+            kw = {"scale": run.scale, "seed": run.seed, "settings": settings}
             with torch.inference_mode():
-                scores = evaluate_model(model, tokenizer, tasks, max_items=max_items, seed=seed,
-                                        bootstrap_iters=bootstrap_iters)
-            rows += scores_to_rows(scores, run.name, run.method, step, scale=run.scale, seed=run.seed,
-                                   settings=settings)  # no wall-clock values: identical evals, identical rows
+                if shipped:  # no wall-clock values in rows: identical evals, identical rows
+                    scores = evaluate_model(model, tokenizer, tasks, max_items=max_items, seed=seed,
+                                            bootstrap_iters=bootstrap_iters)
+                    rows += scores_to_rows(scores, run.name, run.method, step, **kw)
+                for name, items in own.items():
+                    scores = U.score_task_file(model, tokenizer, name, items, max_items=max_items, seed=seed,
+                                               bootstrap_iters=bootstrap_iters)
+                    rows += scores_to_rows(scores, run.name, run.method, step, **kw, note=f"task file {files[name]}")
+            for spec in lm_eval_tasks:  # lm-eval runs the model in its own mode handling
+                scores = U.score_lm_eval_task(model, tokenizer, spec, max_items=max_items, seed=seed,
+                                              bootstrap_iters=bootstrap_iters)
+                rows += scores_to_rows(scores, run.name, run.method, step, **kw, note=f"lm-eval task {spec}")
             del model
         frame = rows_to_frame(rows)
         write_table(frame, run.results_dir / "downstream")

@@ -46,7 +46,7 @@ def _one_set(rows: pd.DataFrame) -> list[tuple]:
             cells.append("–" if sub.empty else f"{fmt(sub['value'].mean())} {ci if ci != '–' else ''}".strip())
         majority = _rate(grp, "majority")
         out.append((task, metric_label(metric), _rate(grp, "chance"),
-                    "– (answers differ per item)" if majority is None else majority, *cells))
+                    "–" if majority is None else majority, *cells))
     per_run = average_accuracy(rows)
     if not per_run.empty:
         run_method = rows.drop_duplicates("run").set_index("run")["method"]
@@ -76,7 +76,8 @@ def downstream_table(down: pd.DataFrame) -> str:
     html.append(
         '<p class="note">Each accuracy is the mean over seeds with the evaluator\'s 95% interval. Read it against '
         "<b>chance</b> (a uniform guess among the choices) and the <b>majority-class</b> rate (always giving the "
-        "most common answer; only for tasks whose items share one set of answers, such as the genre probe): an "
+        "most common answer; only for tasks whose items share one set of answers, such as the genre probe; – where "
+        "the answers differ from item to item, so there is no class to favour): an "
         "accuracy at the majority rate has learned nothing beyond label frequencies. The average is the one "
         f"definition used everywhere (eval output, F6, P1, the predictor); {len(kept)} task(s) enter it.</p>")
     return "".join(html)
