@@ -271,7 +271,7 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
     fresh)."""
     if not models:
         return
-    from rankscope.study import runner, stages
+    from rankscope.study import stages
 
     results = out_dir / "results" / "parity"
     results.mkdir(parents=True, exist_ok=True)
@@ -287,16 +287,23 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
     for stage, make_stamp, fn, needs in work:
         job = book.jobs.get(f"{stage}:parity") or Job(f"{stage}:parity", stage, "parity models")
         book.jobs[job.id] = job
-        blocked = [n for n in needs if book.jobs[f"{n}:parity"].state not in ("done", "skipped")]
-        if blocked:
-            book.update(job, "failed", 0.0, f"not run: needs {', '.join(blocked)} (parity), which failed")
-            continue
-        if (stage == "ood" and not cfg.ood.enabled(cfg.data)) or (stage == "finetune" and cfg.ood.finetune is None):
-            book.update(job, "skipped", 0.0, "not configured (study config: ood)")
-            continue
-        if stage == "predict" and stages.predict_not_applicable(len(models)):
-            book.update(job, "skipped", 0.0, f"parity models: {stages.predict_not_applicable(len(models))}")
-            continue
+        bar.start(stage, "parity models", 0.0)  # a line per stage when stdout is not a terminal
+        _parity_stage(cfg, out_dir, models, book, job, make_stamp, fn, needs)
+        bar.finish_job("parity models", job.state)
+
+
+def _parity_stage(cfg, out_dir, models, book, job, make_stamp, fn, needs) -> None:
+    from rankscope.study import runner, stages
+
+    stage = job.stage
+    blocked = [n for n in needs if book.jobs[f"{n}:parity"].state not in ("done", "skipped")]
+    if blocked:
+        book.update(job, "failed", 0.0, f"not run: needs {', '.join(blocked)} (parity), which failed")
+    elif (stage == "ood" and not cfg.ood.enabled(cfg.data)) or (stage == "finetune" and cfg.ood.finetune is None):
+        book.update(job, "skipped", 0.0, "not configured (study config: ood)")
+    elif stage == "predict" and stages.predict_not_applicable(len(models)):
+        book.update(job, "skipped", 0.0, f"parity models: {stages.predict_not_applicable(len(models))}")
+    else:
         runner._run_stage(job, make_stamp(), fn, book, out_dir)
 
 

@@ -182,7 +182,7 @@ def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: l
         if run_finished(run):
             book.update(job, "skipped", book.previous_seconds(job.id))
             bar.start("train", f"{job.run} (finished, skipped)", run.train.steps)
-            bar.finish_job(f"{job.run} (finished, skipped)")
+            bar.finish_job(f"{job.run} (finished, skipped)", "skipped")
         else:
             todo.append(job)
 
@@ -195,7 +195,7 @@ def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: l
 
     def report(job: Job, state: str, seconds: float, error: str) -> None:
         book.update(job, state, seconds, error)
-        bar.finish_job(job.run)
+        bar.finish_job(job.run, state)
         if state == "failed":
             bar.log(f"[red]train {job.run} failed[/red]: {error.splitlines()[-1] if error else ''}")
 
@@ -229,12 +229,12 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
         bar.start(stage, what, bar.stage_units(stage))
         if off.get(stage):
             book.update(job, "skipped", 0.0, "not configured (study config: ood)")
-            bar.finish_job(what)
+            bar.finish_job(what, job.state)
             continue
         if stage == "predict" and runs and stages.predict_not_applicable(len(runs)):
             stages.clear_predict(results)
             book.update(job, "skipped", 0.0, stages.predict_not_applicable(len(runs)))
-            bar.finish_job(what)
+            bar.finish_job(what, job.state)
             continue
         blocked = [n for n in needs if book.jobs[n].state not in ("done", "skipped")]
         if not runs or blocked:
@@ -242,7 +242,7 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
             book.update(job, "failed", 0.0, f"not run: {why}")
         else:
             _run_stage(job, make_stamp(), work, book, out_dir)
-        bar.finish_job(what)
+        bar.finish_job(what, job.state)
     if not_trained:
         note = f"runs {', '.join(not_trained)} failed to train and are left out"
         for stage in ("analyze", "eval", "predict"):
@@ -252,7 +252,7 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
     _write_timings(results, book, train_wall)
     bar.start("report", "report.html", bar.stage_units("report"))
     _run_stage(book.jobs["report"], None, lambda: stages.run_report(out_dir), book, out_dir)
-    bar.finish_job("report.html")
+    bar.finish_job("report.html", book.jobs["report"].state)
 
 
 def _run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,
