@@ -85,7 +85,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dist: str = "ddp"  # ddp | fsdp (when launched with torchrun)
     compile: bool = False  # torch.compile the model (slow first step; off for demos)
-    faithful_release: bool = False  # reproduce the released reference code's quirks (methods.md §3)
+    faithful_release: bool = False  # reproduce the released reference code's quirks (docs/faithful.md)
     eval_loss: str = "token_mean"  # token_mean | batch_mean | batch_mean_n_plus_1 (release quirk Q6)
     max_bad_steps: int = 0  # updates with a non-finite loss skipped (no optimizer step) before the run stops
     retain_cpu_memory: bool = True  # CPU: glibc keeps freed pages for the next step (no re-faulting; rankscope/allocator.py)
