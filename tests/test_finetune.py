@@ -114,6 +114,27 @@ def test_two_probes_of_one_checkpoint_give_identical_rows(tmp_path, one_thread, 
         assert finetune_runs([cfg.run_dir], settings=s, use_cache=False).equals(frames[0])
 
 
+def test_two_processes_probe_a_relora_checkpoint_to_identical_tables(tmp_path, one_thread):
+    """The issue's reproduction through the console script: `rankscope finetune RUN --no-cache` twice (each
+    process starts with its own global torch seed) gives byte-identical tables for a ReLoRA checkpoint."""
+    import json
+
+    from conftest import smoke_config
+    from helpers_fs import RANKSCOPE, run_cli
+
+    from rankscope.training.loop import train
+
+    if not RANKSCOPE.exists():
+        pytest.skip(f"console script {RANKSCOPE} not installed")
+    cfg = smoke_config(tmp_path, "rl", method="relora", steps=2)
+    train(cfg, progress=False)
+    settings = json.dumps({**SMALL, "steps": 2, "bootstrap_iters": 20})
+    for i in (1, 2):
+        proc = run_cli("finetune", cfg.run_dir, "--no-cache", "--settings", settings, "--out", tmp_path / f"ft{i}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ft1.parquet").read_bytes() == (tmp_path / "ft2.parquet").read_bytes()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["full_rank", "galore", "fira", "cola", "sltrain", "relora"])
 def test_probe_runs_for_every_method_in_both_modes(tmp_path, one_thread, method):
