@@ -149,7 +149,7 @@ def _run_rows(run: str, method: str, seed: int, ckpts: list[int], rng: np.random
             r("act_cka", c, scope="layer", name=str(layer), stderr=0.003, null=null)
             r("act_cos", c * 0.98, scope="layer", name=str(layer), null=null)
             r("act_rel_l2", (1 - c) * 1.5, scope="layer", name=str(layer), null=null)
-        r("act_cka", float(np.mean(cka)), stderr=0.002, null=null)
+        r("act_cka", float(np.mean(cka)) + (rng.normal(0, 0.003) if sibling else 0.0), stderr=0.002, null=null)
         r("act_rel_l2", float(1 - np.mean(cka)) * 1.5, stderr=0.003, null=null)
     return rows
 
@@ -258,7 +258,7 @@ def make_synthetic_study(
     SIBLINGS.clear()
     if "full_rank" in methods:
         for s in seeds:
-            for d in range(1, siblings + 1):
+            for d in range(max(seeds) + 1, max(seeds) + 1 + siblings):  # data seeds no main run uses
                 name = sibling_name("full_rank", s, d)
                 runs[name] = ("full_rank", s)
                 DATA_SEEDS[name] = d

@@ -66,3 +66,20 @@ def test_parity_models_get_their_own_panel(tmp_path):
     frame.to_parquet(tmp_path / "results" / "parity" / "heldout.parquet")
     html = shift_panels(load_robustness(tmp_path))
     assert "At equal steps" in html and "At parity" in html
+
+
+def test_probe_that_adapts_no_model_gives_no_finetuning_finding(tmp_path):
+    from rankscope.report.robustness import PROBE_IDLE, RobustnessData, adapted_runs, apply_probe_check
+    from rankscope.report.stats import Finding
+
+    idle = _rows({("full_rank", "ft_gain", "genre"): 0.0, ("galore", "ft_gain", "genre"): -0.02})
+    assert adapted_runs(idle) == [] and "adapts no model" in finetune_html(idle)
+    findings = [Finding("F7·ft_acc", "s", "c", verdict=HOLDS), Finding("F7·forgetting", "s", "c"),
+                Finding("F1", "s", "c", verdict=HOLDS)]
+    apply_probe_check(findings, RobustnessData(finetune=idle))
+    assert [f.verdict for f in findings] == [PROBE_IDLE, PROBE_IDLE, HOLDS]
+    adapts = _rows({("full_rank", "ft_gain", "genre"): 0.2, ("galore", "ft_gain", "genre"): 0.0})
+    assert adapted_runs(adapts) == ["full_rank_s0"] and "adapts 1 of 2" in finetune_html(adapts)
+    findings = [Finding("F7·ft_acc", "s", "c", verdict=HOLDS)]
+    apply_probe_check(findings, RobustnessData(finetune=adapts))
+    assert findings[0].verdict == HOLDS

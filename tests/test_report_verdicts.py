@@ -10,6 +10,7 @@ import pytest
 from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_geometry import check_f3, check_f5, versus_full
 from rankscope.report.load import TABLE_COLUMNS, normalise_table
+from rankscope.report.noise_floor import barrier_null_figure, design_sentence, noise_floor_html
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
 from rankscope.report.verdict_rules import CONNECTED, DISTINCT, NO_NULL, NOT_MINIMUM, WITHIN, is_exploratory
 
@@ -210,3 +211,33 @@ def test_per_run_calibration_on_tables(metric: str, effect: float) -> None:
             declared += check_f5(per_run_table(vals, metric="act_cka")).verdict == HOLDS
     rate = declared / N_STUDIES
     assert rate <= 0.05 if effect == 0 else rate >= 0.80
+
+
+# ---------------------------------------------------------------- the noise-floor section
+
+
+def test_design_sentence_says_what_the_study_allows() -> None:
+    none = barrier_table({("full_rank", "galore"): [0.3]}, {})
+    assert "no within-method null" in design_sentence(none)
+    few = barrier_table({("full_rank", "galore"): [0.3, 0.3]}, {"full_rank": [0.05, 0.05]})
+    text = design_sentence(few)
+    assert "2 init seed(s), 2 paired seed(s)" in text and "2 data-order sibling" in text
+    assert "exploratory" in text and "minimum attainable p = 0.25" in text
+    many = barrier_table({("full_rank", "galore"): [0.3] * 6}, {"full_rank": [0.05] * 6})
+    assert "confirmatory" in design_sentence(many)
+    assert "no diagnostics rows" in design_sentence(normalise_table(None))
+
+
+def test_noise_floor_table_flags_negative_sharpness_and_compares_with_the_spread() -> None:
+    vals = {("full_rank", 0, 0): 1.0, ("full_rank", 0, 100): 1.1, ("galore", 0, 0): 0.5, ("sltrain", 0, 0): -0.01}
+    html = noise_floor_html(per_run_table(vals), ("rand_sharpness",))
+    assert "not at a minimum along these directions: sltrain_s0" in html
+    assert "galore -0.5" in html and "0.07071" in html  # the difference next to the sibling SD (0.1/√2)
+
+
+def test_barrier_figure_needs_siblings() -> None:
+    table = barrier_table({("full_rank", "galore"): [0.3, 0.35]}, {"full_rank": [0.05, 0.06]})
+    fig = barrier_null_figure(table)
+    assert fig.uri.startswith("data:image/png;base64,") and not fig.missing
+    fig = barrier_null_figure(barrier_table({("full_rank", "galore"): [0.3]}, {}))
+    assert not fig.uri and "run data-order siblings" in fig.missing

@@ -14,9 +14,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.ticker import EngFormatter
+from scipy import stats as sps
 
 from rankscope.report.findings import final_rows, per_method
 from rankscope.report.load import RunInfo, StudyData, prefer_rows
+from rankscope.report.noise_floor import NEGATIVE_FLAG, barrier_null_figure
 from rankscope.report.plots_common import (
     Figure,
     fig_to_uri,
@@ -85,7 +87,8 @@ def sharpness(diag: pd.DataFrame) -> Figure:
         "sharpness",
         "Sharpness at the final step",
         "Expected sharpness along random directions (F1) and along the top-1 SVD direction (F2), "
-        "per method, with 95% intervals (stderr across directions and/or seeds).",
+        "per method, with 95% intervals (stderr across directions, or a t interval across seeds). Red hatched "
+        f"bars: negative sharpness, {NEGATIVE_FLAG} (the loss falls on both sides); no verdict is drawn from them.",
     )
     metrics = [
         m
@@ -100,8 +103,15 @@ def sharpness(diag: pd.DataFrame) -> Figure:
         est = per_method(final_rows(diag, metric))
         methods = ordered(est)
         vals = [est[m].value for m in methods]
-        err = [1.96 * est[m].se if np.isfinite(est[m].se) else 0.0 for m in methods]
-        ax.bar(methods, vals, yerr=err, capsize=3, color=[method_color(m) for m in methods])
+        err = [max(0.0, est[m].hi - est[m].value) if est[m].has_interval else 0.0 for m in methods]
+        bars = ax.bar(methods, vals, yerr=err, capsize=3, color=[method_color(m) for m in methods])
+        for bar, v in zip(bars, vals, strict=True):
+            if v < 0:  # the loss falls on both sides: no minimum along these directions (no verdict drawn)
+                bar.set_hatch("///")
+                bar.set_edgecolor("red")
+                ax.annotate("no minimum", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom",
+                            fontsize=7, color="red")
+        ax.axhline(0, color="black", lw=0.6)
         ax.set_title(metric, fontsize=10)
         ax.tick_params(axis="x", rotation=30, labelsize=8)
         ax.grid(axis="y", alpha=0.3)
@@ -171,7 +181,9 @@ def downstream_bars(down: pd.DataFrame) -> Figure:
         sub = rows[rows["method"] == method].groupby("name")
         mean = sub["value"].mean().reindex(tasks)
         ci_half = ((sub["ci_high"].mean() - sub["ci_low"].mean()) / 2).reindex(tasks)
-        seed_half = (1.96 * sub["value"].std(ddof=1) / np.sqrt(sub["value"].count())).reindex(tasks)
+        count = sub["value"].count()
+        t95 = pd.Series(sps.t.ppf(0.975, (count - 1).clip(lower=1)), index=count.index)  # seeds: t, n − 1 df
+        seed_half = (t95 * sub["value"].std(ddof=1) / np.sqrt(count)).reindex(tasks)
         err = pd.concat([ci_half, seed_half], axis=1).max(axis=1).fillna(0)
         xs = np.arange(len(tasks)) + (i - (len(methods) - 1) / 2) * width
         ax.bar(xs, mean, width, yerr=err, capsize=2, label=method, color=method_color(method))
@@ -201,6 +213,7 @@ def prediction_plot(png: bytes | None) -> Figure:
 
 # (section, figure name, builder) in report order; the name is repeated here so a crash keeps its slot.
 BUILDERS: list[tuple[str, str, Callable[[StudyData], Figure]]] = [
+    ("noise", "barrier-null", lambda d: barrier_null_figure(d.diagnostics)),
     ("training", "training-curves", lambda d: training_curves(d.runs, d.baselines)),
     ("landscape", "sharpness", lambda d: sharpness(d.diagnostics)),
     ("landscape", "landscape-curves", lambda d: landscape_curves(d.diagnostics)),

@@ -18,6 +18,7 @@ matplotlib.use("Agg")  # headless: never needs a display, safe under pytest and 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import stats as sps  # noqa: E402
 
 from rankscope.methods.order import METHOD_ORDER, in_order  # noqa: E402
 from rankscope.report.load import prefer_rows  # noqa: E402
@@ -69,7 +70,7 @@ def png_to_uri(data: bytes) -> str:
 def seed_band(frame: pd.DataFrame, x: str, y: str = "value", stderr: str | None = "stderr") -> pd.DataFrame:
     """Mean over runs (seeds) at each x, with a 95 % band.
 
-    With several seeds the band is ±1.96·sd/√n across seeds; with one seed it falls back to ±1.96·stderr
+    With several seeds the band is ±t(n − 1)·sd/√n across seeds; with one seed it falls back to ±1.96·stderr
     of the row when the diagnostic recorded one, and to no band otherwise.
     """
     cols = [c for c in (y, stderr) if c and c in frame]
@@ -77,7 +78,8 @@ def seed_band(frame: pd.DataFrame, x: str, y: str = "value", stderr: str | None 
         frame = frame.groupby(["run", x], as_index=False)[cols].mean()
     grouped = frame.groupby(x)
     out = pd.DataFrame({"mean": grouped[y].mean(), "n": grouped[y].count(), "sd": grouped[y].std(ddof=1)})
-    half = Z95 * out["sd"] / np.sqrt(out["n"].clip(lower=1))
+    t95 = sps.t.ppf(0.975, (out["n"] - 1).clip(lower=1))  # seed-level: t with n − 1 df, never 1.96
+    half = t95 * out["sd"] / np.sqrt(out["n"].clip(lower=1))
     if stderr and stderr in frame:
         row_se = grouped[stderr].mean()
         half = half.where(out["n"] >= 2, Z95 * row_se)

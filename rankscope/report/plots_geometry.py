@@ -32,7 +32,7 @@ def barrier_heatmap(diag: pd.DataFrame) -> Figure:
         "imib (Frankle form, loss units) for every method pair (rows) at every saved step "
         "(columns), mean over seeds. Grey 'n/a' = excluded (CoLA has no dense form).",
     )
-    rows = diag[(diag["metric"] == "imib") & (diag["scope"] == "pair")].copy()
+    rows = diag[(diag["metric"] == "imib") & (diag["scope"] == "pair") & (diag["null"] != "sibling")].copy()
     if rows.empty:
         fig_.missing = "no imib rows"
         return fig_

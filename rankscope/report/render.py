@@ -21,10 +21,11 @@ from rankscope.report.findings_downstream import check_targets, prediction_schem
 from rankscope.report.glossary import glossary_html
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
 from rankscope.report.load import StudyData, load_study
+from rankscope.report.noise_floor import design_sentence, noise_floor_html
 from rankscope.report.parity_section import apply_baseline_verdicts, parity_html
 from rankscope.report.plots import build_figures
 from rankscope.report.plots_common import Figure, ordered
-from rankscope.report.robustness import finetune_panels, load_robustness, shift_panels
+from rankscope.report.robustness import apply_probe_check, finetune_panels, load_robustness, shift_panels
 from rankscope.report.stats import Finding
 
 # The 16 headline metrics (docs/metrics.md); the "missing data" list names the ones with no rows.
@@ -255,6 +256,7 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
     robust = load_robustness(study_dir)
     findings += check_targets(robust.targets)
+    apply_probe_check(findings, robust)  # a probe that adapts no model gives no fine-tuning finding
     apply_baseline_verdicts(findings, data.runs, data.baselines)  # not past unigram: no verdict
     figures = build_figures(data)
     scale = str(data.study.get("model") or (data.runs[0].config.get("model") if data.runs else "") or "this")
@@ -263,10 +265,14 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         f"<h1>{esc(title)}</h1>",
         f'<p class="note">Generated {esc(_dt.datetime.now().isoformat(" ", "minutes"))}'
         " by rankscope report; self-contained (no network needed).</p>",
+        f'<p class="design"><strong>{esc(design_sentence(data.diagnostics))}</strong></p>',
         "<h2>Study</h2>",
         _summary(data),
         "<h2>Runs</h2>",
         _runs_table(data),
+        '<h2 id="noise-floor">Noise floor: runs of one method against runs of different methods</h2>',
+        noise_floor_html(data.diagnostics, HEADLINE),
+        *(figure(fig) for section, fig in figures if section == "noise"),
         "<h2>Findings of the paper, checked on these runs (at equal steps)</h2>",
         f"<p>{esc(SCALE_NOTE.format(scale=scale))}</p>",
         _findings_summary(findings),

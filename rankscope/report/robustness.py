@@ -140,6 +140,30 @@ def shift_html(heldout: pd.DataFrame) -> str:
     return "".join(parts)
 
 
+PROBE_IDLE = ("not applicable: the fine-tuning probe adapts no model (no model's fine-tuned accuracy beats its "
+              "frozen probe with a gain interval above 0), so there is no fine-tuning finding")
+
+
+def adapted_runs(ft: pd.DataFrame) -> list[str]:
+    """Runs whose fine-tuning gain (fine-tuned − frozen-probe accuracy) has a 95 % interval above 0."""
+    if ft.empty or "metric" not in ft:
+        return []
+    gain = _final(ft)
+    gain = gain[gain["metric"] == "ft_gain"]
+    return sorted(gain.loc[pd.to_numeric(gain["ci_low"], errors="coerce") > 0, "run"].astype(str).unique())
+
+
+def apply_probe_check(findings: list, data: RobustnessData) -> None:
+    """Fine-tuning findings (F7·ft_acc, F7·forgetting) say so instead of a verdict when the probe adapts no model."""
+    for frame in (data.finetune,):
+        if frame.empty or adapted_runs(frame):
+            continue
+        for f in findings:
+            if f.id.startswith(("F7·ft_acc", "F7·forgetting")):
+                f.notes.append(f"verdict before the probe check: {f.verdict}")
+                f.verdict, f.reason = PROBE_IDLE, "the probe's gain interval is above 0 for no model"
+
+
 def finetune_html(ft: pd.DataFrame) -> str:
     """Per method: frozen-probe accuracy, accuracy after the probe's fine-tuning, gain, forgetting."""
     if ft.empty:
@@ -165,8 +189,11 @@ def finetune_html(ft: pd.DataFrame) -> str:
              "NLL after − before (nats/token, paired bootstrap over paragraphs).")
     proto += (" Chance = 1/number of classes; majority class = accuracy of always answering the test part's "
               "most common class: both accuracies are read against it.")
-    return table(["method", "chance", "majority class (test)", *(label for _, label in metrics)], body) + \
-        f"<p>{esc(proto)}</p>"
+    adapted = adapted_runs(ft)
+    verdict = (f"The probe adapts {len(adapted)} of {rows['run'].nunique()} model(s) (gain interval above 0: "
+               f"{', '.join(adapted)})." if adapted else PROBE_IDLE[len("not applicable: "):].capitalize() + ".")
+    return (table(["method", "chance", "majority class (test)", *(label for _, label in metrics)], body)
+            + f"<p>{esc(proto)}</p>" + f'<p class="probe"><strong>{esc(verdict)}</strong></p>')
 
 
 def shift_panels(data: RobustnessData) -> str:

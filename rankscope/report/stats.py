@@ -66,7 +66,11 @@ def pooled(values: Sequence[float], stderrs: Sequence[float] | None = None) -> E
         return Estimate(float(v.mean()), n=n)
     source = max(candidates, key=lambda k: candidates[k])
     label = "stderr+seeds" if len(candidates) == 2 else source
-    return Estimate(float(v.mean()), candidates[source], n, label)
+    mean, se = float(v.mean()), candidates[source]
+    if source == "seeds":  # a seed-level SE takes t with n − 1 df, never 1.96 (4.30 at n = 3)
+        half = float(sps.t.ppf(0.975, n - 1)) * se
+        return Estimate(mean, se, n, label, mean - half, mean + half)
+    return Estimate(mean, se, n, label)
 
 
 def difference(a: Estimate, b: Estimate) -> Estimate:
