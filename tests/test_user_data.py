@@ -234,3 +234,36 @@ def test_study_defaults_raise_no_method_warning():
 
     for model in ("smoke", "tiny", "60m", "130m", "350m", "1b"):
         assert not [m for m in available() if method_warning(RunConfig(model=model, method=m))], model
+
+
+def test_export_files_share_one_mode_and_agree_on_pad_and_length(tmp_path):
+    """export-hf: weights as readable as the JSON beside them; pad id and max length agree across the files."""
+    import stat
+
+    from rankscope.data.tokenizer import load_tokenizer
+    from rankscope.safetensors_io import file_mode
+    from rankscope.training.checkpoint import list_checkpoints, step_dir
+
+    run = _train_own(tmp_path / "proj")
+    ckpt = step_dir(run, list_checkpoints(run)[-1])
+    assert {stat.S_IMODE(p.stat().st_mode) for p in ckpt.iterdir()} == {file_mode()}  # checkpoints too
+    out = tmp_path / "hf"
+    proc = run_cli("export-hf", run, out)
+    assert proc.returncode == 0, proc.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert set(modes) >= {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"}
+    assert set(modes.values()) == {file_mode()}, modes  # 0644 under the usual umask 022, never 0600
+
+    config = json.loads((out / "config.json").read_text())
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    pad_id = load_tokenizer("embedded").pad_id
+    assert pad_id is not None and config["pad_token_id"] == pad_id
+    added = {t["content"]: t["id"] for t in json.loads((out / "tokenizer.json").read_text())["added_tokens"]}
+    assert added[tok_config["pad_token"]] == pad_id
+    assert tok_config["model_max_length"] == config["max_position_embeddings"] == 256  # the smoke preset's RoPE
+
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.LlamaForCausalLM.from_pretrained(out)
+    assert tokenizer.pad_token_id == model.config.pad_token_id == model.generation_config.pad_token_id == pad_id
+    assert tokenizer.model_max_length == model.config.max_position_embeddings

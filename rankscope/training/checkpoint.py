@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from rankscope.config import RunConfig, load_config_file
 from rankscope.errors import UserError, WorkFailed
+from rankscope.safetensors_io import file_mode
 
 STEP_PREFIX = "step_"
 TMP_PREFIX, OLD_PREFIX = ".tmp_", ".old_"  # + step folder name + _<pid>: a checkpoint being written / replaced
@@ -201,6 +202,8 @@ def _write_files(tmp: Path, model_state, optimizer_state, method_state, rng_stat
     for r, state in enumerate(rng_states):
         save_file(state, tmp / f"rng_rank{r}.safetensors", meta)
     (tmp / "train_state.json").write_text(json.dumps(train_state, indent=2, sort_keys=True))
+    for path in tmp.glob("*.safetensors"):  # safetensors writes 0600 files; give them the mode of the JSON
+        os.chmod(path, file_mode())
 
 
 def remove_stale_temp(run_dir: Path) -> list[str]:
