@@ -87,7 +87,8 @@ def evaluate_findings(
         check_f3(diag, null),
         check_f4(diag, null),
         check_f5(diag, null),
-        seed_gate(check_f6(down, runs_frame), runs_frame),
+        seed_gate(check_f6(down, runs_frame), runs_frame[runs_frame["run"].isin(set(down["run"]))]
+                  if len(runs_frame) else runs_frame),
         check_f7(prediction or {}),
     ]
 

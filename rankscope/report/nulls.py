@@ -27,9 +27,10 @@ from rankscope.report.seedstats import pooled_sd
 SIBLING = "sibling"
 # metric shown in the paper -> the estimators a verdict prefers, first match wins (spec evidence.md §3)
 DECIDING = {
-    "imib": ("imib_xfit", "imib_crossfit"),
-    "rand_sharpness": ("rand_sharpness_fn", "rand_sharpness_norm"),
-    "pca_top1_sharpness": ("pca_top1_sharpness_fn", "pca_top1_sharpness_norm"),
+    "imib": ("imib_xfit",),  # cross-fitted: argmax α on one half of the sequences, value on the other
+    "ckpt_barrier": ("ckpt_barrier_xfit",),
+    "rand_sharpness": ("rand_sharpness_fn",),  # filter/row-normalised random directions
+    "rand_variance": ("rand_variance_fn",),
     "act_cka": ("act_cka_debiased",),
 }
 REFERENCE_METRICS = ("act_cka", "act_cka_debiased", "act_cos", "act_rel_l2", "act_l2")  # measured against full-rank

@@ -108,7 +108,8 @@ def differ_at_parity(down: pd.DataFrame, diag: pd.DataFrame | None = None,
     if any(w == "differ" for w in words):
         f.verdict, f.reason = HOLDS, "at least one pair differs beyond the sibling spread (Holm-corrected)"
     elif all(w == NO_NULL for w in words):
-        f.verdict, f.reason = NO_NULL, "no siblings with downstream results: the sibling spread is unknown"
+        f.verdict, f.reason = NO_NULL, ("no siblings with downstream results, so the sibling spread of average "
+                                        "accuracy is unknown: evaluate siblings (study: siblings.evaluate: true)")
     elif all(w == WITHIN for w in words):
         f.verdict, f.reason = WITHIN, "every pair is within the sibling spread of average accuracy"
     elif any(is_exploratory(w) for w in words):
