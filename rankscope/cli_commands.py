@@ -33,11 +33,16 @@ def _json_option(text: Optional[str], flag: str) -> dict:
 def analyze(
     run_dirs: list[Path] = typer.Argument(..., help="Run folders (one per method/seed; rankscope's or external "
                                           "checkpoint folders, docs/external_runs.md); the full_rank run is the reference."),
-    out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Folder for diagnostics.parquet/csv and the cache."),
+    out: Path = typer.Option(Path("analysis"), "--out", "-o", help="Output folder: OUT/diagnostics.parquet and .csv, "
+                             "and the per-checkpoint cache OUT/cache/ (a folder, as for study, eval, ppl, finetune and predict)."),
     metrics: Optional[list[str]] = typer.Option(None, "--metric", "-m", help="Metric ids or groups (default: the 16 headline metrics)."),
     mode: str = typer.Option("default", help="default (corrected) | faithful (the release's conventions)."),
-    n_tokens: int = typer.Option(4096, help="Held-out token budget shared by every point, direction and checkpoint "
-                                 "(the study used 65536)."),
+    n_tokens: int = typer.Option(4096, help="Held-out validation tokens of the shared evaluation batch (the same "
+                                 "tokens for every run and checkpoint; the paper: 65536). Activation metrics (act_*) "
+                                 "use all of them; loss landscapes (rand_*, pca_*), barriers (ckpt_barrier*, imib*), "
+                                 "hessian and trajectory use the batch's first 512 (their max_tokens setting, e.g. "
+                                 "--settings '{\"landscape_random\": {\"max_tokens\": null}}' for all); weight and "
+                                 "update spectra (w_*, dw_*) use no data."),
     settings: Optional[str] = typer.Option(None, help="JSON per-group settings, e.g. '{\"landscape_random\": {\"n_directions\": 8}}'."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute everything."),
@@ -72,7 +77,9 @@ def evaluate(
     tasks: Optional[list[str]] = typer.Option(None, "--task", help="Offline task names (default: all)."),
     # = downstream.evaluate.DEFAULT_MAX_ITEMS (a literal so `--help` needs no torch import; a test ties them)
     max_items: int = typer.Option(300, help="Items per task (0: all), sampled with a fixed seed."),
-    out: Optional[Path] = typer.Option(None, help="Also write a combined downstream table here."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: also write all runs' rows to OUT/downstream.parquet "
+                                       "and .csv, replacing them (e.g. --out study/results); a path ending in .parquet or .csv names the "
+                                       "table file. Each run's own results/downstream.parquet is always written."),
     lm_eval: bool = typer.Option(False, "--lm-eval", help="Cross-check through lm-evaluation-harness."),
     online: bool = typer.Option(False, "--online", help="Also run the paper's hub tasks through lm-eval (internet)."),
     task_files: Optional[list[Path]] = typer.Option(
@@ -100,7 +107,9 @@ def ppl(
     column: str = typer.Option("text", help="Text column of .jsonl/.parquet files and hf: datasets."),
     max_bytes: int = typer.Option(400_000, help="UTF-8 bytes per text: whole documents in a seeded order (0: all)."),
     max_docs: int = typer.Option(0, help="At most this many documents per text (0: no limit)."),
-    out: Optional[Path] = typer.Option(None, help="Also merge the rows into this table (e.g. results/downstream)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: also merge the rows into OUT/heldout.parquet and "
+                                       ".csv (e.g. --out study/results); a path ending in .parquet or .csv names the "
+                                       "table file. Each run's own results/heldout.parquet is always written."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
 ) -> None:
     """Perplexity and bits per byte on held-out text, with a bootstrap interval over documents."""
@@ -117,7 +126,9 @@ def finetune(
     steps: str = typer.Option("final", help="final | all | comma-separated checkpoint steps."),
     settings: Optional[str] = typer.Option(None, help="JSON FinetuneSettings overrides, e.g. "
                                            "'{\"steps\": 10, \"lr\": 3e-4, \"mode\": \"lora\"}'."),
-    out: Optional[Path] = typer.Option(None, help="Also merge the rows into this table (e.g. results/finetune)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder: also merge the rows into OUT/finetune.parquet and "
+                                       ".csv (e.g. --out study/results); a path ending in .parquet or .csv names the "
+                                       "table file. Each run's own results/finetune.parquet is always written."),
     device: str = typer.Option("cpu", help="cpu | cuda."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Recompute cached checkpoints."),
 ) -> None:

@@ -132,7 +132,7 @@ def test_two_processes_probe_a_relora_checkpoint_to_identical_tables(tmp_path, o
     for i in (1, 2):
         proc = run_cli("finetune", cfg.run_dir, "--no-cache", "--settings", settings, "--out", tmp_path / f"ft{i}")
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "ft1.parquet").read_bytes() == (tmp_path / "ft2.parquet").read_bytes()
+    assert (tmp_path / "ft1" / "finetune.parquet").read_bytes() == (tmp_path / "ft2" / "finetune.parquet").read_bytes()
 
 
 @pytest.mark.slow

@@ -145,8 +145,9 @@ def test_run_folder_made_from_relative_paths_works_from_another_directory(tmp_pa
     assert data["train_files"] == [str(proj / "data" / "train.txt")] and data["val_files"] == [str(proj / "data" / "val.txt")]
     assert data["typed_paths"] == {"train_files": ["data/train.txt"], "val_files": ["data/val.txt"]}
 
-    ppl = run_cli("ppl", run, "--text", "val", "--max-bytes", "2000", cwd=elsewhere)
+    ppl = run_cli("ppl", run, "--text", "val", "--max-bytes", "2000", "--out", "tables", cwd=elsewhere)
     assert ppl.returncode == 0, ppl.stderr
+    assert (elsewhere / "tables" / "heldout.parquet").is_file()  # --out is a folder, as for analyze
     analyze = run_cli("analyze", run, "--metric", "rand_sharpness", "--n-tokens", "64", "--out", tmp_path / "an",
                       "--settings", '{"landscape_random": {"n_directions": 1, "n_points": 3}}', "--quiet",
                       cwd=elsewhere)
@@ -267,3 +268,32 @@ def test_export_files_share_one_mode_and_agree_on_pad_and_length(tmp_path):
     model = transformers.LlamaForCausalLM.from_pretrained(out)
     assert tokenizer.pad_token_id == model.config.pad_token_id == model.generation_config.pad_token_id == pad_id
     assert tokenizer.model_max_length == model.config.max_position_embeddings
+
+
+@pytest.mark.parametrize("command, out, expected", [
+    ("eval", "study/results", "study/results/downstream"),  # a folder, as for analyze and study
+    ("ppl", "study/results", "study/results/heldout"),
+    ("finetune", "tables", "tables/finetune"),
+    ("ppl", "mine.parquet", "mine"),  # a table file, named explicitly
+    ("eval", "all.csv", "all"),
+    ("ppl", "results/downstream", "results/downstream"),  # the earlier stem form keeps its meaning
+    ("finetune", "results/finetune", "results/finetune"),
+])
+def test_out_is_a_folder_with_documented_table_names(tmp_path, monkeypatch, command, out, expected):
+    from rankscope.downstream.commands import out_table
+
+    monkeypatch.chdir(tmp_path)
+    assert out_table(out, command) == Path(expected)
+    (tmp_path / "results" / "downstream").mkdir(parents=True)  # an existing folder named like a table is a folder
+    assert out_table("results/downstream", "eval") == Path("results/downstream/downstream")
+    assert out_table(None, command) is None
+
+
+def test_help_says_what_out_is_and_which_tokens_each_metric_uses():
+    analyze = run_cli("analyze", "--help").stdout
+    flat = " ".join(analyze.replace("│", " ").split())
+    assert "Output folder: OUT/diagnostics.parquet" in flat and "a folder, as for study, eval, ppl, finetune and predict" in flat
+    assert "Activation metrics (act_*) use all of them" in flat and "first 512" in flat
+    for command, table in (("eval", "downstream"), ("ppl", "heldout"), ("finetune", "finetune")):
+        text = " ".join(run_cli(command, "--help").stdout.replace("│", " ").split())
+        assert "Output folder: also" in text and f"OUT/{table}.parquet" in text, command

@@ -13,6 +13,27 @@ import pandas as pd
 from rankscope.downstream.evaluate import DEFAULT_MAX_ITEMS
 from rankscope.errors import UserError
 
+#: Tables the eval/ppl/finetune commands write, named as in a study's results/ folder.
+TABLES = {"eval": "downstream", "ppl": "heldout", "finetune": "finetune"}
+
+
+def out_table(out: str | Path | None, command: str) -> Path | None:
+    """The table stem ``--out`` of ``eval``/``ppl``/``finetune`` means: one meaning for every command, a folder.
+
+    ``DIR`` -> ``DIR/<table>`` (``downstream``, ``heldout`` or ``finetune``, the study's names, so ``--out
+    study/results`` joins a study's tables); ``PATH.parquet``/``PATH.csv`` -> that table file. Kept from the
+    earlier meaning (a file stem): a path without suffix named after a table (``results/downstream``) that is
+    not an existing folder is still that table's stem.
+    """
+    if out is None:
+        return None
+    out = Path(out)
+    if out.suffix in (".parquet", ".csv"):
+        return out.with_suffix("")
+    if out.name in TABLES.values() and not out.is_dir():
+        return out
+    return out / TABLES[command]
+
 
 def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequence[str] | None = None,
              max_items: int | None = DEFAULT_MAX_ITEMS, out: str | Path | None = None, seed: int = 0,
@@ -28,7 +49,8 @@ def cmd_eval(run_dirs: Sequence[str | Path], steps: str = "final", tasks: Sequen
     from rankscope.downstream.evaluate import evaluate_runs
 
     cap = None if not max_items else max_items
-    frame = evaluate_runs(run_dirs, steps=parse_steps(steps), tasks=list(tasks) if tasks else None, max_items=cap, out=out,
+    frame = evaluate_runs(run_dirs, steps=parse_steps(steps), tasks=list(tasks) if tasks else None, max_items=cap,
+                          out=out_table(out, "eval"),
                           seed=seed, bootstrap_iters=bootstrap_iters, device=device, task_files=task_files,
                           lm_eval_tasks=lm_eval_tasks)
     if lm_eval or online:
@@ -78,7 +100,8 @@ def cmd_ppl(run_dirs: Sequence[str | Path], texts: Sequence[str], steps: str = "
         raise UserError("rankscope ppl needs at least one --text (a file, hf:NAME[:CONFIG], embedded:SPLIT, val "
                         "or shift)")
     frame = ppl_runs(run_dirs, parse_texts(texts, split=split, column=column), steps=parse_steps(steps),
-                     max_bytes=max_bytes, max_docs=max_docs, seed=seed, bootstrap_iters=bootstrap_iters, out=out,
+                     max_bytes=max_bytes, max_docs=max_docs, seed=seed, bootstrap_iters=bootstrap_iters,
+                     out=out_table(out, "ppl"),
                      device=device)
     shown = frame[frame["metric"].isin(["heldout_ppl", "heldout_bpb"])]
     for _, r in shown.iterrows():
@@ -98,7 +121,7 @@ def cmd_finetune(run_dirs: Sequence[str | Path], steps: str = "final", settings:
     unknown = sorted(set(settings or {}) - known)
     if unknown:
         raise UserError(f"--settings: unknown finetune field(s) {unknown}; valid fields: {', '.join(sorted(known))}")
-    frame = finetune_runs(run_dirs, parse_steps(steps), FinetuneSettings(**(settings or {})), out=out,
+    frame = finetune_runs(run_dirs, parse_steps(steps), FinetuneSettings(**(settings or {})), out=out_table(out, "finetune"),
                           device=device, use_cache=use_cache)
     for _, r in frame.iterrows():
         print(f"{r['run']:>20} step {r['step']:>7} {r['metric']:>17} {r['value']:.4g} "
