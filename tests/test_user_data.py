@@ -297,3 +297,29 @@ def test_help_says_what_out_is_and_which_tokens_each_metric_uses():
     for command, table in (("eval", "downstream"), ("ppl", "heldout"), ("finetune", "finetune")):
         text = " ".join(run_cli(command, "--help").stdout.replace("│", " ").split())
         assert "Output folder: also" in text and f"OUT/{table}.parquet" in text, command
+
+
+def test_report_refuses_a_project_folder_with_only_runs(tmp_path):
+    """`rankscope report .` where `rankscope train` made runs/: not a study (no study.json), exit 2, nothing written."""
+    (tmp_path / "runs" / "own").mkdir(parents=True)
+    (tmp_path / "runs" / "own" / "config.json").write_text("{}")
+    before = snapshot(tmp_path)
+    proc = run_cli("report", ".", cwd=tmp_path)
+    assert_clean_failure(proc, 2)
+    assert "no study.json, so it is not a study folder" in proc.stderr and "Your own data" in proc.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_readme_own_data_study_loads(tmp_path, monkeypatch):
+    """The README's own-data study config is valid: files imply source files, the demo's holdout is dropped."""
+    import re
+
+    from rankscope.study import load_study_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Your own data", 1)[1].split("\n## ", 1)[0]
+    (tmp_path / "my_study.yaml").write_text(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_study_config("my_study.yaml")
+    assert cfg.data.source == "files" and cfg.data.holdout_source == "" and cfg.methods == ("full_rank", "galore")
+    assert cfg.data.train_files == (str(tmp_path / "data" / "train.txt"),)

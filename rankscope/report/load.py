@@ -204,21 +204,26 @@ def _load_run(folder: Path, missing: list[str]) -> RunInfo:
 def study_folder_problem(study_dir: str | Path) -> str | None:
     """Why ``study_dir`` is not a study folder (None if it is), checked before the report writes anything.
 
-    A study folder holds ``study.json`` (written first by ``rankscope study``) or the ``runs/`` / ``results/``
-    folders of the contract above; a half-finished or failed study qualifies, a random folder does not.
+    A study folder holds ``study.json``, which ``rankscope study`` writes before any job starts, so a
+    half-finished or failed study qualifies. A folder with only ``runs/`` (e.g. the project folder where
+    ``rankscope train`` put its default ``--out-dir runs``) is not a study: its runs were never analysed or
+    evaluated together, so a report of it would be a page of "missing" sections.
     """
     root = Path(study_dir)
     if not root.exists():
         return f"study folder {root} does not exist"
     if not root.is_dir():
         return f"{root} is a file, not a study folder"
-    if (root / "study.json").is_file() or (root / "runs").is_dir() or (root / "results").is_dir():
+    if (root / "study.json").is_file():
         return None
     if (root / "config.json").is_file() and (root / "meta.json").is_file():
         return (f"{root} is a run folder, not a study folder; give the folder passed to `rankscope study --out` "
                 f"(it holds study.json, runs/ and results/)")
-    return (f"{root} is not a study folder: it has no study.json, runs/ or results/; give the folder passed to "
-            f"`rankscope study --out`")
+    if (root / "runs").is_dir() or (root / "results").is_dir():
+        return (f"{root} has runs/ or results/ but no study.json, so it is not a study folder (`rankscope train` "
+                f"puts runs in runs/ by default). The report renders what `rankscope study --out DIR` made; to "
+                f"compare your own runs in a report, see README.md, \"Your own data\".")
+    return (f"{root} is not a study folder: it has no study.json; give the folder passed to `rankscope study --out`")
 
 
 def load_study(study_dir: str | Path) -> StudyData:
