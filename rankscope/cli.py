@@ -26,11 +26,16 @@ def build_run_config(config: Optional[Path], set_: Optional[list[str]], options:
     nested = merge(base, split_overrides(options))
     explicit = "--source" if options.get("data__source") is not None else f"in {config}"
     nested["data"] = imply_files_source(nested.get("data") or {}, explicit)
-    method_options = parse_set(set_)
+    from rankscope.guides.options import build_guide, split_guide_options
+
+    method_options, guide_options = split_guide_options(parse_set(set_))
     if method_options:
         nested["method_options"] = {**(nested.get("method_options") or {}), **method_options}
+    if guide_options:
+        nested["guide_options"] = {**(nested.get("guide_options") or {}), **guide_options}
     cfg = RunConfig.from_dict(nested, source=str(config) if config else "command line")
     cfg.method_config()  # validate method options now, before anything is written
+    build_guide(cfg)  # and the guide's (window, ranges)
     from rankscope.data.sources import check_sources
 
     check_sources(cfg.data)  # and the data: missing, unreadable, empty or malformed files (first documents)
@@ -43,7 +48,8 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON/YAML run config; flags override it."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run folder from its last checkpoint."),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="Method option KEY=VALUE, converted to the option's type "
-                                       "(see `rankscope methods`); --set lr=X is the same as --lr X."),
+                                       "(see `rankscope methods`); --set lr=X is the same as --lr X; "
+                                       "guide.KEY=VALUE sets an option of --guide (see `rankscope guides`)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar or memory table."),
     allow_change: Optional[str] = typer.Option(
         None, "--allow-change", help="With --resume: settings that may differ from the run's config.json "
@@ -85,6 +91,20 @@ def methods() -> None:
         presets = getattr(cls.Config, "PRESET_DEFAULTS", {})
         if presets:
             typer.echo("    per preset: " + "; ".join(f"{k}: {v}" for k, v in presets.items()))
+
+
+@app.command()
+def guides() -> None:
+    """List the geometry guides (--guide NAME) and their options (--set guide.KEY=VALUE); docs/guides.md."""
+    from dataclasses import fields
+
+    from rankscope.guides.registry import available, get_guide
+
+    for name in available():
+        cls = get_guide(name)
+        typer.echo(f"{name}: {cls.summary}")
+        for f in fields(cls.Config):
+            typer.echo(f"    {f.name} = {getattr(cls.Config(), f.name)!r}")
 
 
 @app.command("export-hf")

@@ -18,7 +18,7 @@ import typer
 from rankscope.config import DataConfig, RunConfig, TrainConfig
 
 SECTIONS: dict[str, type] = {"": RunConfig, "data": DataConfig, "train": TrainConfig}
-SKIP = {"method_options", "data", "train", "typed_paths"}  # typed_paths is set from --train-files etc.
+SKIP = {"method_options", "guide_options", "data", "train", "typed_paths"}  # typed_paths is set from --train-files etc.
 
 
 def _field_docs(cls: type) -> dict[str, str]:

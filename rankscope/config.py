@@ -143,6 +143,8 @@ class RunConfig:
     vocab_size: int = 0  # override the preset's vocabulary size (0: preset value)
     method: str = "full_rank"  # a registered method (`rankscope methods` lists them): full_rank, galore, fira, cola, ...
     method_options: dict[str, Any] = field(default_factory=dict)  # overrides of the method's Config
+    guide: str = ""  # a geometry guide (`rankscope guides` lists them: sam, rwp, msam, align, spectral); "" = none
+    guide_options: dict[str, Any] = field(default_factory=dict)  # the guide's options (--set guide.KEY=VALUE)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -152,6 +154,13 @@ class RunConfig:
 
             typed = coerce_method_options(self.method, self.method_class().Config, dict(self.method_options))
             object.__setattr__(self, "method_options", typed)
+        if self.guide_options and not self.guide:
+            raise UserError(f"guide options {sorted(self.guide_options)} are given without a guide; add --guide NAME "
+                            f"(`rankscope guides` lists them) or drop the guide.* settings")
+        if self.guide:  # typed like method options; unknown guide or key -> UserError (rankscope/guides/options.py)
+            from rankscope.guides.options import coerce_guide_options
+
+            object.__setattr__(self, "guide_options", coerce_guide_options(self.guide, dict(self.guide_options)))
 
     @property
     def run_dir(self) -> Path:
@@ -219,6 +228,8 @@ class RunConfig:
         """The settings that change the training trajectory (not where it is written or logged)."""
         d = self.to_dict()
         d.pop("name"), d.pop("out_dir")
+        if not d["guide"]:  # unguided runs keep the hash they had before guides existed
+            d.pop("guide"), d.pop("guide_options")
         for k in ("eval_every", "eval_tokens", "save_every", "save_steps", "log_every", "device", "eval_loss",
                   "retain_cpu_memory"):
             d["train"].pop(k)

@@ -320,7 +320,8 @@ def load_model(run_dir: str | Path, step: int | None = None, device: str | torch
     d = step_dir(run_dir, step)
     try:
         model.load_state_dict(_load_safetensors(d / "model.safetensors"), strict=True)
-        method.load_state_dict(_load_safetensors(d / "method.safetensors"))  # e.g. ReLoRA's merge count
+        method.load_state_dict({k: v for k, v in _load_safetensors(d / "method.safetensors").items()
+                                if not k.startswith("guide/")})  # e.g. ReLoRA's merge count (a guide's state apart)
     except (RuntimeError, KeyError, ValueError) as exc:
         raise UserError(f"checkpoint {d} does not match its config.json "
                         f"(model {cfg.model!r}, method {cfg.method!r}): {str(exc).splitlines()[0]}") from None

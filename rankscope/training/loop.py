@@ -10,6 +10,7 @@ refresh, merge-and-reset) are the method's hooks (rankscope/methods/base.py).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import math
 import time
@@ -141,6 +142,7 @@ def _train(cfg, resume, progress, stop_after, allow_change, stopper: StopOnSigna
     if t.dist == "fsdp" and info.distributed and not method.supports_fsdp:
         raise UserError(f"method {cfg.method!r} needs whole matrices in its optimizer or layers and cannot run "
                         f"under --dist fsdp; use --dist ddp")
+    guide = checked_guide(cfg, method, info)  # None without --guide: the loop below is then today's
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise UserError(f"tokenizer {cfg.data.tokenizer!r} has {tokenizer.vocab_size} tokens but model "
@@ -163,7 +165,7 @@ def _train(cfg, resume, progress, stop_after, allow_change, stopper: StopOnSigna
     try:
         try:
             return _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after,
-                        stopper)
+                        stopper, guide)
         except OSError as exc:  # a full disk while writing the log or meta.json: the same paragraph as a checkpoint's
             if not ckpt.is_disk_full(exc):
                 raise
@@ -176,11 +178,14 @@ def _train(cfg, resume, progress, stop_after, allow_change, stopper: StopOnSigna
         folder.close()
 
 
-def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after, stopper):
+def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint, progress, stop_after, stopper,
+         guide=None):
     """Restore (if resuming), then the update loop; ``folder`` is open and locked."""
     t, run_dir, start_step = cfg.train, cfg.run_dir, folder.start_step
+    if guide is not None:
+        guide.setup(model, optimizer, info)
     if start_step:
-        loop = restore_state(run_dir, start_step, model, optimizer, method, info, cfg)
+        loop = restore_state(run_dir, start_step, model, optimizer, method, info, cfg, guide)
     else:
         loop = LoopState(torch.zeros((), dtype=torch.float64, device=info.device))
     if start_step >= t.steps:  # already finished: a no-op resume leaves the folder as it is
@@ -208,14 +213,9 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
         factor = method.lr_factor(step)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        step_loss = torch.zeros((), device=info.device)
-        for micro in range(t.grad_accum):
-            ids, labels = batches.get(step, micro)
-            sync = micro == t.grad_accum - 1 or not isinstance(train_model, nn.parallel.DistributedDataParallel)
-            with (train_model.no_sync() if not sync else contextlib.nullcontext()), dist.autocast_context(t.precision, info.device):
-                loss = lm_loss(train_model(ids.to(info.device, non_blocking=True)), labels.to(info.device)) / t.grad_accum
-            loss.backward()
-            step_loss += loss.detach().float()
+        micro_pass = functools.partial(_micro_pass, step, train_model, batches, t, info)
+        guided = guide is not None and guide.active(step)
+        step_loss = guide.accumulate(step, micro_pass) if guided else micro_pass()
         ok = True
         if t.max_bad_steps:  # skip non-finite updates: one sync per step, only when asked for
             ok = dist.all_reduce_sum((~torch.isfinite(step_loss)).float()).item() == 0
@@ -231,6 +231,8 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
         done = step + 1
         folder.started = True
         extra_logs = method.on_step_end(done, model, optimizer) if ok else {}
+        if ok and guided:
+            extra_logs = {**(extra_logs or {}), **guide.after_step(done, optimizer)}
         if ok:
             bad |= ~torch.isfinite(step_loss)
             loop.window_sum += step_loss.double()
@@ -259,7 +261,7 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
             val_loss = validate(model, val, info, t.precision, t.eval_loss, shard=t.dist != "fsdp")
             log.write("eval", done, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 700)), tokens=done * tokens_per_step)
         if save_now:
-            save_state(run_dir, done, model, optimizer, method, info, cfg, tokens_per_step, loop, val)
+            save_state(run_dir, done, model, optimizer, method, info, cfg, tokens_per_step, loop, val, guide)
         bar.update(1)
         if (stop and done < t.steps) or (stop_after is not None and done >= stop_after):
             break
@@ -268,6 +270,35 @@ def _run(cfg, folder, info, method, model, optimizer, batches, val, fingerprint,
     dist.teardown()
     return TrainResult(run_dir, done, val_loss, math.exp(min(val_loss, 700)) if val_loss is not None else None,
                        stopped_by=signal_name(stop) if stop and done < t.steps else "")
+
+
+def _micro_pass(step, train_model, batches, t, info, extra=None) -> torch.Tensor:
+    """Forward and backward over every micro-batch of update ``step``, gradients accumulated in ``.grad``;
+    returns the summed LM loss. ``extra(ids, labels)``: a guide's loss term, added before backward."""
+    step_loss = torch.zeros((), device=info.device)
+    for micro in range(t.grad_accum):
+        ids, labels = batches.get(step, micro)
+        sync = micro == t.grad_accum - 1 or not isinstance(train_model, nn.parallel.DistributedDataParallel)
+        with (train_model.no_sync() if not sync else contextlib.nullcontext()), dist.autocast_context(t.precision, info.device):
+            loss = lm_loss(train_model(ids.to(info.device, non_blocking=True)), labels.to(info.device)) / t.grad_accum
+            total = loss if extra is None else loss + extra(ids, labels) / t.grad_accum
+        total.backward()
+        step_loss += loss.detach().float()
+    return step_loss
+
+
+def checked_guide(cfg: RunConfig, method: Method, info: dist.DistInfo):
+    """The run's guide after its refusals (FSDP; a method it cannot act on), or None without one."""
+    from rankscope.guides.options import build_guide
+
+    guide = build_guide(cfg)
+    if guide is None:
+        return None
+    if cfg.train.dist == "fsdp" and info.distributed:
+        raise UserError(f"guide {cfg.guide!r} cannot run under --dist fsdp: it perturbs or reads whole parameters "
+                        f"between passes, which sharded parameters do not hold; use --dist ddp (or drop --guide)")
+    guide.check(method)
+    return guide
 
 
 def _finished(run_dir: Path, step: int) -> TrainResult:

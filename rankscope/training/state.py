@@ -69,8 +69,12 @@ def _gather(obj, info: dist.DistInfo) -> list:
     return gathered
 
 
+#: Key prefix of a guide's tensors inside method.safetensors (rankscope/guides/base.py).
+GUIDE_PREFIX = "guide/"
+
+
 def save_state(run_dir, step: int, model, optimizer, method, info, cfg, tokens_per_step: int, loop: LoopState,
-               val) -> None:
+               val, guide=None) -> None:
     """Checkpoint ``step`` (collective: every rank calls it); refuses weights whose held-out loss is not finite."""
     # Each rank checks its own shard (FSDP parameters are DTensors; .to_local() is the shard).
     local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
@@ -90,7 +94,9 @@ def save_state(run_dir, step: int, model, optimizer, method, info, cfg, tokens_p
     sums = _gather(float(loop.window_sum), info)
     if info.is_main:
         ckpt.save_checkpoint(
-            run_dir, step, model_state=model_state, optimizer_state=opt_state, method_state=method.state_dict(),
+            run_dir, step, model_state=model_state, optimizer_state=opt_state,
+            method_state={**method.state_dict(),
+                          **{GUIDE_PREFIX + k: v for k, v in (guide.state_dict() if guide else {}).items()}},
             rng_states=rngs,
             train_state={"step": step, "tokens_seen": step * tokens_per_step,
                          "data_position": step * tokens_per_step // cfg.data.seq_len,
@@ -102,7 +108,7 @@ def save_state(run_dir, step: int, model, optimizer, method, info, cfg, tokens_p
         torch.distributed.barrier()
 
 
-def restore_state(run_dir, step: int, model, optimizer, method, info, cfg) -> LoopState:
+def restore_state(run_dir, step: int, model, optimizer, method, info, cfg, guide=None) -> LoopState:
     """Load checkpoint ``step`` into the freshly built objects; damaged or mismatched files are user errors."""
     loaded = ckpt.load_checkpoint(run_dir, step, info.rank)
     fresh = [{k: g[k] for k in CONFIG_GROUP_KEYS if k in g} for g in optimizer.param_groups]
@@ -116,7 +122,11 @@ def restore_state(run_dir, step: int, model, optimizer, method, info, cfg) -> Lo
             model.load_state_dict(loaded["model"], strict=True)
             if "optimizer" in loaded:
                 optimizer.load_state_dict(loaded["optimizer"])
-        method.load_state_dict(loaded["method"])
+        own = {k: v for k, v in loaded["method"].items() if not k.startswith(GUIDE_PREFIX)}
+        method.load_state_dict(own)
+        if guide is not None:
+            guide.load_state_dict({k[len(GUIDE_PREFIX):]: v.to(info.device) for k, v in loaded["method"].items()
+                                   if k.startswith(GUIDE_PREFIX)})
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
         raise UserError(f"checkpoint {where} does not fit this run's model, optimizer or method state "
                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); the checkpoint is "
