@@ -11,7 +11,7 @@ from rankscope.cli_options import config_parameters
 
 # Snapshot of the generated `rankscope train` config flags. A change here must be deliberate.
 EXPECTED_FLAGS = {
-    "name", "out_dir", "model", "vocab_size", "method",
+    "name", "out_dir", "model", "vocab_size", "method", "guide",
     "data__source", "data__dataset", "data__dataset_config", "data__text_column", "data__train_split",
     "data__val_split", "data__train_files", "data__val_files", "data__streaming", "data__tokenizer",
     "data__seq_len", "data__packing", "data__shuffle_buffer", "data__holdout_source",
