@@ -167,12 +167,27 @@ def study(
                                                   "gpu-check`: its measured MFU replaces the assumed one."),
     stop_signal: Optional[str] = typer.Option(None, "--stop-signal", help="Also stop on this signal (e.g. USR1), "
                                               "as on SIGTERM: training jobs checkpoint, exit 143."),
+    runs_flag: bool = typer.Option(False, "--runs", help="Analysis-only study of existing runs, given as the "
+                                   "arguments: rankscope run folders or external checkpoint folders; nothing is trained."),
+    run_paths: Optional[list[Path]] = typer.Argument(None, help="With --runs: the runs to study.", show_default=False),
+    val_text: Optional[str] = typer.Option(None, "--val-text", help="With --runs: the validation text parity and the "
+                                           "predictor use (a .txt/.jsonl/.parquet file, hf:NAME[:CONFIG], embedded:SPLIT; "
+                                           "default val: each run's own validation data)."),
 ) -> None:
-    """The whole study: train every method and seed, analyze, evaluate, predict, and write report.html."""
+    """The whole study: train every method and seed, analyze, evaluate, predict, and write report.html.
+
+    With --runs: an analysis-only study of existing runs (no training; docs/external_runs.md).
+    """
     from rankscope.study.commands import cmd_study
 
+    if run_paths and not runs_flag:
+        raise UserError(f"unexpected argument(s) {[str(p) for p in run_paths]}: to study existing runs, write "
+                        f"rankscope study --runs RUN [RUN ...] --out DIR")
+    if runs_flag and not run_paths:
+        raise UserError("--runs needs the runs to study: rankscope study --runs RUN [RUN ...] --out DIR")
     code = cmd_study(preset=preset, config=config, out=out, dry_run=dry_run, quiet=quiet, gpu=gpu,
-                     gpu_check_json=gpu_check_json, stop_signal=stop_signal)
+                     gpu_check_json=gpu_check_json, stop_signal=stop_signal, runs=run_paths,
+                     val_text=val_text)
     if code:
         raise typer.Exit(code)
 

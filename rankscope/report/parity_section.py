@@ -115,7 +115,7 @@ def parity_curves(parity: dict[str, Any], baselines: dict[str, Any]) -> Figure:
             ax.axhline(baselines[key], ls=style, color="grey", lw=1, label=key.split("_")[0])
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("tokens")
+    ax.set_xlabel(parity.get("x_axis", "tokens"))  # "step" for parity among existing checkpoints
     ax.set_ylabel("val perplexity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

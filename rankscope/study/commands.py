@@ -13,7 +13,8 @@ from rankscope.errors import UserError
 
 def cmd_study(preset: str | None = None, config: str | Path | None = None, out: str | Path | None = None,
               dry_run: bool = False, quiet: bool = False, gpu: str | None = None,
-              gpu_check_json: str | Path | None = None, stop_signal: str | None = None) -> int:
+              gpu_check_json: str | Path | None = None, stop_signal: str | None = None,
+              runs: list[str | Path] | None = None, val_text: str | None = None) -> int:
     """Run a study from a preset (default ``demo``) or a YAML file; returns the exit code.
 
     The code is 1 when any job failed, but only after every other job and the report are done.
@@ -34,10 +35,18 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
                         "add --dry-run (nothing is trained then)")
     signals = parse_signals(stop_signal)
     cfg = load_study_config(config if config else (preset or "demo"))
+    if runs or val_text:  # `--runs A B C`: an analysis-only study over existing runs (study/existing.py)
+        from dataclasses import replace
+
+        if val_text and not (runs or cfg.runs):
+            raise UserError("--val-text names the validation text of an analysis-only study: give the runs too "
+                            "(rankscope study --runs RUN [RUN ...] --val-text TEXT), or runs: in the config")
+        cfg = replace(cfg, runs=tuple(str(r) for r in runs) if runs else cfg.runs,
+                      validation=val_text or cfg.validation)
     if not dry_run:
         _check_out_folder(Path(out))
     costs = None
-    if dry_run:  # computed first: a bad --gpu or JSON fails before anything is printed
+    if dry_run and not cfg.runs:  # computed first: a bad --gpu or JSON fails before anything is printed
         from rankscope.study.cost import format_costs, study_costs
         from rankscope.study.parity_stage import planned_jobs
 

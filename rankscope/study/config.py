@@ -140,8 +140,16 @@ class StudyConfig:
     parity: ParitySettings = field(default_factory=ParitySettings)  # comparison at perplexity parity
     ood: OODSettings = field(default_factory=OODSettings)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    # Analysis-only study over existing runs (rankscope run folders or external checkpoints; study/existing.py):
+    # paths, or {path, name, method, seed, scale, tokenizer, allow_pickle}. Non-empty: nothing is trained.
+    runs: tuple[Any, ...] = ()
+    validation: str = "val"  # existing runs: the text parity is measured on (file, hf:NAME[:CONFIG], embedded:SPLIT)
 
     def __post_init__(self) -> None:
+        if self.runs:
+            from rankscope.study.existing import check_run_specs
+
+            check_run_specs(self.runs, self.validation)
         if self.methods in ("all", ("all",)):  # every registered method, in the canonical order
             from rankscope.methods.order import in_order
             from rankscope.methods.registry import available
@@ -327,6 +335,16 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+def _relative_to(spec: Any, base: Path) -> Any:
+    """A ``runs:`` entry with a relative path made relative to the config file's folder."""
+    key = "path" if isinstance(spec, dict) else None
+    value = spec.get("path") if key else spec
+    if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+        return spec
+    resolved = str(base / value)
+    return {**spec, "path": resolved} if key else resolved
+
+
 def load_study_config(preset_or_path: str | Path) -> StudyConfig:
     """A preset name (``demo``) or a YAML/JSON file (which may start from one with ``base: NAME``)."""
     text = str(preset_or_path)
@@ -334,6 +352,8 @@ def load_study_config(preset_or_path: str | Path) -> StudyConfig:
     if text not in PRESETS and not path.is_file():
         raise UserError(f"{text!r} is neither a study preset ({', '.join(PRESETS)}) nor an existing config file")
     d = _resolve(path)
+    if isinstance(d.get("runs"), list):  # relative run paths start at the config file
+        d["runs"] = [_relative_to(r, path.parent) for r in d["runs"]]
     if text in PRESETS:
         d.setdefault("preset", text)
     return study_from_dict(d, source=str(path))

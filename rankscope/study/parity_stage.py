@@ -318,7 +318,7 @@ def run_analyze_final(cfg: StudyConfig, models: list[RunConfig], results: Path) 
 
     handles = []
     for m in models:
-        h = RunHandle.open(m.run_dir)
+        h = RunHandle.open(m.run_dir if isinstance(m, RunConfig) else m)  # trained, or an existing run
         h.steps = h.steps[-1:]
         handles.append(h)
     a = cfg.analysis

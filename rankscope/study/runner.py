@@ -114,6 +114,10 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     SIGTERM and ``stop_signals`` raise :class:`Stopped` (exit 143): the running training jobs get SIGTERM,
     finish their update and checkpoint, and a re-run resumes them.
     """
+    if cfg.runs:  # analysis-only: the runs exist already (rankscope/study/existing.py)
+        from rankscope.study.existing import run_existing
+
+        return run_existing(cfg, out_dir, dry_run=dry_run, progress=progress, stop_signals=stop_signals)
     out_dir = Path(out_dir)
     runs, jobs = plan(cfg, out_dir)
     if dry_run:

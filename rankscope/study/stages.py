@@ -27,14 +27,35 @@ def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
-def _run_keys(runs: Sequence[RunConfig], final_only: bool) -> list[Any]:
+def _run_keys(runs: Sequence[Any], final_only: bool) -> list[Any]:
     from rankscope.training.checkpoint import list_checkpoints
 
     keys = []
     for cfg in runs:
+        if not isinstance(cfg, RunConfig):  # an existing run (rankscope.runs.Run): its checkpoints' stamps
+            from rankscope.diagnostics.cache import checkpoint_stamp
+
+            steps = list(cfg.steps[-1:] if final_only else cfg.steps)
+            keys.append([cfg.name, cfg.method, cfg.seed, steps,
+                         [checkpoint_stamp(cfg.path, s, cfg.checkpoint_dir(s)) for s in steps]])
+            continue
         steps = list_checkpoints(cfg.run_dir)
         keys.append([cfg.name, cfg.fingerprint(), steps[-1:] if final_only else steps])
     return keys
+
+
+def _target(run: Any) -> Any:
+    """What analyze/eval/ppl/finetune take: a trained run's folder, or an existing run as it was opened."""
+    return run.run_dir if isinstance(run, RunConfig) else run
+
+
+def _meta(run: Any) -> dict[str, Any]:
+    """run, method, seed, scale, ppl of a trained run (RunConfig) or an existing one (rankscope.runs.Run)."""
+    if isinstance(run, RunConfig):
+        return {"run": run.name, "method": run.method, "seed": run.train.seed, "scale": run.model,
+                "ppl": final_ppl(run.run_dir)}
+    return {"run": run.name, "method": run.method, "seed": run.seed, "scale": run.scale,
+            "ppl": run.extra.get("val_ppl", {}).get(run.steps[-1])}
 
 
 class Stamp:
@@ -72,7 +93,7 @@ def run_analyze(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path, prog
     from rankscope.diagnostics.analyze import analyze
 
     a = cfg.analysis
-    analyze([r.run_dir for r in runs], metrics=list(a.metrics) if a.metrics else None, out=results, mode=a.mode,
+    analyze([_target(r) for r in runs], metrics=list(a.metrics) if a.metrics else None, out=results, mode=a.mode,
             n_tokens=a.n_tokens, settings={k: dict(v) for k, v in a.settings.items()}, device=a.device,
             progress=progress, workers=a.workers, keep_going=True)
 
@@ -87,7 +108,7 @@ def run_eval(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None
     from rankscope.downstream.evaluate import evaluate_runs
 
     d = cfg.downstream
-    evaluate_runs([r.run_dir for r in runs], steps="final", tasks=list(d.tasks) if d.tasks else None,
+    evaluate_runs([_target(r) for r in runs], steps="final", tasks=list(d.tasks) if d.tasks else None,
                   max_items=d.max_items or None, out=results / "downstream", bootstrap_iters=d.bootstrap_iters,
                   device=d.device)
 
@@ -112,7 +133,7 @@ def run_ood(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
     for suffix in (".parquet", ".csv"):  # rebuilt whole: a text dropped from the config must not linger
         (results / f"heldout{suffix}").unlink(missing_ok=True)
     o = cfg.ood
-    ppl_runs([r.run_dir for r in runs], ood_texts(cfg), "final", max_bytes=o.max_bytes,
+    ppl_runs([_target(r) for r in runs], ood_texts(cfg), "final", max_bytes=o.max_bytes,
              bootstrap_iters=o.bootstrap_iters, out=results / "heldout", device=o.device)
 
 
@@ -127,7 +148,7 @@ def run_finetune(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> 
 
     for suffix in (".parquet", ".csv"):
         (results / f"finetune{suffix}").unlink(missing_ok=True)
-    finetune_runs([r.run_dir for r in runs], "final", cfg.ood.finetune_settings(), out=results / "finetune",
+    finetune_runs([_target(r) for r in runs], "final", cfg.ood.finetune_settings(), out=results / "finetune",
                   device=cfg.ood.device)
 
 
@@ -177,8 +198,7 @@ def run_predict(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> N
     from rankscope.diagnostics.table import read_table
     from rankscope.downstream.predict import predict_from_tables
 
-    meta = [{"run": r.name, "method": r.method, "seed": r.train.seed, "scale": r.model,
-             "ppl": final_ppl(r.run_dir)} for r in runs]
+    meta = [_meta(r) for r in runs]
     pd.DataFrame(meta).to_csv(results / "runs.csv", index=False)
     diag = read_table(results / "diagnostics.parquet")
     down = read_table(results / "downstream.parquet")
