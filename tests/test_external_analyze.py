@@ -64,3 +64,14 @@ def test_eval_and_ppl_mix_external_and_rankscope_runs(pair):
     assert proc.returncode == 0, proc.stderr
     a, b = (pd.read_csv(p / "results" / "downstream.csv") for p in (run_dir, ext))
     assert a["value"].tolist() == pytest.approx(b["value"].tolist(), rel=1e-6)
+
+
+def test_finetune_probe_on_external_equals_source(pair):
+    run_dir, ext, root = pair
+    settings = json.dumps({"steps": 2, "batch_size": 4, "max_tokens": 24, "max_train": 16, "max_test": 12,
+                           "forget_bytes": 2000, "bootstrap_iters": 20})
+    proc = run_cli("finetune", ext, run_dir, "--settings", settings)
+    assert proc.returncode == 0, proc.stderr
+    a, b = (pd.read_csv(p / "results" / "finetune.csv").sort_values("metric") for p in (run_dir, ext))
+    assert list(a["metric"]) == list(b["metric"]) and len(a) >= 3
+    assert a["value"].tolist() == pytest.approx(b["value"].tolist(), rel=1e-5, abs=1e-6)

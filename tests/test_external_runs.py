@@ -95,3 +95,21 @@ def test_sidecar_lists_checkpoints_and_labels(tmp_path):
     assert run.checkpoint_dir(7) == tmp_path / "ckpts" / "weird_7"
     assert run.scale == "smoke"  # the smoke preset's exact shape
     assert isinstance(run, ExternalRun)
+
+
+def test_external_runs_need_no_transformers(tmp_path):
+    """The runtime path (config, weights, layouts, tokenizer) works with transformers unimportable."""
+    import subprocess
+    import sys
+
+    H.series(tmp_path / "ckpts", steps=(1, 2))
+    H.release_checkpoint("sltrain", tmp_path / "sl" / "model_3")
+    script = ("import sys; sys.modules['transformers'] = None\n"
+              "from rankscope.cli import run\n"
+              f"code = run(['analyze', {str(tmp_path / 'ckpts')!r}, {str(tmp_path / 'sl')!r}, '--out', "
+              f"{str(tmp_path / 'out')!r}, '-m', 'w_erank', '--quiet'])\n"
+              "assert 'transformers' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+              "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "diagnostics.parquet").is_file()

@@ -74,6 +74,8 @@ def test_analysis_only_study_over_three_external_series(study):
     assert not (root / "full" / "checkpoints").exists()  # nothing trained, no run folder made of the series
     html = (out / "report.html").read_text()
     assert "relora_ext" in html and "galore" in html
+    rep = run_cli("report", out)  # re-rendered from the folder alone
+    assert rep.returncode == 0 and (out / "report.html").is_file(), rep.stderr
     # a second invocation computes nothing new
     again = run_cli("study", "--config", root / "study.yaml", "--out", out, "--quiet", timeout=600)
     assert again.returncode == 0, again.stderr
