@@ -153,3 +153,58 @@ def test_target_errors_name_the_fix():
     with pytest.raises(UserError, match="rankscope ppl"):
         predict_from_tables(diag, down[down["run"] != "r0"], wide[["run", "method"]], target="shift_nll:a.txt",
                             bootstrap_iters=5)
+
+
+def test_multi_bootstrap_resamples_seeds_and_items():
+    """With init seeds and item-level errors the bootstrap resamples whole seeds and moves each target by its
+    own item noise: the paired interval widens, and the result says what it resampled."""
+    table = synthetic(0.05, n_per_method=4).assign(init_seed=np.tile(np.arange(4), len(METHODS)))
+    plain = predict(table.drop(columns=["init_seed"]), ["m1"], bootstrap_iters=120, seed=1, schemes=("loo",))
+    assert plain.bootstrap == "resamples models (cases)"
+    seeds = predict(table, ["m1"], bootstrap_iters=120, seed=1, schemes=("loo",))
+    assert seeds.bootstrap.startswith("resamples init seeds (4")
+    noisy = predict(table.assign(y_se=1.0), ["m1"], bootstrap_iters=120, seed=1, schemes=("loo",))
+    assert "item-level error" in noisy.bootstrap and json.loads(noisy.to_json())["bootstrap"] == noisy.bootstrap
+    assert seeds.gain("loo")[1] > 0 and noisy.gain("loo")[1] < 0  # items this noisy swamp the signal
+
+
+def test_cluster_bootstrap_draws_whole_seeds(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cv, "evaluate_scheme", lambda xb, xe, y, g: seen.append(y.copy()) or
+                        {"baseline": {"r2": 0.0}, "extended": {"r2": 0.0}, "diff": {"r2": 0.0}})
+    clusters = np.repeat(np.arange(4), 3)
+    y = clusters * 10.0 + np.tile(np.arange(3), 4)  # tens digit: the seed; units: the model within it
+    x = np.zeros((12, 1))
+    cv.bootstrap_scheme(x, x, y, np.arange(12), iters=30, seed=0, clusters=clusters)
+    assert len(seen) > 20
+    for draw in seen:
+        seeds, counts = np.unique(draw // 10, return_counts=True)
+        assert len(draw) == 12 and np.all(counts % 3 == 0)  # every drawn seed brings its 3 models
+        for s in seeds:
+            assert sorted(draw[draw // 10 == s] % 10) == sorted(np.tile(np.arange(3), counts[seeds == s][0] // 3))
+
+
+def _f7_study(rng: np.random.Generator, effect: float) -> pd.DataFrame:
+    """4 methods × 4 seeds; y follows log-PPL, plus ``effect`` × the noise SD per unit of one metric."""
+    n = 16
+    log_ppl, x = rng.normal(5.0, 0.2, n), rng.normal(0, 1, n)
+    y = 0.5 - 0.05 * (log_ppl - 5.0) + effect * 0.01 * x + rng.normal(0, 0.01, n)
+    return pd.DataFrame({"method": np.repeat([f"m{i}" for i in range(4)], 4), "init_seed": np.tile(np.arange(4), 4),
+                         "ppl": np.exp(log_ppl), "y": y, "feat": x})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("effect", [0.0, 3.0])
+def test_f7_calibration(effect):
+    """F7 through the predictor's bootstrap, 200 simulated studies: a metric with no information beyond log-PPL
+    is declared to add predictive power in ≤ 5 %; one whose effect is 3 × the noise SD in ≥ 80 %."""
+    from rankscope.report.findings_downstream import check_f7
+    from rankscope.report.stats import HOLDS
+
+    rng = np.random.default_rng(3)
+    declared = 0
+    for k in range(200):
+        res = predict(_f7_study(rng, effect), ["feat"], bootstrap_iters=50, seed=k, schemes=("loo",))
+        declared += check_f7(json.loads(res.to_json())).verdict == HOLDS
+    rate = declared / 200
+    assert rate <= 0.05 if effect == 0 else rate >= 0.80

@@ -5,7 +5,8 @@ either given directly (:func:`predict`) or assembled from the long-format diagno
 (:func:`predict_from_tables`). The numerical core lives in :mod:`rankscope.downstream.predict_cv`.
 
 Outputs: CV R², MAE and Spearman for the log-PPL baseline and the ridge extension under leave-one-out and
-leave-one-method-out CV, case-bootstrap CIs with a paired CI of the difference, the chosen features and
+leave-one-method-out CV, bootstrap CIs (a multi-bootstrap over init seeds and items when the table has them, else
+over models) with a paired CI of the difference, the chosen features and
 their standardised weights, plain warnings, and ``prediction.json`` / ``prediction_features.csv`` /
 ``prediction.png``.
 """
@@ -30,7 +31,7 @@ HEADLINE = ("rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_s
             "dw_erank", "dw_stable_rank", "act_cka", "act_cos")
 PPL_METRICS = ("ppl", "val_ppl", "eval_ppl", "perplexity")
 LOSS_METRICS = ("val_loss", "eval_loss", "loss")
-ID_COLUMNS = ("run", "method", "seed", "scale", "ppl", "y")
+ID_COLUMNS = ("run", "method", "seed", "init_seed", "data_seed", "scale", "ppl", "y", "y_se")
 MIN_MODELS = 4  # fewer rows leave nothing to cross-validate: a study with fewer models skips its predict stage
 # What the predictor can predict: name -> (downstream-table metric, scope, description). All are read at each
 # run's final step; the predictors always start from log in-domain perplexity.
@@ -53,6 +54,7 @@ class PredictionResult:
     messages: list[str] = field(default_factory=list)
     bootstrap_iters: int = 0
     seed: int = 0
+    bootstrap: str = ""  # what the bootstrap resamples (models or init seeds; with or without item noise)
     target: str = "avg_acc"  # a TARGETS key (shift_nll:<text> names the text)
     table: pd.DataFrame | None = field(default=None, repr=False)
 
@@ -121,6 +123,23 @@ def target_values(downstream_df: pd.DataFrame, target: str = "avg_acc") -> pd.Se
     return down.groupby("run")["value"].mean().rename("y")
 
 
+def target_se(downstream_df: pd.DataFrame, target: str = "avg_acc") -> pd.Series:
+    """Item-level standard error of the target per run, from the evaluator's 95 % interval (empty if none)."""
+    kind, _, text = target.partition(":")
+    if kind not in TARGETS or not {"ci_low", "ci_high"} <= set(downstream_df.columns):
+        return pd.Series(dtype=float, name="y_se")
+    down = downstream_df[downstream_df["metric"] == TARGETS[kind][0]]
+    if text:
+        down = down[down["name"].astype(str) == text]
+    elif kind == "shift_nll":
+        down = down[down["name"].astype(str) != "val"]
+    if down.empty:
+        return pd.Series(dtype=float, name="y_se")
+    down = down[down["step"] == down.groupby("run")["step"].transform("max")]
+    half = (pd.to_numeric(down["ci_high"], errors="coerce") - pd.to_numeric(down["ci_low"], errors="coerce")) / 2
+    return (half / 1.959963984540054).groupby(down["run"]).mean().dropna().rename("y_se")
+
+
 def _clean(obj: Any) -> Any:
     """JSON-safe: numpy scalars/arrays to Python, NaN to null."""
     if isinstance(obj, dict):
@@ -157,6 +176,10 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
     x_ext = np.column_stack([log_ppl, table[feats].to_numpy(float)]) if p else log_ppl
     warnings = _warnings(n, p, table)
     groups = {"loo": np.arange(n), "lomo": pd.factorize(table["method"])[0]}
+    seed_col = next((c for c in ("init_seed", "seed") if c in table.columns and table[c].notna().all()), None)
+    clusters = table[seed_col].to_numpy() if seed_col else None  # multi-bootstrap: seeds ...
+    y_se = (table["y_se"].fillna(0.0).to_numpy(float) if "y_se" in table.columns  # ... and items
+            and table["y_se"].fillna(0.0).gt(0).any() else None)
     results: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(schemes):
         if name not in groups:
@@ -165,13 +188,17 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
             messages.append(f"{name}: skipped, fewer than 3 groups")
             continue
         res = cv.evaluate_scheme(log_ppl, x_ext, y, groups[name])
-        res["ci"] = cv.bootstrap_scheme(log_ppl, x_ext, y, groups[name], iters=bootstrap_iters, seed=seed + k)
+        res["ci"] = cv.bootstrap_scheme(log_ppl, x_ext, y, groups[name], iters=bootstrap_iters, seed=seed + k,
+                                        clusters=clusters, y_se=y_se)
         results[name] = res
     weights, alpha = cv.standardised_weights(x_ext, y)
+    unit = (f"init seeds ({len(np.unique(clusters))}, every model of a drawn seed together)"
+            if clusters is not None and len(np.unique(clusters)) >= 2 else "models (cases)")
+    boot = f"resamples {unit}" + (", each target moved by its item-level error" if y_se is not None else "")
     names = ["log_ppl", *feats]
     return PredictionResult(n=n, features=feats, schemes=results, weights=dict(zip(names, weights.tolist())),
                             alpha=alpha, warnings=warnings, messages=messages, bootstrap_iters=bootstrap_iters,
-                            seed=seed, target=target, table=table)
+                            seed=seed, bootstrap=boot, target=target, table=table)
 
 
 def _default_features(table: pd.DataFrame, messages: list[str]) -> list[str]:
@@ -245,6 +272,9 @@ def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFram
 
         avg = average_accuracy(primary_task_set(downstream_df))
     meta = meta.merge(avg.rename("y"), left_on="run", right_index=True, how="left")
+    se = target_se(downstream_df, target)
+    if not se.empty and "y_se" not in meta.columns:
+        meta = meta.merge(se.rename("y_se"), left_on="run", right_index=True, how="left")
     drop_cols = set(PPL_METRICS) | set(LOSS_METRICS)
     metric_cols = diag[[c for c in diag.columns if c not in drop_cols]]
     table = meta.merge(metric_cols, left_on="run", right_index=True, how="left")

@@ -5,7 +5,8 @@
   informs the scaling), penalty chosen by an inner leave-one-out on the training fold. The inner LOO uses
   the exact closed form for ridge with an unpenalised intercept, residual_i / (1 - H_ii), on an SVD of the
   centred design, so a penalty grid costs one SVD per fold.
-* CV schemes: leave-one-out and leave-one-group-out (groups = methods); a case bootstrap reruns the whole
+* CV schemes: leave-one-out and leave-one-group-out (groups = methods); a bootstrap (over models, or over
+  init seeds with item-level noise on the targets when those are known) reruns the whole
   pipeline, including the penalty search, on each resample. Duplicated cases are held out together, so a
   case never predicts its own copy.
 """
@@ -91,17 +92,29 @@ def evaluate_scheme(x_base: np.ndarray, x_ext: np.ndarray, y: np.ndarray, groups
 
 
 def bootstrap_scheme(x_base: np.ndarray, x_ext: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
-                     iters: int, seed: int) -> dict[str, dict[str, tuple[float, float]]]:
-    """Percentile 95 % CIs of baseline, extended and paired difference scores under a case bootstrap."""
+                     iters: int, seed: int, clusters: np.ndarray | None = None,
+                     y_se: np.ndarray | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """Percentile 95 % CIs of baseline, extended and paired difference scores under a bootstrap.
+
+    Multi-bootstrap (seeds and items): with ``clusters`` (the init seed of each model) holding ≥ 2 values, whole
+    seeds are resampled (every model of a drawn seed comes along, so models sharing a start are never treated
+    as independent); otherwise models are resampled. With ``y_se`` (each target's item-level standard error,
+    from the evaluator's interval) every resampled target moves by its own item noise. Neither given: the plain
+    case bootstrap, draw for draw as before.
+    """
     rng = np.random.default_rng(seed)
     n = len(y)
+    ids = np.unique(clusters) if clusters is not None else np.array([])
+    members = [np.flatnonzero(clusters == c) for c in ids] if len(ids) >= 2 else []
     draws: dict[str, dict[str, list[float]]] = {p: {} for p in ("baseline", "extended", "diff")}
     for _ in range(iters):
-        idx = rng.integers(0, n, n)
+        idx = (np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]) if members
+               else rng.integers(0, n, n))
         g = groups[idx]
-        if len(np.unique(g)) < 3 or np.ptp(y[idx]) == 0:
+        yb = y[idx] if y_se is None else y[idx] + y_se[idx] * rng.standard_normal(len(idx))
+        if len(np.unique(g)) < 3 or np.ptp(yb) == 0:
             continue  # degenerate resample: no spread to predict or too few folds
-        res = evaluate_scheme(x_base[idx], x_ext[idx], y[idx], g)
+        res = evaluate_scheme(x_base[idx], x_ext[idx], yb, g)
         for part in draws:
             for k, v in res[part].items():
                 draws[part].setdefault(k, []).append(v)

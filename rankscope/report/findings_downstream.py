@@ -221,6 +221,8 @@ def _gain_verdict(f: Finding, prediction: Mapping[str, Any]) -> Finding:
     n = prediction.get("n_runs", prediction.get("n"))
     if n is not None:
         f.notes.append(f"n = {n} final models: exploratory at this size")
+    if prediction.get("bootstrap"):
+        f.notes.append(f"the predictor's bootstrap {prediction['bootstrap']}")
     for w in prediction.get("warnings") or []:
         f.notes.append(f"predictor warning: {w}")
     return f
