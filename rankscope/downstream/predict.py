@@ -4,10 +4,11 @@ Input is one row per final model (run, method, seed, ppl, metric columns, y = av
 either given directly (:func:`predict`) or assembled from the long-format diagnostics and downstream tables
 (:func:`predict_from_tables`). The numerical core lives in :mod:`rankscope.downstream.predict_cv`.
 
-Outputs: CV R², MAE and Spearman for the log-PPL baseline and the ridge extension under leave-one-out and
-leave-one-method-out CV, bootstrap CIs (a multi-bootstrap over init seeds and items when the table has them, else
-over models) with a paired CI of the difference, the chosen features and
-their standardised weights, plain warnings, and ``prediction.json`` / ``prediction_features.csv`` /
+Outputs: CV R², MAE and Spearman for the log-PPL baseline and the ridge extension under leave-one-out,
+leave-one-method-out and, when the table pools several model sizes (a ``scale`` column), leave-one-size-out CV,
+bootstrap CIs (a multi-bootstrap over init seeds and items when the table has them, else over models) with a
+paired CI of the difference, the chosen features and their standardised weights, how many models it has per
+size and per feature, plain warnings, and ``prediction.json`` / ``prediction_features.csv`` /
 ``prediction.png``.
 """
 
@@ -32,6 +33,8 @@ HEADLINE = ("rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_s
 PPL_METRICS = ("ppl", "val_ppl", "eval_ppl", "perplexity")
 LOSS_METRICS = ("val_loss", "eval_loss", "loss")
 ID_COLUMNS = ("run", "method", "seed", "init_seed", "data_seed", "scale", "ppl", "y", "y_se")
+SCHEMES = ("loo", "lomo", "loso")  # leave one model / method / size out
+MIN_GROUPS = {"loo": 3, "lomo": 3, "loso": 2}  # two sizes already ask "does a fit at one size carry to the other?"
 MIN_MODELS = 4  # fewer rows leave nothing to cross-validate: a study with fewer models skips its predict stage
 # What the predictor can predict: name -> (downstream-table metric, scope, description). All are read at each
 # run's final step; the predictors always start from log in-domain perplexity.
@@ -56,6 +59,8 @@ class PredictionResult:
     seed: int = 0
     bootstrap: str = ""  # what the bootstrap resamples (models or init seeds; with or without item noise)
     target: str = "avg_acc"  # a TARGETS key (shift_nll:<text> names the text)
+    n_by_size: dict[str, int] = field(default_factory=dict)  # models per model size (scale), when the table has it
+    models_per_feature: float = math.nan  # n / (1 + metrics): below ~5 a ridge fit is exploratory
     table: pd.DataFrame | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
@@ -154,8 +159,12 @@ def _clean(obj: Any) -> Any:
 
 
 def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, bootstrap_iters: int = 1000,
-            seed: int = 0, schemes: Sequence[str] = ("loo", "lomo"), target: str = "avg_acc") -> PredictionResult:
-    """Fit and cross-validate both predictors on a per-model table (columns: method, ppl, y, metrics...)."""
+            seed: int = 0, schemes: Sequence[str] = SCHEMES, target: str = "avg_acc") -> PredictionResult:
+    """Fit and cross-validate both predictors on a per-model table (columns: method, ppl, y, metrics...).
+
+    With a ``scale`` column holding several model sizes the models of every size are pooled (as the paper's
+    predictor does) and ``loso`` holds out one size at a time: does a fit on the other sizes carry over? With one
+    size ``loso`` is skipped with a message."""
     for col in ("method", "ppl", "y"):
         if col not in table.columns:
             raise UserError(f"prediction table needs a {col!r} column; it has {list(table.columns)}")
@@ -175,7 +184,8 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
     log_ppl = np.log(table["ppl"].to_numpy(float))[:, None]
     x_ext = np.column_stack([log_ppl, table[feats].to_numpy(float)]) if p else log_ppl
     warnings = _warnings(n, p, table)
-    groups = {"loo": np.arange(n), "lomo": pd.factorize(table["method"])[0]}
+    sizes = table["scale"].astype(str) if "scale" in table.columns else pd.Series(["" for _ in range(n)])
+    groups = {"loo": np.arange(n), "lomo": pd.factorize(table["method"])[0], "loso": pd.factorize(sizes)[0]}
     seed_col = next((c for c in ("init_seed", "seed") if c in table.columns and table[c].notna().all()), None)
     clusters = table[seed_col].to_numpy() if seed_col else None  # multi-bootstrap: seeds ...
     y_se = (table["y_se"].fillna(0.0).to_numpy(float) if "y_se" in table.columns  # ... and items
@@ -183,13 +193,14 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
     results: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(schemes):
         if name not in groups:
-            raise UserError(f"unknown CV scheme {name!r}; use 'loo' or 'lomo'")
-        if len(np.unique(groups[name])) < 3:
-            messages.append(f"{name}: skipped, fewer than 3 groups")
+            raise UserError(f"unknown CV scheme {name!r}; use one of {', '.join(SCHEMES)}")
+        if len(np.unique(groups[name])) < MIN_GROUPS[name]:
+            what = "one model size only" if name == "loso" else f"fewer than {MIN_GROUPS[name]} groups"
+            messages.append(f"{name}: skipped, {what}")
             continue
         res = cv.evaluate_scheme(log_ppl, x_ext, y, groups[name])
         res["ci"] = cv.bootstrap_scheme(log_ppl, x_ext, y, groups[name], iters=bootstrap_iters, seed=seed + k,
-                                        clusters=clusters, y_se=y_se)
+                                        clusters=clusters, y_se=y_se, min_groups=MIN_GROUPS[name])
         results[name] = res
     weights, alpha = cv.standardised_weights(x_ext, y)
     unit = (f"init seeds ({len(np.unique(clusters))}, every model of a drawn seed together)"
@@ -198,7 +209,9 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
     names = ["log_ppl", *feats]
     return PredictionResult(n=n, features=feats, schemes=results, weights=dict(zip(names, weights.tolist())),
                             alpha=alpha, warnings=warnings, messages=messages, bootstrap_iters=bootstrap_iters,
-                            seed=seed, bootstrap=boot, target=target, table=table)
+                            seed=seed, bootstrap=boot, target=target, table=table,
+                            n_by_size={str(k): int(v) for k, v in sizes.value_counts().sort_index().items() if k},
+                            models_per_feature=n / (p + 1))
 
 
 def _default_features(table: pd.DataFrame, messages: list[str]) -> list[str]:

@@ -220,9 +220,25 @@ def _gain_verdict(f: Finding, prediction: Mapping[str, Any]) -> Finding:
         f.reason = "missing: no r2 or mae for both baseline and extended in prediction.json"
     n = prediction.get("n_runs", prediction.get("n"))
     if n is not None:
-        f.notes.append(f"n = {n} final models: exploratory at this size")
+        f.notes.append(models_note(prediction, n))
     if prediction.get("bootstrap"):
         f.notes.append(f"the predictor's bootstrap {prediction['bootstrap']}")
     for w in prediction.get("warnings") or []:
         f.notes.append(f"predictor warning: {w}")
     return f
+
+
+def models_note(prediction: Mapping[str, Any], n: Any) -> str:
+    """How many models the predictor had, per size and per feature (log-PPL counts as one)."""
+    by_size = prediction.get("n_by_size") or {}
+    sizes = f" ({', '.join(f'{v} at {k}' for k, v in by_size.items())})" if len(by_size) > 1 else ""
+    feats = prediction.get("features")
+    per = prediction.get("models_per_feature")
+    if not isinstance(per, (int, float)) and isinstance(feats, list) and feats:
+        per = float(n) / (len([x for x in feats if x != "log_ppl"]) + 1)
+    if isinstance(per, (int, float)) and math.isfinite(per):
+        k = len([x for x in feats if x != "log_ppl"]) + 1 if isinstance(feats, list) else None
+        feat_txt = f" for {k} features" if k else ""
+        return (f"n = {n} final models{sizes}{feat_txt}: {per:.2g} models per feature"
+                + ("; exploratory (about 5 per feature are needed for a stable fit)" if per < 5 else ""))
+    return f"n = {n} final models{sizes}: exploratory at this size"
