@@ -241,3 +241,17 @@ def test_barrier_figure_needs_siblings() -> None:
     assert fig.uri.startswith("data:image/png;base64,") and not fig.missing
     fig = barrier_null_figure(barrier_table({("full_rank", "galore"): [0.3]}, {}))
     assert not fig.uri and "run data-order siblings" in fig.missing
+
+
+def test_noise_floor_puts_the_perplexity_spread_of_siblings_beside_the_methods() -> None:
+    from rankscope.report.load import RunInfo
+
+    def run(name: str, method: str, init: int, data: int, ppl: float) -> RunInfo:
+        evals = pd.DataFrame({"step": [10, 20], "val_ppl": [ppl * 2, ppl]})
+        return RunInfo(name, method, init, meta={"init_seed": init, "data_seed": data}, evals=evals)
+
+    runs = [run("full_rank_s0", "full_rank", 0, 0, 850.0), run("full_rank_s0_d1", "full_rank", 0, 1, 700.0),
+            run("full_rank_s0_d2", "full_rank", 0, 2, 620.0), run("galore_s0", "galore", 0, 0, 640.0)]
+    html = noise_floor_html(normalise_table(None), (), runs)
+    assert "final validation perplexity" in html and "galore -210" in html
+    assert "116.8" in html  # SD of 850, 700, 620: the data order alone moves perplexity by more than the methods

@@ -100,8 +100,37 @@ def _headline_row(diag: pd.DataFrame, metric: str) -> list | None:
             (NEGATIVE_FLAG + ": " + ", ".join(negative)) if negative else ""]
 
 
-def headline_table(diag: pd.DataFrame, headline: tuple[str, ...]) -> str:
-    rows = [r for m in headline if m != "imib" and (r := _headline_row(diag, m)) is not None]
+def ppl_values(runs: list) -> pd.DataFrame:
+    """Final validation perplexity per run folder (siblings included), with its seeds from meta.json."""
+    recs = []
+    for r in runs or []:
+        ppl = r.final_val_ppl
+        if not math.isfinite(ppl):
+            continue
+        init = r.meta.get("init_seed", r.seed)
+        data = r.meta.get("data_seed", init)
+        recs.append((r.name, r.method, init, data, "", ppl))
+    return pd.DataFrame(recs, columns=["run", "method", "init_seed", "data_seed", "null", "value"])
+
+
+def _ppl_row(runs: list) -> list | None:
+    vals = ppl_values(runs)
+    if vals.empty:
+        return None
+    spread, df = sibling_spread(vals)
+    diffs = {m: float(np.mean(d)) for m in ordered(set(vals["method"]) - {FULL})
+             if len(d := paired(vals, m, FULL)[0])}
+    largest = max(diffs.values(), key=abs) if diffs else math.nan
+    ratio = abs(largest) / spread if math.isfinite(spread) and spread > 0 and math.isfinite(largest) else math.nan
+    beyond = [m for m, v in diffs.items() if math.isfinite(spread) and abs(v) > spread]
+    return ["final validation perplexity (metrics.jsonl)", spread if math.isfinite(spread) else "no siblings", df,
+            "; ".join(f"{m} {v:+.4g}" for m, v in diffs.items()) or "–", ratio,
+            ", ".join(beyond) or ("none" if math.isfinite(spread) else "–"), ""]
+
+
+def headline_table(diag: pd.DataFrame, headline: tuple[str, ...], runs: list | None = None) -> str:
+    rows = [r for r in (_ppl_row(runs or []),) if r is not None]
+    rows += [r for m in headline if m != "imib" and (r := _headline_row(diag, m)) is not None]
     if not rows:
         return '<p class="missing">No per-run headline metrics in the diagnostics table.</p>'
     return table(["metric (deciding estimator)", "sibling spread (SD)", "n_null (df)",
@@ -142,11 +171,11 @@ def barrier_table(diag: pd.DataFrame) -> str:
             + table(["pair", "cross barrier (mean over paired seeds)", "n", "× sibling barrier"], body))
 
 
-def noise_floor_html(diag: pd.DataFrame, headline: tuple[str, ...]) -> str:
+def noise_floor_html(diag: pd.DataFrame, headline: tuple[str, ...], runs: list | None = None) -> str:
     return ("<p>Each headline metric's sibling spread (the standard deviation between runs of one method from one "
             "start, pooled over starts) next to the differences between methods. A difference inside the spread is "
             "what a change of data order alone produces.</p>"
-            + headline_table(diag, headline) + barrier_table(diag) + ceiling_table(diag))
+            + headline_table(diag, headline, runs) + barrier_table(diag) + ceiling_table(diag))
 
 
 def barrier_null_figure(diag: pd.DataFrame) -> Figure:

@@ -271,7 +271,7 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         "<h2>Runs</h2>",
         _runs_table(data),
         '<h2 id="noise-floor">Noise floor: runs of one method against runs of different methods</h2>',
-        noise_floor_html(data.diagnostics, HEADLINE),
+        noise_floor_html(data.diagnostics, HEADLINE, data.runs),
         *(figure(fig) for section, fig in figures if section == "noise"),
         "<h2>Findings of the paper, checked on these runs (at equal steps)</h2>",
         f"<p>{esc(SCALE_NOTE.format(scale=scale))}</p>",
