@@ -99,3 +99,5 @@ def test_pickle_weights_load_with_the_flag(tmp_path, one_thread):
     ids = H.sample_ids()
     torch.testing.assert_close(H.token_losses(run.load_model(), ids), H.token_losses(reference, ids),
                                rtol=0, atol=1e-5)
+    proc = run_cli("analyze", tmp_path, "--allow-pickle", "-m", "w_erank", "--quiet", "--out", tmp_path.parent / "pk")
+    assert proc.returncode == 0, proc.stderr
