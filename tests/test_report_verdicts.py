@@ -154,6 +154,10 @@ def test_f5_against_the_ceiling() -> None:
     ceiling = next(e for e in f.evidence if e.label.startswith("CKA ceiling"))
     assert ceiling.value == pytest.approx(0.91, abs=0.01) and "galore / ceiling" in ceiling.detail
     assert check_f5(per_run_table(vals | ref, metric="act_cka")).verdict == NO_NULL
+    # the ceiling written per layer only (no model-scope row for the siblings): the layer mean stands in
+    layer_ceiling = per_run_table(ceil, metric="act_cka", null={k: "sibling" for k in ceil}).assign(scope="layer")
+    f = check_f5(pd.concat([per_run_table(vals | ref, metric="act_cka"), layer_ceiling], ignore_index=True))
+    assert f.verdict == HOLDS
 
 
 def test_old_tables_without_seed_columns_still_read() -> None:

@@ -73,9 +73,13 @@ def final_values(diag: pd.DataFrame, metric: str, scope: str = "model") -> pd.Da
 
 
 def model_values(diag: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Model-scope values, else the mean of the layer rows of each run."""
+    """Model-scope values; for runs with only layer rows (the CKA ceiling may come per layer), their layer mean."""
     vals = final_values(diag, metric, "model")
-    return vals if not vals.empty else final_values(diag, metric, "layer")
+    layer = final_values(diag, metric, "layer")
+    if vals.empty or layer.empty:
+        return vals if not vals.empty else layer
+    extra = layer[~layer["run"].isin(set(vals["run"]))]
+    return pd.concat([vals, extra], ignore_index=True) if not extra.empty else vals
 
 
 def per_run(diag: pd.DataFrame, metric: str) -> pd.DataFrame:
