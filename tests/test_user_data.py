@@ -306,7 +306,8 @@ def test_report_refuses_a_project_folder_with_only_runs(tmp_path):
     before = snapshot(tmp_path)
     proc = run_cli("report", ".", cwd=tmp_path)
     assert_clean_failure(proc, 2)
-    assert "no study.json, so it is not a study folder" in proc.stderr and "Your own data" in proc.stderr
+    assert "no study.json, so it is not a study folder" in proc.stderr
+    assert "rankscope study --runs RUN [RUN ...] --out DIR" in " ".join(proc.stderr.split())
     assert snapshot(tmp_path) == before
 
 

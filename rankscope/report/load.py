@@ -221,8 +221,9 @@ def study_folder_problem(study_dir: str | Path) -> str | None:
                 f"(it holds study.json, runs/ and results/)")
     if (root / "runs").is_dir() or (root / "results").is_dir():
         return (f"{root} has runs/ or results/ but no study.json, so it is not a study folder (`rankscope train` "
-                f"puts runs in runs/ by default). The report renders what `rankscope study --out DIR` made; to "
-                f"compare your own runs in a report, see README.md, \"Your own data\".")
+                f"puts runs in runs/ by default). The report renders what `rankscope study --out DIR` made; for a "
+                f"report on runs you trained, make an analysis-only study of them: `rankscope study --runs RUN "
+                f"[RUN ...] --out DIR` (docs/external_runs.md; README.md, \"Your own data\").")
     return (f"{root} is not a study folder: it has no study.json; give the folder passed to `rankscope study --out`")
 
 
