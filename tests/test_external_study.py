@@ -1,5 +1,6 @@
 """``rankscope study`` over existing runs: three external checkpoint series (dense labelled full_rank and
-galore, and a ReLoRA-layout series), no training, the ordinary later stages and report."""
+galore, and a ReLoRA-layout series) plus one rankscope run folder trained on its own, no training by the
+study, the ordinary later stages (the predictor too: four models) and report."""
 
 from __future__ import annotations
 
@@ -24,12 +25,17 @@ def _series(root):
     for name, method in (("full", "full_rank"), ("galore", "galore")):
         (root / name / "rankscope_run.json").write_text(json.dumps({"method": method, "data": {"seq_len": 64}}))
     (root / "relora" / "rankscope_run.json").write_text(json.dumps({"name": "relora_ext", "data": {"seq_len": 64}}))
+    from conftest import smoke_config
+
+    from rankscope.training.loop import train
+
+    train(smoke_config(root / "own", name="mine", method="galore", steps=4, save_steps=(2, 4)), progress=False)
 
 
 CONFIG = """\
 base: smoke
 name: external_smoke
-runs: [full, galore, {path: relora, seed: 0}]
+runs: [full, galore, {path: relora, seed: 0}, {path: own/mine, name: mine_rs}]
 validation: embedded:test
 analysis:
   metrics: [w_erank, ckpt_barrier, imib, act_cka]
@@ -61,16 +67,18 @@ def test_analysis_only_study_over_three_external_series(study):
     assert not [j for j, s in states.items() if s == "failed"], status
     assert states["validation"] == "done" and states["analyze"] == "done" and states["report"] == "done"
     diag = pd.read_parquet(out / "results" / "diagnostics.parquet")
-    assert set(diag["run"]) == {"full", "galore", "relora_ext"}
+    assert set(diag["run"]) == {"full", "galore", "relora_ext", "mine_rs"}
     assert set(diag["method"]) == {"full_rank", "galore", "relora"}
-    assert set(diag.loc[diag["metric"] == "w_erank", "step"]) == set(STEPS)
+    assert set(diag.loc[diag["metric"] == "w_erank", "step"]) == {*STEPS, 2, 4}
     val = pd.read_parquet(out / "results" / "validation.parquet")
-    assert len(val[val["metric"] == "heldout_ppl"]) == 3 * len(STEPS)
+    assert len(val[val["metric"] == "heldout_ppl"]) == 3 * len(STEPS) + 2
+    assert states["predict"] == "done" and (out / "results" / "prediction.json").is_file()
     parity = json.loads((out / "results" / "parity.json").read_text())
     assert parity["protocol"] == "existing-checkpoints" and parity["x_axis"] == "step"
-    assert {r["main_run"] for r in parity["runs"]} == {"full", "galore", "relora_ext"}
+    assert {r["main_run"] for r in parity["runs"]} == {"full", "galore", "relora_ext", "mine_rs"}
     study_json = json.loads((out / "study.json").read_text())
-    assert study_json["analysis_only"] and len(study_json["existing_runs"]) == 3
+    assert study_json["analysis_only"] and len(study_json["existing_runs"]) == 4
+    assert {r["kind"] for r in study_json["existing_runs"]} == {"external", "rankscope"}
     assert not (root / "full" / "checkpoints").exists()  # nothing trained, no run folder made of the series
     html = (out / "report.html").read_text()
     assert "relora_ext" in html and "galore" in html
