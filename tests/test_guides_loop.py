@@ -69,15 +69,18 @@ def test_inactive_guide_changes_nothing(make_smoke_config, one_thread, monkeypat
     assert_checkpoints_identical(ckpt.step_dir(plain.run_dir, 3), ckpt.step_dir(guided.run_dir, 3))
 
 
-@pytest.mark.parametrize("guide,options", [("sam", {"precondition": "adam", "window": "0.25:1"})])
+@pytest.mark.parametrize("guide,options", [("sam", {"precondition": "adam", "window": "0.25:1"}),
+                                           ("rwp", {"mix": 0.5, "sigma": 0.05}), ("msam", {"rho": 0.1})])
 def test_guided_resume_is_bit_exact(make_smoke_config, one_thread, guide, options):
-    """8 updates straight vs 4 + resume + 4 with the guide's state (Adam moment, counter) in the checkpoint."""
+    """8 updates straight vs 4 + resume + 4 with the guide's state (Adam moment, counter) in the checkpoint,
+    or (rwp) the noise regenerated from the run's data seed and the update index."""
     straight = with_guide(make_smoke_config("straight", method="galore", steps=8, save_every=4), guide, **options)
     train(straight, progress=False)
     split = with_guide(make_smoke_config("split", method="galore", steps=8, save_every=4), guide, **options)
     train(split, progress=False, stop_after=4)
     state = load_file(ckpt.step_dir(split.run_dir, 4) / "method.safetensors")
-    assert any(k.startswith("guide/") for k in state)
+    # sam/msam store their moments; rwp's noise is regenerated from (data seed, update): nothing stored
+    assert any(k.startswith("guide/") for k in state) == (guide != "rwp")
     train(split, resume=True, progress=False)
     assert_checkpoints_identical(ckpt.step_dir(straight.run_dir, 8), ckpt.step_dir(split.run_dir, 8))
     model, _ = ckpt.load_model(split.run_dir)  # analysis loads a guided checkpoint (guide state set aside)
