@@ -70,7 +70,8 @@ def test_inactive_guide_changes_nothing(make_smoke_config, one_thread, monkeypat
 
 
 @pytest.mark.parametrize("guide,options", [("sam", {"precondition": "adam", "window": "0.25:1"}),
-                                           ("rwp", {"mix": 0.5, "sigma": 0.05}), ("msam", {"rho": 0.1})])
+                                           ("rwp", {"mix": 0.5, "sigma": 0.05}), ("msam", {"rho": 0.1}),
+                                           ("spectral", {"every": 3, "target_alpha": 3.0})])
 def test_guided_resume_is_bit_exact(make_smoke_config, one_thread, guide, options):
     """8 updates straight vs 4 + resume + 4 with the guide's state (Adam moment, counter) in the checkpoint,
     or (rwp) the noise regenerated from the run's data seed and the update index."""
