@@ -69,12 +69,12 @@ def job_cost(run: RunConfig, nproc: int, gpu: str, check: dict[str, Any] | None,
     ``trained_steps``: the updates the job itself performs when fewer than ``train.steps`` (a cooldown
     branch re-uses its parent's stable phase and trains only its decay).
     """
-    from rankscope.methods.flops import estimate
+    from rankscope.guides.cost import run_estimate
 
     model_cfg, method_cfg = run.model_config(), run.method_config()
     t = run.train
     tokens_per_update = t.micro_batch_size * t.grad_accum * nproc * run.data.seq_len
-    flops = estimate(run.method, model_cfg, method_cfg, run.data.seq_len)
+    flops = run_estimate(run)  # the method's count plus a guide's extra passes
     steps = t.steps if trained_steps is None else trained_steps
     total = flops.run_flops(tokens_per_update, steps)
     counts = run.method_class().theory_counts(model_cfg, method_cfg)

@@ -25,10 +25,10 @@ MEMORY_QUANTITIES = ("params", "grads", "optimizer_state")
 
 
 def flops_per_token_and_update(cfg) -> tuple[float, float, str]:
-    """(FLOPs per training token, extra FLOPs per update, note) of a RunConfig's method."""
-    from rankscope.methods.flops import estimate
+    """(FLOPs per training token, extra FLOPs per update, note) of a RunConfig's method and guide."""
+    from rankscope.guides.cost import run_estimate
 
-    est = estimate(cfg.method, cfg.model_config(), cfg.method_config(), cfg.data.seq_len)
+    est = run_estimate(cfg)  # a guide's extra passes counted
     return est.per_token, est.per_update, est.note
 
 

@@ -1,0 +1,31 @@
+"""A run's FLOPs with its guide's extra passes: the counter behind `study --dry-run` and the parity cost table.
+
+The method's closed-form count (rankscope/methods/flops.py) plus, for the share f of updates inside the
+guide's window, the guide's extra work (``Guide.cost``): sam a second forward+backward per token (+1× the
+method's per-token count), rwp with mix < 1 a clean pass too (+1×), msam and rwp with mix = 1 nothing, align
+the reference's forward up to the last aligned block plus the similarity's products, spectral one
+singular-value pass per target matrix every K updates. Elementwise work (the draws, copies, decays) is not
+counted, as Adam's is not (performance.md §2).
+"""
+
+from __future__ import annotations
+
+from rankscope.methods.flops import FlopsEstimate, estimate
+
+
+def run_estimate(cfg) -> FlopsEstimate:
+    """FLOPs per token and per update of a RunConfig, its guide's extra passes averaged over the run."""
+    model_cfg, method_cfg = cfg.model_config(), cfg.method_config()
+    est = estimate(cfg.method, model_cfg, method_cfg, cfg.data.seq_len)
+    if not cfg.guide:
+        return est
+    from rankscope.guides.base import guide_fraction
+    from rankscope.guides.options import build_guide
+
+    guide = build_guide(cfg)
+    share = guide_fraction(guide.window, cfg.train.steps)
+    per_token, per_update = type(guide).cost(guide.config, model_cfg, cfg.data.seq_len, cfg.method, method_cfg)
+    extra = f"guide {cfg.guide} on {share:.0%} of updates: +{share * per_token / est.per_token:.0%} FLOPs per token"
+    note = f"{est.note}; {extra}" if est.note else extra
+    return FlopsEstimate(est.per_token + share * per_token, est.per_update + share * per_update, est.matmul_params,
+                         note)
