@@ -92,19 +92,34 @@ def test_bad_value_is_one_line_exit_2(tmp_path, args, names):
 
 @pytest.mark.parametrize("args, first", [
     (("--steps", "-5"), "train.steps=-5"),  # not "decay_steps ... (-5 - -1)": the sign is checked first
-    (("--steps", "0", "--warmup-steps", "-7"), "train.steps=0"),
-    (("--steps", "10", "--warmup-steps", "-3"), "train.warmup_steps=-3"),
-    (("--steps", "10", "--schedule", "wsd", "--decay-steps", "-2"), "train.decay_steps=-2"),
-    (("--steps", "10", "--eval-every", "-1"), "train.eval_every=-1"),
-    (("--steps", "10", "--save-every", "-4", "--log-every", "-1"), "train.save_every=-4"),
-    (("--steps", "10", "--save-steps", "0"), "train.save_steps=[0]"),
-    (("--steps", "10", "--warmup-steps", "11"), "train.warmup_steps=11 is longer than train.steps=10"),
+    (("--steps", "10", "--schedule", "wsd", "--decay-steps", "-2", "--save-every", "-1"), "train.decay_steps=-2"),
 ])
 def test_negative_step_counts_name_the_first_invalid_field(tmp_path, args, first):
     proc = run_cli("train", "--model", "smoke", *args, "--out-dir", tmp_path / "runs", "--name", "r", cwd=tmp_path)
     assert_clean_failure(proc, 2)
     assert proc.stderr.startswith(f"error: {first}"), proc.stderr
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("kw, first", [
+    (dict(steps=0, warmup_steps=-7), "train.steps=0"),
+    (dict(steps=10, warmup_steps=-3), "train.warmup_steps=-3"),
+    (dict(steps=10, eval_every=-1), "train.eval_every=-1"),
+    (dict(steps=10, save_every=-4, log_every=-1), "train.save_every=-4"),
+    (dict(steps=10, log_every=-1), "train.log_every=-1"),
+    (dict(steps=10, eval_tokens=0), "train.eval_tokens=0"),
+    (dict(steps=10, max_bad_steps=-1), "train.max_bad_steps=-1"),
+    (dict(steps=10, save_steps=(0,)), "train.save_steps=[0]"),
+    (dict(steps=2.5), "train.steps=2.5"),
+    (dict(steps=10, warmup_steps=11), "train.warmup_steps=11 is longer than train.steps=10"),
+])
+def test_every_count_is_checked_for_sign_first(kw, first):
+    from rankscope.config import TrainConfig
+    from rankscope.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        TrainConfig(**kw)
+    assert str(err.value).startswith(first), str(err.value)
 
 
 def test_every_readme_subcommand_is_covered():

@@ -110,11 +110,20 @@ def test_a_named_early_warning_signal_stops_the_same_way(tmp_path):
     assert_stopped_at_the_next_boundary(proc, err, run, k, "SIGUSR1")
 
 
-@pytest.mark.parametrize("name", ["KILL", "USR1,NOPE"])
-def test_a_signal_that_cannot_stop_a_run_is_a_user_error(tmp_path, name):
-    proc = run_cli("train", *TRAIN, "--out-dir", tmp_path, "--name", "r", "--stop-signal", name)
+def test_a_signal_that_cannot_stop_a_run_is_a_user_error(tmp_path):
+    proc = run_cli("train", *TRAIN, "--out-dir", tmp_path, "--name", "r", "--stop-signal", "USR1,KILL")
     assert_clean_failure(proc, 2)
-    assert "--stop-signal" in proc.stderr and not any(tmp_path.iterdir())
+    assert "--stop-signal 'KILL'" in proc.stderr and not any(tmp_path.iterdir())
+
+
+def test_signal_names():
+    from rankscope.errors import UserError
+    from rankscope.training.stop import parse_signals
+
+    assert parse_signals("USR1, sigusr2") == (signal.SIGUSR1, signal.SIGUSR2) and parse_signals(None) == ()
+    for bad in ("INT", "STOP", "NOPE", "9"):
+        with pytest.raises(UserError, match="--stop-signal"):
+            parse_signals(bad)
 
 
 def _workers(torchrun: subprocess.Popen) -> dict[int, bool]:
