@@ -91,8 +91,8 @@ def test_study_marks_analyze_failed_and_keeps_the_table(tmp_path):
     from rankscope.config import RunConfig
     from rankscope.study import stages
     from rankscope.study.config import load_study_config
+    from rankscope.study.execute import run_stage
     from rankscope.study.jobs import Job, StatusBook
-    from rankscope.study.runner import _run_stage
 
     runs_root = tmp_path / "study" / "runs"
     run = _make_run(runs_root, "full_rank_s0", "full_rank", [1, 2])
@@ -104,7 +104,7 @@ def test_study_marks_analyze_failed_and_keeps_the_table(tmp_path):
     results.mkdir(parents=True)
     job = Job("analyze", "analyze")
     book = StatusBook(tmp_path / "study" / "status.json", [job])
-    _run_stage(job, stages.analysis_stamp(cfg, runs, results),
+    run_stage(job, stages.analysis_stamp(cfg, runs, results),
                lambda: stages.run_analyze(cfg, runs, results, progress=False), book, tmp_path / "study")
     assert job.state == "failed" and "AnalysisFailed" in job.error and "step_000001" in job.error
     table = read_table(results / "diagnostics.parquet")
@@ -163,5 +163,5 @@ def test_groups_with_nothing_to_compute_say_why(tmp_path):
     skipped = table[table.note.fillna("").str.startswith("skipped")].set_index("metric").note
     assert "needs two checkpoints of the run; it has 1" in skipped["update_spectra"]
     assert "no full_rank run of scale 'smoke'" in skipped["activations"]
-    assert "no other run of scale 'smoke'" in skipped["imib"]
+    assert "no paired run (another method, same init and data seed) or sibling" in skipped["imib"]
     assert "spectra" not in skipped and (table.metric == "w_erank").any()

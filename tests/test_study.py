@@ -80,7 +80,7 @@ def test_base_preset_is_merged_and_overridden(tmp_path):
 def test_run_configs_one_per_method_and_seed_sharing_init(tmp_path):
     from rankscope.training.loop import build_model
 
-    cfg = load_study_config(_write(tmp_path, "base: smoke\nseeds: [0, 1]\n"))
+    cfg = load_study_config(_write(tmp_path, "base: smoke\nseeds: [0, 1]\nsiblings: {methods: [], data_seeds: []}\n"))
     runs = cfg.to_run_configs(tmp_path / "study")
     assert [(r.method, r.train.seed) for r in runs] == [(m, s) for s in (0, 1) for m in ALL_METHODS]
     assert len({r.name for r in runs}) == 12 and all(r.run_dir.parent == (tmp_path / "study" / "runs").resolve()
@@ -97,9 +97,11 @@ def test_dry_run_prints_commands_and_creates_nothing(tmp_path, capsys):
     result = run_study(load_study_config("smoke"), out, dry_run=True, progress=False)
     text = capsys.readouterr().out
     train_lines = [line for line in text.splitlines() if "-m rankscope train --config" in line]
-    assert len(train_lines) == len(ALL_METHODS) and all("--resume" in line for line in train_lines)
-    assert all(f"{m}_s0.json" in text for m in ALL_METHODS)
-    assert not out.exists() and len(result.jobs) == len(ALL_METHODS) + 6  # analyze eval ood finetune predict report
+    assert len(train_lines) == len(ALL_METHODS) + 1 and all("--resume" in line for line in train_lines)
+    assert all(f"{m}_s0.json" in text for m in ALL_METHODS) and "full_rank_s0_d1.json" in text  # the sibling
+    assert "siblings: full_rank × data seeds [1] per init seed (1 run(s), checkpoints: last)" in text
+    # analyze eval ood finetune predict report
+    assert not out.exists() and len(result.jobs) == len(ALL_METHODS) + 1 + 6
 
 
 def test_torchrun_command():

@@ -29,6 +29,10 @@ from rankscope.errors import UserError
 IGNORE = -100
 
 
+#: Seed of the streamed training shuffle buffer (data.source=hf) for runs whose two seeds are equal.
+STREAM_SHUFFLE_SEED = 42
+
+
 def cache_dir() -> Path:
     root = os.environ.get("RANKSCOPE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "rankscope")
     return Path(root)
@@ -162,8 +166,9 @@ class StreamingTrainBatches:
     Each rank reads the whole stream and keeps its share, so positions are identical to the finite case.
     """
 
-    def __init__(self, data: DataConfig, tokenizer, micro_batch: int, grad_accum: int, world: int, rank: int):
-        self.data, self.tokenizer = data, tokenizer
+    def __init__(self, data: DataConfig, tokenizer, micro_batch: int, grad_accum: int, world: int, rank: int,
+                 shuffle_seed: int = STREAM_SHUFFLE_SEED):
+        self.data, self.tokenizer, self.shuffle_seed = data, tokenizer, shuffle_seed
         self.micro_batch, self.grad_accum, self.world, self.rank = micro_batch, grad_accum, world, rank
         self._stream: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._next_pos = 0
@@ -179,7 +184,7 @@ class StreamingTrainBatches:
         from rankscope.data.sources import iter_texts
 
         t, buf = self.data.seq_len, []
-        for text in iter_texts(self.data, split):
+        for text in iter_texts(self.data, split, shuffle_seed=self.shuffle_seed):
             ids = self.tokenizer.encode(text) + [self.tokenizer.eos_id]
             if self.data.packing == "pad":
                 row = np.full(t + 1, -1, dtype=np.int64)
@@ -205,10 +210,21 @@ class StreamingTrainBatches:
         return torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
 
 
+def stream_shuffle_seed(t) -> int:
+    """The streaming shuffle's seed: the fixed one for a run whose seeds are equal (unchanged order), else
+    one drawn from the data seed (a sibling reads the stream in another order)."""
+    if not t.sibling_draws:
+        return STREAM_SHUFFLE_SEED
+    from rankscope.optim.projectors import mix_seed
+
+    return mix_seed(STREAM_SHUFFLE_SEED, t.order_seed) % 2**32  # datasets wants a 32-bit seed
+
+
 def train_batches(cfg: RunConfig, tokenizer, world: int = 1, rank: int = 0):
     t = cfg.train
     if cfg.data.source == "hf" and cfg.data.streaming:
-        return StreamingTrainBatches(cfg.data, tokenizer, t.micro_batch_size, t.grad_accum, world, rank)
+        return StreamingTrainBatches(cfg.data, tokenizer, t.micro_batch_size, t.grad_accum, world, rank,
+                                     stream_shuffle_seed(t))
     seqs = load_sequences(cfg.data, "train", tokenizer)
     return TrainBatches(seqs, t.order_seed, t.micro_batch_size, t.grad_accum, world, rank)
 

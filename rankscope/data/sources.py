@@ -29,8 +29,11 @@ def check_sources(data: DataConfig) -> None:
                 check_file(path, data.text_column)
 
 
-def iter_texts(data: DataConfig, split: str) -> Iterator[str]:
-    """Documents of ``split`` ("train" uses data.train_split, anything else data.val_split) in a fixed order."""
+def iter_texts(data: DataConfig, split: str, shuffle_seed: int = 42) -> Iterator[str]:
+    """Documents of ``split`` ("train" uses data.train_split, anything else data.val_split) in a fixed order.
+
+    ``shuffle_seed`` seeds the shuffle buffer of a streamed hub training split (a sibling's data seed).
+    """
     which = data.train_split if split == "train" else data.val_split
     if data.source == "embedded":
         from rankscope.data.corpus import training_sources
@@ -46,7 +49,7 @@ def iter_texts(data: DataConfig, split: str) -> Iterator[str]:
             _check_exists(data, "train_files" if split == "train" else "val_files", path)
             yield from iter_file(path, data.text_column)
     else:
-        yield from _iter_hub(data, which)
+        yield from _iter_hub(data, which, shuffle_seed)
 
 
 def _check_exists(data: DataConfig, field: str, path: str) -> None:
@@ -78,7 +81,7 @@ def _embedded_split(split: str) -> list[dict]:
     return load_documents(split)
 
 
-def _iter_hub(data: DataConfig, split: str) -> Iterator[str]:
+def _iter_hub(data: DataConfig, split: str, shuffle_seed: int = 42) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
@@ -102,7 +105,7 @@ def _iter_hub(data: DataConfig, split: str) -> Iterator[str]:
             "Pass --text-column NAME."
         )
     if data.streaming and split == data.train_split:
-        ds = ds.shuffle(seed=42, buffer_size=data.shuffle_buffer)
+        ds = ds.shuffle(seed=shuffle_seed, buffer_size=data.shuffle_buffer)
     for i, record in enumerate(ds):
         text = record.get(data.text_column) if isinstance(record, dict) else None
         if not isinstance(text, str):  # streamed datasets may not list their columns up front

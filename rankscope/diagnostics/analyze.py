@@ -6,9 +6,17 @@ computation. Each group is scheduled by its kind:
 
 * checkpoint: every saved step of every run;
 * consecutive: every adjacent pair of saved steps of a run;
-* reference: every step the run shares with the full-rank run of the same scale (itself included: its
-  CKA = 1 rows act as the "is full-rank" flag the predictor expects);
-* pairwise: every unordered pair of runs of the same scale at every shared step.
+* reference: every step the run shares with its full-rank reference (:func:`pick_reference`): the
+  full-rank run with the same init and data seeds; a full-rank run's own reference is the full-rank run of
+  its init seed with the lowest data seed, so the primary full-rank run gets its CKA = 1 self rows (the
+  "is full-rank" flag the predictor expects) and each full-rank sibling gets the CKA ceiling (null rows);
+* pairwise: every pair of *paired* runs (two methods, same init and data seed) and of *siblings* (one
+  method, same init seed, another data seed) of one scale, at every shared step; runs of different init
+  seeds are never paired (an interpolation barrier needs a shared start).
+
+Rows between two runs of one method carry ``null="sibling"``: they are the within-method nulls of
+evidence.md §2. Siblings must share their start: two runs of one method and init seed whose meta.json
+``init_fingerprint`` differs are refused before anything is computed.
 
 Reference and pairwise groups can instead pair each run's last checkpoint with the other's last one
 (``pair_at="last"``): the study's parity models, trained to one perplexity, sit at different steps.
@@ -93,10 +101,36 @@ def resolve_settings(groups: dict[str, Diagnostic], overrides: dict[str, dict[st
 
 
 def pick_reference(run: RunHandle, runs: Sequence[RunHandle]) -> RunHandle | None:
-    """The full-rank run of the same scale, preferring the same training seed."""
+    """The full-rank run of the same scale that ``run`` is compared with.
+
+    Same init and data seed (a paired comparison); for a full-rank run, the full-rank run of its init seed
+    with the lowest data seed (itself when it is that run; the CKA ceiling for its siblings). Without such
+    a run: the full-rank run of the same init seed, else any of the scale (studies of older layouts).
+    """
     cands = [r for r in runs if r.method == REFERENCE_METHOD and r.scale == run.scale]
-    same_seed = [r for r in cands if r.seed == run.seed]
-    return (same_seed or cands or [None])[0]
+    same_init = sorted((r for r in cands if r.init_seed == run.init_seed), key=lambda r: r.order_seed)
+    if run.method == REFERENCE_METHOD and same_init:
+        return same_init[0]
+    paired = [r for r in same_init if r.order_seed == run.order_seed]
+    return (paired or same_init or cands or [None])[0]
+
+
+def _pairs(runs: Sequence[RunHandle]) -> list[tuple[RunHandle, RunHandle]]:
+    """Paired runs of two methods and siblings of one method (see the module docstring)."""
+    return [(a, b) for a, b in combinations(runs, 2) if a.is_paired_with(b) or a.is_sibling_of(b)]
+
+
+def check_shared_starts(runs: Sequence[RunHandle]) -> None:
+    """Siblings (one method, one init seed) must start from the same weights, or their null means nothing."""
+    for a, b in combinations(runs, 2):
+        if (a.method == b.method and a.scale == b.scale and a.init_seed == b.init_seed and a.init_fingerprint
+                and b.init_fingerprint and a.init_fingerprint != b.init_fingerprint):
+            raise UserError(
+                f"runs {a.name!r} ({a.path}) and {b.name!r} ({b.path}) are siblings (method {a.method}, init_seed "
+                f"{a.init_seed}) but their meta.json init_fingerprint differs ({a.init_fingerprint} vs "
+                f"{b.init_fingerprint}): they do not share their start, so no within-method null can be computed "
+                f"from them. Retrain one with the other's init_seed and model settings, or analyse them separately "
+                f"(nothing was written)")
 
 
 def schedule(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equal-step") -> list[dict[str, Any]]:
@@ -120,9 +154,8 @@ def schedule(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equal-
             if ref is not None:
                 tasks += [{"run": r, "reference": ref, **pair} for pair in _paired_steps(r, ref, pair_at)]
     elif diag.kind == "pairwise":
-        for a, b in combinations(runs, 2):
-            if a.scale == b.scale:
-                tasks += [{"run": a, "other": b, **pair} for pair in _paired_steps(a, b, pair_at)]
+        for a, b in _pairs(runs):
+            tasks += [{"run": a, "other": b, **pair} for pair in _paired_steps(a, b, pair_at)]
     return tasks
 
 
@@ -148,8 +181,9 @@ def unscheduled(diag: Diagnostic, runs: Sequence[RunHandle], pair_at: str = "equ
             elif not _paired_steps(r, ref, pair_at):
                 out.append((r, f"no checkpoint step in common with the reference run {ref.name!r}"))
         elif diag.kind == "pairwise" and not any(
-                o is not r and o.scale == r.scale and _paired_steps(o, r, pair_at) for o in runs):
-            out.append((r, f"no other run of scale {r.scale!r} with a checkpoint step in common"))
+                (r.is_paired_with(o) or r.is_sibling_of(o)) and _paired_steps(o, r, pair_at) for o in runs):
+            out.append((r, f"no paired run (another method, same init and data seed) or sibling (same method "
+                           f"and init seed) of scale {r.scale!r} with a checkpoint step in common"))
     return out
 
 
@@ -167,7 +201,8 @@ def _key_runs(task: dict[str, Any]) -> list[tuple[Path, tuple[int, ...], list[Pa
 def _error_row(diag: Diagnostic, task: dict[str, Any], mode: str, settings: dict, exc: Exception) -> Row:
     run = task["run"]
     return Row(run=run.name, method=run.method, step=task["step"], metric=diag.name, value=math.nan,
-               scale=run.scale, seed=run.seed, step_b=task.get("step_b"), mode=mode, settings=settings,
+               scale=run.scale, seed=run.seed, init_seed=run.init_seed, data_seed=run.order_seed,
+               step_b=task.get("step_b"), mode=mode, settings=settings,
                note=f"error: {type(exc).__name__}: {exc}")
 
 
@@ -233,6 +268,7 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
     if not runs:
         raise UserError("analyze needs at least one run folder")
     _check_runs(runs)
+    check_shared_starts(runs)
     out = Path(out)
     groups = resolve_groups(metrics)
     resolved = resolve_settings(groups, settings)
@@ -299,9 +335,12 @@ def analyze(run_dirs: Sequence[str | Path | RunHandle], metrics: Sequence[str] |
             timing["seconds"] += time.perf_counter() - t0
             group_rows = [r for got in results for r in got]
             group_rows += [Row(run=r.name, method=r.method, step=r.steps[-1], metric=name, value=math.nan,
-                               scale=r.scale, seed=r.seed, mode=mode, settings=resolved[name],
+                               scale=r.scale, seed=r.seed, init_seed=r.init_seed, data_seed=r.order_seed,
+                               mode=mode, settings=resolved[name],
                                note=f"skipped: {name}: {why}") for r, why in unscheduled(diag, runs, pair_at)]
             for r in group_rows:  # cached rows too: never an unexplained NaN
+                if r.init_seed is None:  # cached by a version with one seed, which set both
+                    r.init_seed, r.data_seed = r.seed, r.seed if r.data_seed is None else r.data_seed
                 if not r.note and (r.value is None or not math.isfinite(r.value)):
                     r.note = f"undefined: {r.metric} is {r.value} here (no reason recorded by {name})"
             rows += group_rows

@@ -67,9 +67,11 @@ class RunHandle:
     name: str
     method: str
     scale: str
-    seed: int
+    seed: int  # the init seed
     steps: list[int]
     run: Any = field(default=None, repr=False)  # the rankscope.runs.Run behind the handle
+    data_seed: int | None = None  # None: equal to seed (one seed set both)
+    init_fingerprint: str = ""  # meta.json's hash of the initial weights ("" when not recorded)
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     # Small results worth keeping for the whole analyze call (per-sequence losses of a checkpoint on a
     # token budget: every IMIB pair and consecutive-checkpoint line ends at one of them).
@@ -81,7 +83,26 @@ class RunHandle:
         from rankscope.runs import open_run
 
         run = open_run(path, options)
-        return cls(run.path, run.name, run.method, run.scale, run.seed, list(run.steps), run)
+        return cls(run.path, run.name, run.method, run.scale, run.seed, list(run.steps), run,
+                   getattr(run, "data_seed", None), run.init_fingerprint() or "")
+
+    @property
+    def init_seed(self) -> int:
+        return self.seed
+
+    @property
+    def order_seed(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
+
+    def is_sibling_of(self, other: RunHandle) -> bool:
+        """Same method and scale from the same start (init seed), another data order."""
+        return (self.method == other.method and self.scale == other.scale and self.init_seed == other.init_seed
+                and self.order_seed != other.order_seed)
+
+    def is_paired_with(self, other: RunHandle) -> bool:
+        """Another method of the same scale with the same init and data seeds (a paired comparison)."""
+        return (self.method != other.method and self.scale == other.scale and self.init_seed == other.init_seed
+                and self.order_seed == other.order_seed)
 
     @cached_property
     def has_dense_form(self) -> bool:
@@ -139,6 +160,14 @@ class AnalysisContext:
     other_step: int | None = None  # step of the reference/other checkpoint when it is not ``step`` (parity)
 
     @property
+    def null(self) -> str:
+        """ "sibling" when the second run of this task is another run of the same method, else ""."""
+        other = self.other if self.other is not None else self.reference
+        if other is None or other is self.run or getattr(other, "name", None) == self.run.name:
+            return ""
+        return "sibling" if getattr(other, "method", None) == self.run.method else ""
+
+    @property
     def paired_step(self) -> int:
         """The reference's or other run's checkpoint: the same step, unless pairing models at parity."""
         return self.step if self.other_step is None else self.other_step
@@ -147,7 +176,9 @@ class AnalysisContext:
         """A Row with run/method/step/scale/seed/mode filled in from the context."""
         base = dict(
             run=self.run.name, method=self.run.method, step=self.step, scale=self.run.scale,
-            seed=self.run.seed, mode=self.mode, n_tokens=self.batch.n_tokens,
+            seed=self.run.seed, init_seed=getattr(self.run, "init_seed", self.run.seed),
+            data_seed=getattr(self.run, "order_seed", self.run.seed), null=self.null,
+            mode=self.mode, n_tokens=self.batch.n_tokens,
             step_b=self.step_b if self.other_step is None else self.other_step,
         )
         base.update(kw)

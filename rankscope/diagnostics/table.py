@@ -2,6 +2,10 @@
 
 One row = one number: (run, method, step, metric, value) plus where it applies (scope/name), in which
 parameter space it was computed, its statistical error, and the settings that produced it.
+
+Seeds and nulls (docs/study.md "Seeds, siblings and nulls"): ``seed`` is the run's init seed (kept for
+older readers), ``init_seed``/``data_seed`` the two seeds of the run; ``null`` is ``"sibling"`` for a row
+computed between two runs of one method (sibling barrier, CKA ceiling), ``""`` otherwise.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Any
 import pandas as pd
 
 COLUMNS = [
-    "run", "method", "scale", "seed", "step", "step_b", "metric", "value", "stderr", "ci_low", "ci_high",
+    "run", "method", "scale", "seed", "init_seed", "data_seed", "step", "step_b", "metric", "value", "stderr", "ci_low", "ci_high",
     "scope", "name",
-    "space", "mode", "n_tokens", "settings_hash", "settings", "note",
+    "space", "mode", "n_tokens", "settings_hash", "settings", "note", "null",
 ]
+#: Values of the ``null`` column: an ordinary row, or a row between two runs of one method.
+NULL_KINDS = ("", "sibling")
 
 
 @dataclass
@@ -36,11 +42,14 @@ class Row:
     space: str = "dense"  # dense | native | factor | linear_product
     mode: str = "default"  # default | faithful
     scale: str = ""  # model preset
-    seed: int | None = None
+    seed: int | None = None  # the init seed (equal to init_seed)
+    init_seed: int | None = None
+    data_seed: int | None = None
     step_b: int | None = None  # second step of a pair (updates, consecutive interpolation)
     n_tokens: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     note: str = ""  # e.g. "excluded: no dense form"
+    null: str = ""  # "sibling": computed between two runs of one method (a within-method null)
 
     def to_record(self) -> dict[str, Any]:
         rec = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict() would deep-copy settings

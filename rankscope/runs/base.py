@@ -26,11 +26,12 @@ class Run:
     name: str  # run label in every table
     method: str  # method label (a registered method for rankscope runs; the user's label for external ones)
     scale: str  # model size label: rankscope runs are compared within one scale
-    seed: int  # training seed label
+    seed: int  # training seed label (rankscope runs: the init seed)
     steps: list[int]  # checkpoint steps, ascending
     data: DataConfig  # where held-out text comes from, and the tokenizer (data.tokenizer)
     kind: str = "rankscope"  # rankscope | external (shown in messages and the study's run table)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    data_seed: int | None = None  # rankscope runs: the data seed (None: equal to seed)
 
     # --- what subclasses provide -------------------------------------------------------------------------
     def model_config(self) -> ModelConfig:

@@ -21,7 +21,8 @@ class RankscopeRun(Run):
 
         path = Path(path)
         cfg = read_run_config(path)
-        run = cls(path, cfg.name, cfg.method, cfg.model, cfg.train.seed, list_checkpoints(path), cfg.data)
+        run = cls(path, cfg.name, cfg.method, cfg.model, cfg.train.weights_seed, list_checkpoints(path), cfg.data,
+                  data_seed=cfg.train.order_seed)
         run.extra["config"] = cfg
         return run
 

@@ -26,8 +26,8 @@ PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-3
 ALL_METHODS: tuple[str, ...] = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
 LAUNCHERS: tuple[str, ...] = ("local", "torchrun", "submitit")
 # TrainConfig fields the study sets itself; a ``train:`` section may not set them (one source of truth).
-_STUDY_OWNED_TRAIN = ("steps", "warmup_steps", "micro_batch_size", "grad_accum", "seed", "eval_every",
-                      "eval_tokens", "save_every", "save_steps")
+_STUDY_OWNED_TRAIN = ("steps", "warmup_steps", "micro_batch_size", "grad_accum", "seed", "init_seed", "data_seed",
+                      "eval_every", "eval_tokens", "save_every", "save_steps")
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,38 @@ class OODSettings:
 
 
 @dataclass(frozen=True)
+class SiblingSettings:
+    """Data-order siblings: runs of ``methods`` from each init seed with other data seeds (evidence.md §1-2).
+
+    A sibling shares its start (init seed) with the study's run of that method and seed and differs only in
+    batch order and method randomness; the spread between siblings is the within-method null every finding
+    is measured against. Siblings are analysed (barrier to each other, CKA ceiling, per-run metrics); with
+    ``checkpoints: last`` they save only their final step (the null at the final step, the cheap default);
+    ``evaluate`` also runs them through eval/ood/finetune (downstream, shift and forgetting nulls). They
+    never get parity models.
+    """
+
+    methods: tuple[str, ...] = ()  # methods that get siblings (at least the reference, full_rank)
+    data_seeds: tuple[int, ...] = ()  # extra data seeds per init seed (distinct, none equal to a study seed)
+    checkpoints: str = "last"  # last (final step only) | all (the study's checkpoint steps)
+    evaluate: bool = False  # also run eval, ood and finetune on the siblings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, str):
+            object.__setattr__(self, "methods", (self.methods,))
+        if self.checkpoints not in ("last", "all"):
+            raise UserError(f"siblings.checkpoints={self.checkpoints!r} is not valid; choose one of: last, all")
+        bad = [d for d in self.data_seeds if not (isinstance(d, int) and not isinstance(d, bool) and d >= 0)]
+        if bad:
+            raise UserError(f"siblings.data_seeds: {bad} are not integers >= 0")
+        if len(set(self.data_seeds)) != len(self.data_seeds):
+            raise UserError(f"siblings.data_seeds: {list(self.data_seeds)} repeats a seed; list each data seed once")
+        if bool(self.methods) != bool(self.data_seeds):
+            raise UserError("siblings: give both methods and data_seeds (or neither): e.g. "
+                            "{methods: [full_rank], data_seeds: [1, 2]}")
+
+
+@dataclass(frozen=True)
 class LauncherConfig:
     """How each training job is started: in a subprocess, under torchrun, or as a submitit (Slurm) job."""
 
@@ -139,6 +171,7 @@ class StudyConfig:
     predict: PredictSettings = field(default_factory=PredictSettings)
     parity: ParitySettings = field(default_factory=ParitySettings)  # comparison at perplexity parity
     ood: OODSettings = field(default_factory=OODSettings)
+    siblings: SiblingSettings = field(default_factory=SiblingSettings)  # data-order siblings (the nulls)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # Analysis-only study over existing runs (rankscope run folders or external checkpoints; study/existing.py):
     # paths, or {path, name, method, seed, scale, tokenizer, allow_pickle}. Non-empty: nothing is trained.
@@ -161,6 +194,7 @@ class StudyConfig:
             raise UserError("study: methods must list at least one method")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"study: seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        self._check_siblings()
         # Options for a registered method outside `methods` are allowed (a config narrowing a preset's
         # methods keeps the preset's options); a name that is no method at all is a typo.
         from rankscope.methods.registry import available
@@ -180,6 +214,18 @@ class StudyConfig:
         if bad:
             raise UserError(f"study: parity.branch_steps {bad} are outside the stable phase 1.."
                             f"{self.steps - self.decay_steps} (steps minus the cooldown of the main runs)")
+
+    def _check_siblings(self) -> None:
+        sib = self.siblings
+        outside = [m for m in sib.methods if m not in self.methods]
+        if outside:
+            raise UserError(f"study: siblings.methods names {outside}, which the study does not train (methods: "
+                            f"{', '.join(self.methods)}); add them to methods or drop them from siblings.methods")
+        clash = sorted(set(sib.data_seeds) & set(self.seeds))
+        if clash:
+            raise UserError(f"study: siblings.data_seeds {clash} collide with seeds {list(self.seeds)}: the run of "
+                            f"init seed {clash[0]} already trains data seed {clash[0]}; choose data seeds that are "
+                            f"not study seeds (e.g. {max([*self.seeds, *sib.data_seeds]) + 1})")
 
     # --- derived values ------------------------------------------------------------------------
     @property
@@ -220,8 +266,23 @@ class StudyConfig:
                             f"nproc = {self.micro_batch_size} × {self.launcher.nproc}")
         return self.global_batch // per_update
 
-    def run_name(self, method: str, seed: int) -> str:
-        return f"{method}_s{seed}"
+    def run_name(self, method: str, seed: int, data_seed: int | None = None) -> str:
+        """``<method>_s<init>``, with ``_d<data>`` where the data seed differs (a sibling)."""
+        return f"{method}_s{seed}" + ("" if data_seed is None or data_seed == seed else f"_d{data_seed}")
+
+    def is_sibling(self, run: Any) -> bool:
+        """A data-order sibling (data seed != init seed) rather than a main run (a RunConfig, or an existing
+        run of an analysis-only study)."""
+        if isinstance(run, RunConfig):
+            return run.train.sibling_draws
+        data_seed = getattr(run, "data_seed", None)
+        return data_seed is not None and data_seed != run.seed
+
+    def sibling_runs(self, runs: list[RunConfig]) -> list[RunConfig]:
+        return [r for r in runs if self.is_sibling(r)]
+
+    def main_runs(self, runs: list[RunConfig]) -> list[RunConfig]:
+        return [r for r in runs if not self.is_sibling(r)]
 
     def to_run_configs(self, out_dir: str | Path) -> list[RunConfig]:
         """One RunConfig per method × seed, written under ``<out_dir>/runs``.
@@ -238,13 +299,21 @@ class StudyConfig:
                       "save_every": 0, "save_steps": save}
         if self.parity.protocol == "wsd-branches":  # the main runs are the cooled models of the full budget
             train_base.update(schedule="wsd", decay_steps=self.decay_steps, decay_shape=self.parity.decay_shape)
+        sib = self.siblings
+        sib_train = dict(train_base)
+        if sib.checkpoints == "last":  # the null at the final step: one checkpoint, one validation
+            sib_train.update(save_steps=(self.steps,), eval_every=self.steps)
         out = []
-        for seed in self.seeds:
+        grid = [(s, s, train_base) for s in self.seeds] + [(s, d, sib_train) for s in self.seeds for d in sib.data_seeds]
+        for seed, data_seed, base in grid:
             for method in self.methods:
-                d = {"name": self.run_name(method, seed), "out_dir": runs_dir, "model": self.model,
+                if data_seed != seed and method not in sib.methods:
+                    continue
+                train = {**base, "seed": seed, **({"data_seed": data_seed} if data_seed != seed else {})}
+                d = {"name": self.run_name(method, seed, data_seed), "out_dir": runs_dir, "model": self.model,
                      "vocab_size": self.vocab_size, "method": method,
                      "method_options": dict(self.method_options.get(method, {})),
-                     "data": asdict(self.data), "train": {**train_base, "seed": seed}}
+                     "data": asdict(self.data), "train": train}
                 cfg = RunConfig.from_dict(d, source=f"study {self.name}: run {d['name']}")
                 out.append(cfg)
         return out
@@ -259,7 +328,8 @@ class StudyConfig:
 
 # --- loading --------------------------------------------------------------------------------------
 _SECTIONS = {"data": DataConfig, "analysis": AnalysisSettings, "downstream": DownstreamSettings,
-             "predict": PredictSettings, "parity": ParitySettings, "ood": OODSettings, "launcher": LauncherConfig}
+             "predict": PredictSettings, "parity": ParitySettings, "ood": OODSettings, "siblings": SiblingSettings,
+             "launcher": LauncherConfig}
 
 
 def _build(cls, values: Any, where: str):

@@ -197,6 +197,7 @@ def run_existing(cfg, out_dir: str | Path, dry_run: bool = False, progress: bool
     """The analysis-only study (module docstring); returns the runner's StudyResult."""
     from rankscope.diagnostics.table import read_table
     from rankscope.study import parity_stage, runner, stages
+    from rankscope.study.execute import run_stage
     from rankscope.study.jobs import STAGES, Job, StatusBook, write_json_atomic
     from rankscope.study.progress import StudyProgress
 
@@ -221,7 +222,7 @@ def run_existing(cfg, out_dir: str | Path, dry_run: bool = False, progress: bool
         stamp = stages.Stamp(results, VALIDATION, [cfg.validation, o.max_bytes, o.bootstrap_iters,
                                                    stages._run_keys(runs, final_only=False)],
                              [results / f"{VALIDATION}.parquet"])
-        runner._run_stage(book.jobs[VALIDATION], stamp, lambda: curves.update(measure_validation(cfg, runs, out_dir)),
+        run_stage(book.jobs[VALIDATION], stamp, lambda: curves.update(measure_validation(cfg, runs, out_dir)),
                           book, out_dir)
         if not curves and book.jobs[VALIDATION].state == "skipped":  # fresh: read what the last run measured
             table = read_table(results / f"{VALIDATION}.parquet")
@@ -235,7 +236,7 @@ def run_existing(cfg, out_dir: str | Path, dry_run: bool = False, progress: bool
             models: list = []
             job = Job("parity", "predict", "parity checkpoints")
             book.jobs[job.id] = job
-            runner._run_stage(job, None, lambda: models.extend(choose_parity(cfg, runs, curves, out_dir)), book,
+            run_stage(job, None, lambda: models.extend(choose_parity(cfg, runs, curves, out_dir)), book,
                               out_dir)
             parity_stage.later_stages(cfg, out_dir, models, book, bar)
         runner._later_stages(cfg, out_dir, runs, book, bar, None)

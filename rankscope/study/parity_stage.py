@@ -92,7 +92,7 @@ def _materialise(cfg: StudyConfig, main: RunConfig, run: RunConfig) -> RunConfig
 
 def _train(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book, bar) -> list[RunConfig]:
     """Train ``runs`` as ordinary study jobs (skipped when finished); returns the ones that finished."""
-    from rankscope.study import runner
+    from rankscope.study.execute import train_jobs
 
     jobs = []
     for r in runs:
@@ -103,7 +103,7 @@ def _train(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book, bar) ->
         book.jobs[job.id] = job
         jobs.append(job)
     book.write()
-    runner._train_stage(cfg, out_dir, runs, jobs, book, bar)
+    train_jobs(cfg, out_dir, runs, jobs, book, bar)
     return [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
 
 
@@ -193,7 +193,7 @@ def _write(cfg, out_dir, target, choices, points, configs, tps, mains, models) -
         records = read_metrics(model.run_dir) if model else []
         cost = cost_row(model or main, (model or main).run_dir, c.tokens_to_target if c.reached else None,
                         tps[name], records)
-        rows.append({"main_run": name, "method": main.method, "seed": main.train.seed, **asdict(c), "reached": c.reached,
+        rows.append({"main_run": name, "method": main.method, "seed": main.train.weights_seed, **asdict(c), "reached": c.reached,
                      "parity_step": model.train.steps if model and c.reached else None,
                      "equal_step": main.train.steps, "equal_step_ppl": _final(main), **cost})
     per_method: dict[str, dict[str, Any]] = {}
@@ -293,7 +293,8 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
 
 
 def _parity_stage(cfg, out_dir, models, book, job, make_stamp, fn, needs) -> None:
-    from rankscope.study import runner, stages
+    from rankscope.study import stages
+    from rankscope.study.execute import run_stage
 
     stage = job.stage
     blocked = [n for n in needs if book.jobs[f"{n}:parity"].state not in ("done", "skipped")]
@@ -304,7 +305,7 @@ def _parity_stage(cfg, out_dir, models, book, job, make_stamp, fn, needs) -> Non
     elif stage == "predict" and stages.predict_not_applicable(len(models)):
         book.update(job, "skipped", 0.0, f"parity models: {stages.predict_not_applicable(len(models))}")
     else:
-        runner._run_stage(job, make_stamp(), fn, book, out_dir)
+        run_stage(job, make_stamp(), fn, book, out_dir)
 
 
 def run_analyze_final(cfg: StudyConfig, models: list[RunConfig], results: Path) -> None:

@@ -23,7 +23,6 @@ import json
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +30,9 @@ from pathlib import Path
 from rankscope.config import RunConfig
 from rankscope.study import parity_stage, stages
 from rankscope.study.config import StudyConfig
-from rankscope.study.jobs import STAGES, Job, StatusBook, run_finished, train_command, write_json_atomic
-from rankscope.study.launch import run_jobs_local, run_jobs_submitit
-from rankscope.study.progress import StudyProgress, last_logged_step
+from rankscope.study.execute import run_stage, train_jobs
+from rankscope.study.jobs import STAGES, Job, StatusBook, train_command, write_json_atomic
+from rankscope.study.progress import StudyProgress
 
 
 @dataclass
@@ -86,6 +85,13 @@ def describe_plan(cfg: StudyConfig, out_dir: Path, jobs: list[Job]) -> str:
     lines = [f"study {cfg.name} ({cfg.preset or 'custom'}): {len(cfg.methods)} method(s) × {len(cfg.seeds)} "
              f"seed(s) on model {cfg.model}, {cfg.steps} steps, checkpoints {list(cfg.save_steps)}, "
              f"launcher {cfg.launcher.kind}"]
+    if cfg.siblings.data_seeds:
+        s = cfg.siblings
+        lines.append(f"siblings: {', '.join(s.methods)} × data seeds {list(s.data_seeds)} per init seed "
+                     f"({len(s.methods) * len(s.data_seeds) * len(cfg.seeds)} run(s), checkpoints: {s.checkpoints}"
+                     f"{', also eval/ood/finetune' if s.evaluate else ''}): the within-method nulls")
+    else:
+        lines.append("siblings: none (every finding will say 'no null: run siblings')")
     for job in jobs:
         lines.append(job.describe() + (f"\n    {in_process[job.stage]}" if job.stage in in_process else ""))
     lines += _parity_plan(cfg, out_dir)
@@ -98,7 +104,7 @@ def _parity_plan(cfg: StudyConfig, out_dir: Path) -> list[str]:
 
     if cfg.parity.protocol == "off":
         return []
-    planned = planned_jobs(cfg, cfg.to_run_configs(out_dir))
+    planned = planned_jobs(cfg, cfg.main_runs(cfg.to_run_configs(out_dir)))
     head = (f"parity ({cfg.parity.protocol}, target {cfg.parity.target}): after the main runs, "
             f"{len(planned)} cooled model(s) in {out_dir / 'parity_runs'}, plus at most one per run at a "
             f"predicted crossing; then analyze/eval/ood/finetune/predict on the parity models")
@@ -132,8 +138,9 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     book.write()
     with _terminate_as_exit(stop_signals), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
         t0 = time.perf_counter()
-        _train_stage(cfg, out_dir, runs, jobs, book, bar)
-        parity_models = parity_stage.train_and_choose(cfg, out_dir, runs, book, bar)  # baselines; parity.*
+        train_jobs(cfg, out_dir, runs, jobs, book, bar)
+        mains = cfg.main_runs(runs)  # siblings get no parity models
+        parity_models = parity_stage.train_and_choose(cfg, out_dir, mains, book, bar)  # baselines; parity.*
         ran = any(j.stage == "train" and j.state in ("done", "failed") for j in book.jobs.values())
         train_wall = time.perf_counter() - t0 if ran else None
         finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
@@ -177,53 +184,20 @@ def _terminate_as_exit(extra: tuple[int, ...] = ()):
             signal.signal(sig, previous)
 
 
-def _train_stage(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: list[Job], book: StatusBook,
-                 bar: StudyProgress) -> None:
-    by_name = {r.name: r for r in runs}
-    todo = []
-    for job in (j for j in jobs if j.stage == "train"):
-        run = by_name[job.run]
-        if run_finished(run):
-            book.update(job, "skipped", book.previous_seconds(job.id))
-            bar.start("train", f"{job.run} (finished, skipped)", run.train.steps)
-            bar.finish_job(f"{job.run} (finished, skipped)", "skipped")
-        else:
-            todo.append(job)
-
-    def before(job: Job) -> None:
-        book.update(job, "running")
-        bar.start("train", job.run, by_name[job.run].train.steps)
-
-    def poll(job: Job) -> None:
-        bar.advance_to(last_logged_step(by_name[job.run].run_dir), job.run)
-
-    def report(job: Job, state: str, seconds: float, error: str) -> None:
-        book.update(job, state, seconds, error)
-        bar.finish_job(job.run, state)
-        if state == "failed":
-            bar.log(f"[red]train {job.run} failed[/red]: {error.splitlines()[-1] if error else ''}")
-
-    if not todo:
-        return
-    if cfg.launcher.kind == "submitit":
-        folder = Path(cfg.launcher.folder) if cfg.launcher.folder else out_dir / "submitit"
-        run_jobs_submitit(todo, cfg.launcher, folder, report, before)
-    else:
-        run_jobs_local(todo, out_dir / "logs", report, before, poll, parallel=cfg.launcher.parallel)
-
-
 def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: StatusBook,
                   bar: StudyProgress, train_wall: float | None = None) -> None:
     results = out_dir / "results"
     not_trained = [j.run for j in book.jobs.values() if j.stage == "train" and j.state == "failed"]
+    everything, mains = runs, cfg.main_runs(runs)  # analyze sees the siblings; the others only if asked
+    scored = everything if cfg.siblings.evaluate else mains
     steps: list[tuple[str, Callable[[], stages.Stamp | None], Callable[[], object], tuple[str, ...]]] = [
-        ("analyze", lambda: stages.analysis_stamp(cfg, runs, results),
-         lambda: stages.run_analyze(cfg, runs, results, progress=False), ()),
-        ("eval", lambda: stages.eval_stamp(cfg, runs, results), lambda: stages.run_eval(cfg, runs, results), ()),
-        ("ood", lambda: stages.ood_stamp(cfg, runs, results), lambda: stages.run_ood(cfg, runs, results), ()),
-        ("finetune", lambda: stages.finetune_stamp(cfg, runs, results),
-         lambda: stages.run_finetune(cfg, runs, results), ()),
-        ("predict", lambda: stages.predict_stamp(cfg, runs, results), lambda: stages.run_predict(cfg, runs, results),
+        ("analyze", lambda: stages.analysis_stamp(cfg, everything, results),
+         lambda: stages.run_analyze(cfg, everything, results, progress=False), ()),
+        ("eval", lambda: stages.eval_stamp(cfg, scored, results), lambda: stages.run_eval(cfg, scored, results), ()),
+        ("ood", lambda: stages.ood_stamp(cfg, scored, results), lambda: stages.run_ood(cfg, scored, results), ()),
+        ("finetune", lambda: stages.finetune_stamp(cfg, scored, results),
+         lambda: stages.run_finetune(cfg, scored, results), ()),
+        ("predict", lambda: stages.predict_stamp(cfg, mains, results), lambda: stages.run_predict(cfg, mains, results),
          ("analyze", "eval")),
     ]
     off = {"ood": not cfg.ood.enabled(cfg.data), "finetune": cfg.ood.finetune is None}
@@ -245,7 +219,7 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
             why = f"needs {', '.join(blocked)}, which failed" if blocked else "no run finished training"
             book.update(job, "failed", 0.0, f"not run: {why}")
         else:
-            _run_stage(job, make_stamp(), work, book, out_dir)
+            run_stage(job, make_stamp(), work, book, out_dir)
         bar.finish_job(what, job.state)
     if not_trained:
         note = f"runs {', '.join(not_trained)} failed to train and are left out"
@@ -255,31 +229,8 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
                 book.update(job, job.state, None, note)
     _write_timings(results, book, train_wall)
     bar.start("report", "report.html", bar.stage_units("report"))
-    _run_stage(book.jobs["report"], None, lambda: stages.run_report(out_dir), book, out_dir)
+    run_stage(book.jobs["report"], None, lambda: stages.run_report(out_dir), book, out_dir)
     bar.finish_job("report.html", book.jobs["report"].state)
-
-
-def _run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,
-               out_dir: Path) -> None:
-    """Run one in-process stage unless its stamp is fresh; any exception fails this stage only."""
-    if stamp is not None and stamp.fresh():
-        book.update(job, "skipped", book.previous_seconds(job.id))
-        return
-    book.update(job, "running")
-    t0 = time.perf_counter()
-    try:
-        if stamp is not None:
-            stamp.clear()  # outputs are about to change: never leave an old key beside new files
-        work()
-    except Exception as exc:  # noqa: BLE001 - a failed stage is recorded; the report lists it
-        log = out_dir / "logs" / f"{job.stage}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(traceback.format_exc())
-        book.update(job, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc} (traceback: {log})")
-        return
-    if stamp is not None:
-        stamp.save()
-    book.update(job, "done", time.perf_counter() - t0)
 
 
 def _write_timings(results: Path, book: StatusBook, train_wall: float | None = None) -> dict[str, float]:

@@ -52,7 +52,7 @@ def _target(run: Any) -> Any:
 def _meta(run: Any) -> dict[str, Any]:
     """run, method, seed, scale, ppl of a trained run (RunConfig) or an existing one (rankscope.runs.Run)."""
     if isinstance(run, RunConfig):
-        return {"run": run.name, "method": run.method, "seed": run.train.seed, "scale": run.model,
+        return {"run": run.name, "method": run.method, "seed": run.train.weights_seed, "scale": run.model,
                 "ppl": final_ppl(run.run_dir)}
     return {"run": run.name, "method": run.method, "seed": run.seed, "scale": run.scale,
             "ppl": run.extra.get("val_ppl", {}).get(run.steps[-1])}

@@ -1,0 +1,77 @@
+"""Running study jobs: training jobs through the launcher, in-process stages behind their stamps.
+
+Shared by the runner (the main runs) and the parity stage (the cooled models); it imports neither, so the
+two depend on it in one direction.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from rankscope.config import RunConfig
+from rankscope.study import stages
+from rankscope.study.config import StudyConfig
+from rankscope.study.jobs import Job, StatusBook, run_finished
+from rankscope.study.launch import run_jobs_local, run_jobs_submitit
+from rankscope.study.progress import StudyProgress, last_logged_step
+
+
+def train_jobs(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: list[Job], book: StatusBook,
+                 bar: StudyProgress) -> None:
+    by_name = {r.name: r for r in runs}
+    todo = []
+    for job in (j for j in jobs if j.stage == "train"):
+        run = by_name[job.run]
+        if run_finished(run):
+            book.update(job, "skipped", book.previous_seconds(job.id))
+            bar.start("train", f"{job.run} (finished, skipped)", run.train.steps)
+            bar.finish_job(f"{job.run} (finished, skipped)", "skipped")
+        else:
+            todo.append(job)
+
+    def before(job: Job) -> None:
+        book.update(job, "running")
+        bar.start("train", job.run, by_name[job.run].train.steps)
+
+    def poll(job: Job) -> None:
+        bar.advance_to(last_logged_step(by_name[job.run].run_dir), job.run)
+
+    def report(job: Job, state: str, seconds: float, error: str) -> None:
+        book.update(job, state, seconds, error)
+        bar.finish_job(job.run, state)
+        if state == "failed":
+            bar.log(f"[red]train {job.run} failed[/red]: {error.splitlines()[-1] if error else ''}")
+
+    if not todo:
+        return
+    if cfg.launcher.kind == "submitit":
+        folder = Path(cfg.launcher.folder) if cfg.launcher.folder else out_dir / "submitit"
+        run_jobs_submitit(todo, cfg.launcher, folder, report, before)
+    else:
+        run_jobs_local(todo, out_dir / "logs", report, before, poll, parallel=cfg.launcher.parallel)
+
+
+def run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,
+               out_dir: Path) -> None:
+    """Run one in-process stage unless its stamp is fresh; any exception fails this stage only."""
+    if stamp is not None and stamp.fresh():
+        book.update(job, "skipped", book.previous_seconds(job.id))
+        return
+    book.update(job, "running")
+    t0 = time.perf_counter()
+    try:
+        if stamp is not None:
+            stamp.clear()  # outputs are about to change: never leave an old key beside new files
+        work()
+    except Exception as exc:  # noqa: BLE001 - a failed stage is recorded; the report lists it
+        log = out_dir / "logs" / f"{job.stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        book.update(job, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc} (traceback: {log})")
+        return
+    if stamp is not None:
+        stamp.save()
+    book.update(job, "done", time.perf_counter() - t0)
