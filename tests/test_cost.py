@@ -120,3 +120,31 @@ def test_dry_run_lists_and_costs_the_planned_parity_branches(tmp_path, capsys):
         line = next(x for x in out.splitlines() if x.startswith(f"full_rank_s0_b{step} "))
         assert line.split()[1] == str(c * per_update)
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("preset", ["paper-60m", "paper-130m", "paper-350m"])
+def test_dry_run_prices_the_paper_seed_design(tmp_path, capsys, preset):
+    """evidence.md §6: 6 methods × 5 init seeds × 2 data orders, every sibling priced like its study run."""
+    assert cmd_study(preset=preset, out=tmp_path / "s", dry_run=True, quiet=True) == 0
+    out = capsys.readouterr().out
+    design = next(x for x in out.splitlines() if x.startswith("design: "))
+    assert design.startswith("design: 6 method(s) × 5 init seed(s) × 2 data order(s) = 60 run(s); meets the paper "
+                             "design")
+    lines = {x.split()[0]: x.split() for x in out.splitlines() if x and x.split()[0].count("_s")}
+    for method in ("full_rank", "galore", "fira", "cola", "sltrain", "relora"):
+        for init in range(5):
+            main, sib = lines[f"{method}_s{init}"], lines[f"{method}_s{init}_d100"]
+            assert main[1:3] == sib[1:3]  # same tokens and FLOPs: a sibling differs only in data order
+    sib_hours = sum(float(v[-2]) for k, v in lines.items() if k.endswith("_d100"))
+    assert f"Siblings: 30 run(s), {sib_hours:.2f} of" in design or abs(
+        float(design.split("Siblings: 30 run(s), ")[1].split()[0]) - sib_hours) < 0.01 * 30
+    assert "siblings: full_rank, galore, fira, cola, sltrain, relora × data seeds [100] per init seed (30 run(s), " \
+           "checkpoints: all, also eval/ood/finetune)" in out
+    assert not (tmp_path / "s").exists()
+
+
+def test_dry_run_says_when_the_design_is_below_the_paper_one(tmp_path, capsys):
+    assert cmd_study(preset="demo", out=tmp_path / "s", dry_run=True, quiet=True) == 0
+    design = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("design: "))
+    assert design.startswith("design: 6 method(s) × 1 init seed(s), plus 2 data-order sibling(s) per init seed of "
+                             "full_rank = 8 run(s); below the paper design")

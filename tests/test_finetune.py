@@ -148,3 +148,11 @@ def test_probe_runs_for_every_method_in_both_modes(tmp_path, one_thread, method)
         s = FinetuneSettings(**{**SMALL, "steps": 2, "mode": mode})
         v = _values(finetune_runs([cfg.run_dir], settings=s, use_cache=False))
         assert set(v) == set(FT.METRICS) and all(x == x for x in v.values()), (method, mode, v)
+
+
+def test_adaptation_note_says_whether_the_probe_adapted():
+    from rankscope.downstream.finetune import adaptation_note
+
+    assert "adapted: gain interval above 0" in adaptation_note(0.01)
+    for low in (0.0, -0.2, float("nan"), None):
+        assert "did not adapt" in adaptation_note(low)

@@ -114,7 +114,7 @@ def test_ckpt_interpolation_group():
     ctx = AnalysisContext(run=run, step=10, step_b=20, batch=token_batch())
     rows = ckpt_interpolation(ctx, n_points=5)
     by = {r.metric: r for r in rows}
-    assert set(by) == {"ckpt_barrier", "ckpt_barrier_rel", "ckpt_barrier_lin", "ckpt_curve"}
+    assert set(by) == {"ckpt_barrier", "ckpt_barrier_rel", "ckpt_barrier_lin", "ckpt_barrier_xfit", "ckpt_curve"}
     assert by["ckpt_barrier"].step_b == 20 and by["ckpt_barrier"].stderr is not None
     assert "argmax_alpha=" in by["ckpt_barrier"].note
     assert len([r for r in rows if r.metric == "ckpt_curve"]) == 5
@@ -135,7 +135,7 @@ def test_imib_pairs_and_cola_exclusion(tmp_path):
 
     cola = _Run("cola", {10: smoke_model(2)}, dense=False, method="cola")
     rows = imib(AnalysisContext(run=a, step=10, other=cola, batch=token_batch()))
-    assert {r.metric for r in rows} == {"imib", "imib_rel", "imib_lin"}
+    assert {r.metric for r in rows} == {"imib", "imib_rel", "imib_lin", "imib_xfit"}
     assert all(math.isnan(r.value) and r.note == "excluded: no dense form" for r in rows)
     assert rows[0].settings["shared_init"] == "unknown"
 
@@ -159,3 +159,25 @@ def test_end_point_losses_are_reused_and_change_nothing():
     handle.remove()
     assert len(forwards) == n_plain * 3 // 5  # 3 interior points of 5, each over the same chunks
     assert np.array_equal(plain[2], again[2]) and plain[0] == again[0]
+
+
+def test_crossfit_barrier_is_unbiased_on_a_flat_noisy_curve_where_the_plain_max_is_not():
+    """A flat loss line (no barrier) seen through per-sequence noise: the plain interior max is biased up."""
+    from rankscope.diagnostics.interpolation import crossfit_barrier
+
+    rng = np.random.default_rng(0)
+    alphas = interpolation_grid(11)
+    plain, xfit = [], []
+    for _ in range(2000):
+        nll = 3.0 + 0.3 * rng.standard_normal((11, 32))  # per-sequence mean losses, 16 tokens each
+        sums = np.stack([16 * nll, np.full_like(nll, 16)], axis=-1)
+        plain.append(barrier(alphas, sums[:, :, 0].sum(1) / sums[:, :, 1].sum(1)).frankle)
+        xfit.append(crossfit_barrier(alphas, sums))
+    se = np.std(xfit) / np.sqrt(len(xfit))
+    assert abs(np.mean(xfit)) < 4 * se  # unbiased
+    assert np.mean(plain) > 20 * np.std(plain) / np.sqrt(len(plain))  # the plain max is clearly biased up
+    # A real bump is found by both.
+    bump = 3.0 + 0.5 * np.sin(np.pi * alphas)[:, None] + 0.01 * rng.standard_normal((11, 32))
+    sums = np.stack([bump, np.ones_like(bump)], axis=-1)
+    assert crossfit_barrier(alphas, sums) == pytest.approx(0.5, abs=0.02)
+    assert math.isnan(crossfit_barrier(alphas, sums[:, :1]))

@@ -298,3 +298,39 @@ def test_trajectory_group_runs_only_at_the_last_step():
     assert {"traj_pca_evr", "traj_pca_coord", "traj_pc1_sharpness", "traj_pc1_curve"} <= metrics
     evr = [r.value for r in rows if r.metric == "traj_pca_evr"]
     assert evr[0] > 0.9 and sum(evr) <= 1 + 1e-9
+
+
+class _ModelRun:
+    """The minimum of a RunHandle a checkpoint group needs, around an in-memory model."""
+
+    def __init__(self, model):
+        self.model, self.name, self.method, self.scale, self.seed = model, "m", "full_rank", "smoke", 0
+
+    def analysis_model(self, step):
+        return copy.deepcopy(self.model).eval(), "dense"
+
+
+def test_normalised_sharpness_ignores_a_reparameterisation_that_changes_raw_sharpness():
+    """Scaling every MLP's up_proj by c and down_proj by 1/c leaves the function unchanged (SwiGLU is
+    linear in the up branch); filter-normalised directions follow the rows, so the normalised sharpness is
+    unchanged while the raw N(0,1) sharpness is not (evidence.md §3)."""
+    from rankscope.diagnostics.landscape_normalized import landscape_normalized
+
+    model, batch = smoke_model(), token_batch()
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in scaled.model.layers:
+            layer.mlp.up_proj.weight.mul_(8.0)
+            layer.mlp.down_proj.weight.div_(8.0)
+    assert mean_loss(scaled, batch) == pytest.approx(mean_loss(model, batch), rel=1e-5)
+
+    def metric(m, fn, name, **kw):
+        rows = fn(AnalysisContext(run=_ModelRun(m), step=1, batch=batch), n_directions=2, **kw)
+        return next(r.value for r in rows if r.metric == name)
+
+    fn_a = metric(model, landscape_normalized, "rand_sharpness_fn")
+    fn_b = metric(scaled, landscape_normalized, "rand_sharpness_fn")
+    assert fn_a > 0 and fn_b == pytest.approx(fn_a, rel=1e-3)
+    raw_a = metric(model, landscape_random, "rand_sharpness", half_width=0.01)
+    raw_b = metric(scaled, landscape_random, "rand_sharpness", half_width=0.01)
+    assert abs(raw_b - raw_a) > 0.1 * abs(raw_a)

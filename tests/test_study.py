@@ -357,3 +357,34 @@ def _assert_issue_25_report_items(html: str) -> None:
     assert "They differ because they score different tokens with different context" in html
     targets = set(re.findall(r'href="#(metric-[\w]+)"', html))
     assert targets and targets <= set(re.findall(r'id="(metric-[\w]+)"', html))
+
+
+def test_smoke_study_trains_a_sibling_and_computes_every_null(smoke_study):
+    """The smoke preset's full-rank sibling: final checkpoint only, no parity model or evaluation of its own;
+    analyze gives the sibling barrier (plain and cross-fitted), the CKA ceiling and sibling rows of every
+    per-run metric; its final perplexity enters the parity target's seed mean."""
+    from rankscope.diagnostics.table import read_table
+
+    out, result, _ = smoke_study
+    assert list_checkpoints(out / "runs" / "full_rank_s0_d1") == [9]
+    meta = json.loads((out / "runs" / "full_rank_s0_d1" / "meta.json").read_text())
+    main_meta = json.loads((out / "runs" / "full_rank_s0" / "meta.json").read_text())
+    assert (meta["init_seed"], meta["data_seed"]) == (0, 1)
+    assert meta["init_fingerprint"] == main_meta["init_fingerprint"]  # same start
+    diag = read_table(out / "results" / "diagnostics.parquet")
+    nulls = diag[diag["null"] == "sibling"]
+    barrier = nulls[(nulls.metric.isin(["imib", "imib_xfit"])) & (nulls.step == 9)]
+    assert set(barrier.metric) == {"imib", "imib_xfit"} and set(barrier.name) == {"full_rank_s0_d1"}
+    assert barrier.value.notna().all()
+    ceiling = nulls[(nulls.metric == "act_cka") & (nulls.scope == "layer")]
+    assert set(ceiling.run) == {"full_rank_s0_d1"} and len(ceiling) >= 2 and (ceiling.value < 1).all()
+    sib = diag[(diag.run == "full_rank_s0_d1") & (diag.scope == "model")]
+    assert {"rand_sharpness", "rand_sharpness_fn", "w_erank", "pca_top1_sharpness"} <= set(sib.metric)
+    assert set(sib.init_seed) == {0} and set(sib.data_seed) == {1}
+    # cross-method pairs stay paired: nothing between the sibling and another method
+    assert not len(diag[(diag.scope == "pair") & (diag.name == "full_rank_s0_d1") & (diag.method != "full_rank")])
+    for table in ("downstream", "heldout", "finetune"):
+        assert "full_rank_s0_d1" not in set(read_table(out / "results" / f"{table}.parquet").run)
+    parity = json.loads((out / "results" / "parity.json").read_text())
+    assert "full_rank 2" in parity["target"]["how"]
+    assert not any(r["main_run"] == "full_rank_s0_d1" for r in parity["runs"])

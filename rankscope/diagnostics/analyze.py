@@ -60,6 +60,9 @@ HEADLINE_METRICS = (
     "dw_erank", "dw_stable_rank", "act_cka", "act_cos",
 )
 REFERENCE_METHOD = "full_rank"
+#: Computed by default beside the headline metrics: the estimators verdicts decide on (evidence.md §3).
+#: Cross-fitted barriers and debiased CKA come out of headline groups; this is normalised sharpness.
+DECIDING_METRICS = ("rand_sharpness_fn",)
 
 
 #: Default held-out token budget shared by every metric (activations use all of it; perturbation lines take
@@ -72,7 +75,7 @@ def resolve_groups(metrics: Sequence[str] | None) -> dict[str, Diagnostic]:
     """Groups emitting ``metrics`` (default: the headline set, skipping groups not installed, with a warning)."""
     strict = metrics is not None
     groups: dict[str, Diagnostic] = {}
-    for metric in HEADLINE_METRICS if metrics is None else metrics:
+    for metric in (*HEADLINE_METRICS, *DECIDING_METRICS) if metrics is None else metrics:
         try:
             diag = group_of_metric(metric)
         except KeyError as exc:

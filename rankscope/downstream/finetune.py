@@ -278,6 +278,16 @@ def _key(run, step: int, s: FinetuneSettings) -> dict:
     return task_key(GROUP, mode=s.mode, n_tokens=None, seed=s.seed, settings=asdict(s), runs=[(run.path, (step,), [run.checkpoint_dir(step)])])
 
 
+def adaptation_note(gain_ci_low: float | None) -> str:
+    """Whether the probe adapted this model: its fine-tuned accuracy beats the frozen probe (interval > 0).
+
+    A probe that adapts no model measures no fine-tuning pressure; the report then gives no finding.
+    """
+    if gain_ci_low is not None and math.isfinite(gain_ci_low) and gain_ci_low > 0:
+        return "; adapted: gain interval above 0"
+    return "; did not adapt: the gain interval reaches 0 or below (no fine-tuning finding from this model)"
+
+
 def finetune_runs(run_dirs: Sequence[str | Path], steps="final", settings: FinetuneSettings | None = None, *,
                   out: str | Path | None = None, device: str = "cpu", use_cache: bool = True,
                   stop_after: int | None = None) -> pd.DataFrame:
@@ -311,7 +321,9 @@ def finetune_runs(run_dirs: Sequence[str | Path], steps="final", settings: Finet
             # no wall-clock values in the table: identical studies give identical rows and settings hashes
             new = [Row(run=run.name, method=run.method, step=step, metric=m, value=v, ci_low=lo, ci_high=hi,
                        scope="finetune", name=s.task, space="native", mode=s.mode, scale=run.scale,
-                       seed=run.seed, settings=info, note=f"fine-tuning probe ({s.mode}, {s.steps} steps)")
+                       seed=run.seed, init_seed=run.seed, data_seed=run.seed if run.data_seed is None else run.data_seed,
+                       settings=info, note=f"fine-tuning probe ({s.mode}, {s.steps} steps)"
+                       + (adaptation_note(lo) if m == "ft_gain" else ""))
                    for m, (v, lo, hi) in summarise(res, s).items()]
             cache.put(key, new)
             state_path.unlink(missing_ok=True)

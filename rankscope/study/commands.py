@@ -47,12 +47,13 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
         _check_out_folder(Path(out))
     costs = None
     if dry_run and not cfg.runs:  # computed first: a bad --gpu or JSON fails before anything is printed
-        from rankscope.study.cost import format_costs, study_costs
+        from rankscope.study.cost import design_summary, format_costs, study_costs
         from rankscope.study.parity_stage import planned_jobs
 
-        mains = cfg.to_run_configs(Path(out))
-        costs = format_costs(study_costs(mains, cfg.launcher.nproc, gpu or "h100", gpu_check_json,
-                                         planned=planned_jobs(cfg, mains)))
+        runs = cfg.to_run_configs(Path(out))
+        rows = study_costs(runs, cfg.launcher.nproc, gpu or "h100", gpu_check_json,
+                           planned=planned_jobs(cfg, cfg.main_runs(runs)))
+        costs = format_costs(rows) + "\n" + design_summary(cfg, rows)
     try:
         result = run_study(cfg, out, dry_run=dry_run, progress=not quiet, stop_signals=signals)
     except Stopped as stop:

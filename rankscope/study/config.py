@@ -13,7 +13,7 @@ and the field, so a typo never silently falls back to a default (style.md §3, "
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ class SiblingSettings:
     never get parity models.
     """
 
-    methods: tuple[str, ...] = ()  # methods that get siblings (at least the reference, full_rank)
+    methods: tuple[str, ...] = ()  # methods that get siblings (at least the reference, full_rank), or "all"
     data_seeds: tuple[int, ...] = ()  # extra data seeds per init seed (distinct, none equal to a study seed)
     checkpoints: str = "last"  # last (final step only) | all (the study's checkpoint steps)
     evaluate: bool = False  # also run eval, ood and finetune on the siblings
@@ -217,6 +217,9 @@ class StudyConfig:
 
     def _check_siblings(self) -> None:
         sib = self.siblings
+        if sib.methods in ("all", ("all",)):  # every method of the study
+            object.__setattr__(self, "siblings", replace(sib, methods=tuple(self.methods)))
+            sib = self.siblings
         outside = [m for m in sib.methods if m not in self.methods]
         if outside:
             raise UserError(f"study: siblings.methods names {outside}, which the study does not train (methods: "

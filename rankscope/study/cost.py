@@ -121,3 +121,31 @@ def format_costs(rows: list[dict[str, Any]]) -> str:
         lines += [f"throughput: {s}" for s in sources]
         lines += sorted({f"note: {r['note']}" for r in rows if r["note"]})
     return "\n".join(lines)
+
+
+def design_summary(cfg, rows: list[dict[str, Any]]) -> str:
+    """The seed design in one paragraph: runs per method × init seed × data order, and what siblings cost.
+
+    evidence.md §6 asks for 5 init seeds × 2 data orders per method at paper scale (minimum 3 × 2): the
+    line says whether the study meets that, so its price is read next to what its verdicts can claim.
+    """
+    sib = cfg.siblings
+    n_methods, n_init = len(cfg.methods), len(cfg.seeds)
+    sib_names = {cfg.run_name(m, s, d) for s in cfg.seeds for d in sib.data_seeds for m in sib.methods}
+    sib_hours = sum(r["gpu_hours"] for r in rows if r["run"] in sib_names)
+    total = sum(r["gpu_hours"] for r in rows)
+    orders = 1 + len(sib.data_seeds)
+    full = set(sib.methods) == set(cfg.methods)
+    grid = (f"{n_methods} method(s) × {n_init} init seed(s) × {orders} data order(s)" if full else
+            f"{n_methods} method(s) × {n_init} init seed(s), plus {len(sib.data_seeds)} data-order sibling(s) "
+            f"per init seed of {', '.join(sib.methods) or 'no method'}")
+    n_runs = n_methods * n_init + len(sib_names)
+    if n_init >= 5 and orders >= 2 and full:
+        meets = "meets the paper design (evidence.md §6: 5 init seeds × 2 data orders)"
+    elif n_init >= 3 and orders >= 2 and full:
+        meets = "meets the documented minimum (3 init seeds × 2 data orders; the paper design is 5 × 2)"
+    else:
+        meets = ("below the paper design (5 init seeds × 2 data orders, minimum 3 × 2): verdicts are "
+                 "exploratory" + ("" if sib.data_seeds else "; no siblings, so every finding says 'no null'"))
+    return (f"design: {grid} = {n_runs} run(s); {meets}. Siblings: {len(sib_names)} run(s), "
+            f"{sib_hours:.2f} of {total:.2f} GPU-h.")

@@ -125,8 +125,14 @@ def _method_curves(points: dict[str, list[Point]], mains: dict[str, RunConfig]) 
     return {m: [Point(t, math.exp(sum(v) / len(v))) for t, v in sorted(d.items())] for m, d in by.items()}
 
 
-def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, bar) -> list[RunConfig]:
-    """Train the cooled models, choose the parity models, write ``results/parity.json``; returns the models."""
+def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, bar,
+               siblings: list[RunConfig] = ()) -> list[RunConfig]:
+    """Train the cooled models, choose the parity models, write ``results/parity.json``; returns the models.
+
+    Finished ``siblings`` (data-order siblings trained to the full budget) add their final perplexity to
+    their method's seed mean at that budget, so the target is the mean of every draw of the reference or
+    slowest method, not one of them; they get no cooled models and no parity model of their own.
+    """
     p = cfg.parity
     by_name = {m.name: m for m in mains}
     planned: dict[str, list[RunConfig]] = {m.name: [_materialise(cfg, m, c) for c in candidates(cfg, m)]
@@ -141,7 +147,17 @@ def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, ba
         points[m.name] = [pt for pt in (_point(r, tps[m.name]) for r in runs) if pt is not None]
     budget = max(m.train.steps * tps[m.name] for m in mains) * min(p.cap, 1.0)
     cap = max(m.train.steps * tps[m.name] for m in mains) * p.cap
-    target = resolve_target(p.target, _method_curves(points, by_name), budget, p.reference)
+    curve_points, curve_runs = dict(points), dict(by_name)
+    for sib in siblings:
+        tps[sib.name] = tokens_per_step(sib)
+        pt = _point(sib, tps[sib.name])
+        if pt is not None:
+            curve_points[sib.name], curve_runs[sib.name] = [pt], sib
+    target = resolve_target(p.target, _method_curves(curve_points, curve_runs), budget, p.reference)
+    draws = {m: sum(1 for n in curve_points if curve_runs[n].method == m) for m in {r.method for r in curve_runs.values()}}
+    if siblings and not target.how.startswith("explicit"):
+        target = replace(target, how=f"{target.how}; seed means of log-ppl over "
+                                     + ", ".join(f"{m} {k}" for m, k in sorted(draws.items())) + " run(s)")
     choices = {n: choose(by_name[n].method, pts, target.ppl, p.tolerance, cap) for n, pts in points.items()}
     extra = {n: _extra(cfg, by_name[n], c, tps[n]) for n, c in choices.items()
              if c.status == "predict" and p.extra_branch}
@@ -246,8 +262,11 @@ def train_and_choose(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], boo
                 and book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
     if not finished:
         return []
+    mains, siblings = cfg.main_runs(finished), cfg.sibling_runs(finished)
+    if not mains:
+        return []
     if not cfg.parity.enabled:
-        baselines_for(cfg, out_dir, finished[0])
+        baselines_for(cfg, out_dir, mains[0])
         return []
     # the selection's own job (its training jobs are listed, and timed, as train:<name>)
     job = book.jobs.get("parity") or Job("parity", "predict", "parity models")
@@ -255,7 +274,7 @@ def train_and_choose(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], boo
     import traceback
 
     try:
-        models = run_parity(cfg, out_dir, finished, book, bar)
+        models = run_parity(cfg, out_dir, mains, book, bar, siblings)
     except Exception as exc:  # noqa: BLE001 - a failed parity stage is recorded; the equal-step study goes on
         log = out_dir / "logs" / "parity.log"
         log.parent.mkdir(parents=True, exist_ok=True)

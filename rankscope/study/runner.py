@@ -139,8 +139,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     with _terminate_as_exit(stop_signals), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
         t0 = time.perf_counter()
         train_jobs(cfg, out_dir, runs, jobs, book, bar)
-        mains = cfg.main_runs(runs)  # siblings get no parity models
-        parity_models = parity_stage.train_and_choose(cfg, out_dir, mains, book, bar)  # baselines; parity.*
+        # siblings get no parity models; their final perplexity enters the target's seed mean
+        parity_models = parity_stage.train_and_choose(cfg, out_dir, runs, book, bar)  # baselines; parity.*
         ran = any(j.stage == "train" and j.state in ("done", "failed") for j in book.jobs.values())
         train_wall = time.perf_counter() - t0 if ran else None
         finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
