@@ -125,7 +125,7 @@ def test_study_grid_gains_siblings_named_by_both_seeds(tmp_path):
     ("siblings: {methods: [apollo], data_seeds: [1]}\n", "siblings.methods"),
     ("siblings: {methods: [full_rank], data_seeds: [1, 1]}\n", "siblings.data_seeds"),
     ("seeds: [0, 1]\nsiblings: {methods: [full_rank], data_seeds: [1]}\n", "siblings.data_seeds"),
-    ("siblings: {methods: [full_rank]}\n", "siblings"),
+    ("siblings: {methods: [], data_seeds: [3]}\n", "siblings"),
     ("siblings: {methods: [full_rank], data_seeds: [2], checkpoints: some}\n", "siblings.checkpoints"),
     ("siblings: {methods: [full_rank], data_seeds: [2], every: 1}\n", "siblings"),
 ])
