@@ -259,3 +259,13 @@ def test_noise_floor_puts_the_perplexity_spread_of_siblings_beside_the_methods()
     html = noise_floor_html(normalise_table(None), (), runs)
     assert "final validation perplexity" in html and "galore -210" in html
     assert "116.8" in html  # SD of 850, 700, 620: the data order alone moves perplexity by more than the methods
+
+
+def test_runs_table_names_the_data_seed_of_siblings(tmp_path) -> None:
+    from helpers_report import make_synthetic_study
+
+    from rankscope.report.render import render_report
+
+    html = render_report(make_synthetic_study(tmp_path / "s", methods=("full_rank", "galore"))).read_text()
+    assert "<td>full_rank_s0_d1</td><td>full_rank</td><td>0 / data 1</td>" in html
+    assert "<td>galore_s0</td><td>galore</td><td class=\"num\">0</td>" in html

@@ -91,6 +91,14 @@ def _summary(data: StudyData) -> str:
     return table(["field", "value"], rows, cls="summary")
 
 
+def _seed_cell(r: Any) -> Any:
+    """The init seed; "init / data N" for a data-order sibling (a data seed other than the init seed)."""
+    if r.seed is None:
+        return "–"
+    data = r.meta.get("data_seed")
+    return r.seed if data is None or data == r.seed else f"{r.seed} / data {data}"
+
+
 def _runs_table(data: StudyData) -> str:
     if not data.runs:
         return '<p class="missing">No runs found.</p>'
@@ -104,7 +112,7 @@ def _runs_table(data: StudyData) -> str:
             (
                 r.name,
                 r.method,
-                "–" if r.seed is None else r.seed,
+                _seed_cell(r),
                 mem.get("params"),
                 mem.get("trainable"),
                 None if state is None else float(state) / 2**20,
@@ -116,7 +124,7 @@ def _runs_table(data: StudyData) -> str:
         [
             "run",
             "method",
-            "seed",
+            "seed (init / data)",
             "parameters",
             "trainable",
             "optimizer state (MiB)",
