@@ -8,7 +8,8 @@ since the last periodic checkpoint is lost. The signals caught are SIGTERM plus 
 
 Under torchrun each rank may receive the signal at a different moment (or only one may), so the ranks agree
 by an all-reduce (max) of their stop flags after every update: all stop after the same update and write one
-checkpoint together. The flag is one scalar per update, next to DDP's gradient all-reduce.
+checkpoint together. The flag is one CPU scalar per update, next to DDP's gradient all-reduce; on CUDA it
+goes through a separate gloo group, so reading it never waits for the GPU's queued work.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class StopOnSignal:
         self.signals = tuple(dict.fromkeys((int(signal.SIGTERM), *extra)))
         self.received = 0  # the first signal number caught, 0 if none
         self._old: dict[int, object] = {}
+        self._group = None  # gloo group for the flag when the training backend is NCCL
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -72,8 +74,10 @@ class StopOnSignal:
         """The signal every rank stops on after this update (0: go on); collective under torchrun."""
         if not info.distributed:
             return self.received
-        flag = torch.tensor(float(self.received), device=info.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if self._group is None and info.device.type == "cuda":  # collective: every rank's first update
+            self._group = torch.distributed.new_group(backend="gloo")
+        flag = torch.tensor(float(self.received))
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
         return int(flag.item())
 
 
