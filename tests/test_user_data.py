@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,16 +32,23 @@ TINY = ("--model", "smoke", "--steps", "2", "--seq-len", "32", "--micro-batch-si
         "--eval-every", "0", "--quiet")
 
 
-def test_files_without_source_train_on_the_files(tmp_path):
-    write_corpus(tmp_path)
+@pytest.fixture(scope="module")
+def own_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One run trained from its project folder on relative file paths, without --source (shared, read-only)."""
+    proj = tmp_path_factory.mktemp("own") / "proj"
+    write_corpus(proj)
     proc = run_cli("train", *TINY, "--train-files", "data/train.txt", "--val-files", "data/val.txt",
-                   "--out-dir", "runs", "--name", "own", cwd=tmp_path)
+                   "--out-dir", "runs", "--name", "own", cwd=proj)
     assert proc.returncode == 0, proc.stderr
+    return proj / "runs" / "own", proc
+
+
+def test_files_without_source_train_on_the_files(own_run):
+    run, proc = own_run
     assert "warning" not in proc.stderr.lower()  # within one epoch, a budget the data holds: nothing to say
-    run = tmp_path / "runs" / "own"
     data = json.loads((run / "config.json").read_text())["data"]
     assert data["source"] == "files"
-    assert "embedded" not in json.loads((run / "meta.json").read_text())["data_label"]
+    assert json.loads((run / "meta.json").read_text())["data_label"] == "data/train.txt"  # as typed, not embedded
 
 
 @pytest.mark.parametrize("source", ["embedded", "hf"])
@@ -137,10 +145,10 @@ def _train_own(proj: Path, *extra: str) -> Path:
     return proj / "runs" / "own"
 
 
-def test_run_folder_made_from_relative_paths_works_from_another_directory(tmp_path):
-    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+def test_run_folder_made_from_relative_paths_works_from_another_directory(own_run, tmp_path):
+    run, _ = own_run
+    proj, elsewhere = run.parents[1], tmp_path / "elsewhere"
     elsewhere.mkdir()
-    run = _train_own(proj)
     data = json.loads((run / "config.json").read_text())["data"]
     assert data["train_files"] == [str(proj / "data" / "train.txt")] and data["val_files"] == [str(proj / "data" / "val.txt")]
     assert data["typed_paths"] == {"train_files": ["data/train.txt"], "val_files": ["data/val.txt"]}
@@ -154,12 +162,15 @@ def test_run_folder_made_from_relative_paths_works_from_another_directory(tmp_pa
     assert analyze.returncode == 0, analyze.stderr
 
     (proj / "data" / "val.txt").rename(proj / "val.moved")  # the data moved: the error names the run's config
-    before = snapshot(run)
-    gone = run_cli("ppl", run, "--text", "val", cwd=elsewhere)
-    assert_clean_failure(gone, 2)
-    assert f"{run / 'config.json'} names it in data.val_files (typed as 'data/val.txt'" in gone.stderr
-    assert "--val-files" not in gone.stderr
-    assert snapshot(run) == before
+    try:
+        before = snapshot(run)
+        gone = run_cli("ppl", run, "--text", "val", cwd=elsewhere)
+        assert_clean_failure(gone, 2)
+        assert f"{run / 'config.json'} names it in data.val_files (typed as 'data/val.txt'" in gone.stderr
+        assert "--val-files" not in gone.stderr
+        assert snapshot(run) == before
+    finally:
+        (proj / "val.moved").rename(proj / "data" / "val.txt")
 
 
 def test_run_folder_with_relative_paths_from_an_older_version_loads_and_resumes(tmp_path):
@@ -237,7 +248,7 @@ def test_study_defaults_raise_no_method_warning():
         assert not [m for m in available() if method_warning(RunConfig(model=model, method=m))], model
 
 
-def test_export_files_share_one_mode_and_agree_on_pad_and_length(tmp_path):
+def test_export_files_share_one_mode_and_agree_on_pad_and_length(own_run, tmp_path):
     """export-hf: weights as readable as the JSON beside them; pad id and max length agree across the files."""
     import stat
 
@@ -245,7 +256,7 @@ def test_export_files_share_one_mode_and_agree_on_pad_and_length(tmp_path):
     from rankscope.safetensors_io import file_mode
     from rankscope.training.checkpoint import list_checkpoints, step_dir
 
-    run = _train_own(tmp_path / "proj")
+    run, _ = own_run
     ckpt = step_dir(run, list_checkpoints(run)[-1])
     assert {stat.S_IMODE(p.stat().st_mode) for p in ckpt.iterdir()} == {file_mode()}  # checkpoints too
     out = tmp_path / "hf"
