@@ -22,6 +22,10 @@ GLOSSARY: dict[str, str] = {
     "rand_center_gap": "Loss at the checkpoint minus the lowest loss on the averaged random line; > 0 = not a "
                        "minimum.",
     "rand_curve": "Random-direction " + _C + ".",
+    "rand_sharpness_fn": "Sharpness along random directions rescaled row by row to the weights' row norms "
+                         "(nats/token; the number sharpness verdicts decide on: unchanged by reparameterisation).",
+    "rand_variance_fn": "Variance of the loss across filter-normalised random directions, averaged over the grid.",
+    "rand_curve_fn": "Filter-normalised random-direction " + _C + ".",
     "pca_top1_sharpness": "Sharpness when every weight matrix moves along its own top singular component "
                           "(nats/token); higher = sharper.",
     "pca_topk_sharpness": "Sharpness of the mean of the top-k singular-component curves; higher = sharper.",
@@ -39,12 +43,16 @@ GLOSSARY: dict[str, str] = {
                     "endpoints' mean (nats/token); ≈ 0 = linearly connected.",
     "ckpt_barrier_rel": "ckpt_barrier divided by the endpoints' mean loss.",
     "ckpt_barrier_lin": "Largest bump above the straight line between the two endpoint losses.",
+    "ckpt_barrier_xfit": "Cross-fitted checkpoint barrier: the peak's α chosen on half of the sequences, its height "
+                         "read on the other half (no upward bias from evaluation noise; decides).",
     "ckpt_curve": "Loss along the path between consecutive checkpoints.",
     "imib": "Inter-method barrier (IMBH): loss barrier between two methods' models at the same step "
             "(nats/token); higher = more separated basins.",
     "imib_rel": "imib divided by the endpoints' mean loss.",
     "imib_lin": "Largest bump above the straight line between the two methods' losses.",
     "imib_curve": "Loss along the path between two methods' models.",
+    "imib_xfit": "Cross-fitted inter-method barrier: the peak's α chosen on half of the sequences, its height read "
+                 "on the other half (no upward bias from evaluation noise; the barrier verdicts decide on).",
     # spectra
     "w_rank": "Numerical rank of each weight matrix (count).",
     "w_rank_ratio": "Numerical rank ÷ min(m, n); 1 = full rank.",
