@@ -194,13 +194,28 @@ def study(
 
 @app.command()
 def report(
-    study_dir: Path = typer.Argument(..., help="A study folder (runs/ and results/)."),
-    out: Optional[Path] = typer.Option(None, help="Output HTML path (default: STUDY_DIR/report.html)."),
+    study_dirs: list[Path] = typer.Argument(..., help="A study folder (runs/ and results/); several single-size "
+                                            "study folders are combined into one multi-size report."),
+    out: Optional[Path] = typer.Option(None, help="Output HTML path (default: STUDY_DIR/report.html). With several "
+                                       "study folders: the folder of the combined study (required)."),
 ) -> None:
-    """Render the self-contained HTML report of a study folder (no network needed to open it)."""
+    """Render the self-contained HTML report of a study folder (no network needed to open it).
+
+    With several single-size study folders (same methods, seeds and data; one per model size) it writes a combined
+    multi-size study folder at --out (study.json, stacked results/ tables, a pooled predictor) and its report."""
     from rankscope.report.load import study_folder_problem
     from rankscope.report.render import render_report
 
+    if len(study_dirs) > 1:
+        from rankscope.report.combine import combine_studies, out_problem, read_size_studies
+
+        read_size_studies(study_dirs)  # refuse before writing anything
+        problem = out_problem(out, study_dirs)
+        if problem:
+            raise UserError(problem)
+        typer.echo(f"report: {render_report(combine_studies(study_dirs, out))}")
+        return
+    study_dir = study_dirs[0]
     problem = study_folder_problem(study_dir)  # refuse before writing anything
     if problem is None and out is not None and out.is_dir():
         problem = f"--out {out} is a folder; give the HTML file to write, e.g. --out {out / 'report.html'}"

@@ -257,9 +257,31 @@ def _shown_metrics(data: StudyData, robust) -> set[str]:
 
 
 def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Write ``report.html`` for ``study_dir`` (default: inside it) and return its path."""
+    """Write ``report.html`` for ``study_dir`` (default: inside it) and return its path.
+
+    A multi-size study folder (``study.json`` with ``models``) gets the report across sizes (``render_scale``)."""
     if not Path(study_dir).is_dir():  # a typo must not produce an empty report in a fresh folder
         raise FileNotFoundError(f"study folder not found: {study_dir}")
+    from rankscope.report.render_scale import is_multi_size, render_scale_report
+
+    if is_multi_size(study_dir):
+        return render_scale_report(study_dir, out)
+    title, parts = report_parts(study_dir)
+    return write_page(title, parts, Path(out) if out is not None else Path(study_dir) / "report.html")
+
+
+def write_page(title: str, parts: list[str], target: Path) -> Path:
+    """Write one self-contained HTML page atomically (temporary file, then rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(page(title, "\n".join(parts)), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def report_parts(study_dir: str | Path) -> tuple[str, list[str]]:
+    """The title and HTML parts of one single-size study's report (also each size's folded part of a
+    multi-size report)."""
     data = load_study(study_dir)
     findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
     robust = load_robustness(study_dir)
@@ -308,9 +330,4 @@ def render_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         bullet_list(_missing(data, [f for _, f in figures], findings), "missing")
         or "<p>Nothing missing.</p>",
     ]
-    target = Path(out) if out is not None else Path(study_dir) / "report.html"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(page(title, "\n".join(parts)), encoding="utf-8")
-    tmp.replace(target)
-    return target
+    return title, parts

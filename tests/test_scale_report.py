@@ -1,0 +1,127 @@
+"""``rankscope report A B C``: single-size study folders combined into one multi-size study and its report, and the
+refusals (methods, data or seeds that disagree; a size given twice; no --out), each naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers_fs import assert_clean_failure, run_cli, snapshot
+from helpers_report import make_synthetic_study
+
+from rankscope.report.combine import combine_studies, out_problem, read_size_studies
+
+
+def size_study(root: Path, size: str, rng_seed: int, **kw) -> Path:
+    """A synthetic single-size study folder whose study.json names ``size`` as its model."""
+    folder = make_synthetic_study(root / size, seeds=kw.pop("seeds", (0, 1)), rng_seed=rng_seed, **kw)
+    study = json.loads((folder / "study.json").read_text())
+    study["model"] = size
+    study["predict"] = {"bootstrap_iters": 40}  # the pooled predictor takes the sizes' setting
+    (folder / "study.json").write_text(json.dumps(study))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_sizes(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("sizes")
+    return size_study(root, "130m", 1), size_study(root, "60m", 2)
+
+
+@pytest.fixture(scope="module")
+def combined(two_sizes, tmp_path_factory) -> Path:
+    """The combined folder, made through the console script (larger size first: the order given must not matter)."""
+    big, small = two_sizes
+    out = tmp_path_factory.mktemp("combined") / "both"
+    before = snapshot(big), snapshot(small)
+    proc = run_cli("report", str(big), str(small), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (snapshot(big), snapshot(small)) == before  # the inputs are read, never written
+    return out
+
+
+def test_combined_tables_stack_every_size_with_renamed_runs(two_sizes, combined) -> None:
+    big, small = two_sizes
+    study = json.loads((combined / "study.json").read_text())
+    assert study["models"] == ["60m", "130m"]  # smallest first, whatever the order given
+    for stem in ("diagnostics", "downstream"):
+        both = pd.read_parquet(combined / "results" / f"{stem}.parquet")
+        parts = {s: pd.read_parquet(f / "results" / f"{stem}.parquet") for s, f in (("60m", small), ("130m", big))}
+        assert len(both) == sum(len(p) for p in parts.values())
+        for size, part in parts.items():
+            mine = both[both["scale"] == size].reset_index(drop=True)
+            assert list(mine["run"]) == [f"{r}@{size}" for r in part["run"]]
+            pd.testing.assert_series_equal(mine["value"], part["value"], check_names=False)
+            pairs = mine[(mine["scope"] == "pair") & (mine["metric"] == "imib")]
+            assert stem == "downstream" or len(pairs) and all(n.endswith(f"@{size}") for n in pairs["name"])
+    pred = json.loads((combined / "results" / "prediction.json").read_text())
+    assert "loso" in pred["schemes"] and pred["n_by_size"] == {"130m": 14, "60m": 14}
+
+
+def test_combined_report_has_the_scale_axis_and_folds_each_size(combined) -> None:
+    html = (combined / "report.html").read_text()
+    for fid in ("F1", "F3", "F6", "F7"):
+        assert f'data-finding="{fid}-scale"' in html
+    for fig in ("scale-metrics", "scale-ppl-downstream"):
+        block = html.split(f'data-figure="{fig}"', 1)[1][:400]
+        assert "data:image/png;base64," in block, block
+    assert html.count("<details data-size-report=") == 2
+    assert 'id="60m-noise-floor"' in html and 'id="130m-noise-floor"' in html  # nested anchors stay unique
+    assert "(loso)" in html  # the pooled predictor's leave-one-size-out row
+
+
+def test_combining_again_rewrites_the_same_tables(two_sizes, combined) -> None:
+    first = {stem: pd.read_parquet(combined / "results" / f"{stem}.parquet") for stem in ("diagnostics", "downstream")}
+    assert out_problem(combined, list(two_sizes)) is None  # an earlier combined folder may be rewritten
+    combine_studies(list(two_sizes), combined)
+    for stem, frame in first.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(combined / "results" / f"{stem}.parquet"), frame)
+
+
+def _edit(folder: Path, **fields) -> None:
+    study = json.loads((folder / "study.json").read_text())
+    study.update(fields)
+    (folder / "study.json").write_text(json.dumps(study))
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("methods", ["full_rank", "galore"], "disagree on 'methods'"),
+    ("seeds", [0, 1, 2], "disagree on 'seeds'"),
+    ("data", {"source": "embedded", "label": "other corpus"}, "disagree on 'data.label'"),
+    ("model", "60m", "size 60m given twice"),
+])
+def test_combining_studies_that_disagree_is_refused_naming_the_field(tmp_path, field, value, says) -> None:
+    a = size_study(tmp_path, "60m", 3, methods=("full_rank", "galore", "fira"))
+    b = size_study(tmp_path, "130m", 4, methods=("full_rank", "galore", "fira"))
+    if field == "methods":
+        value = ["full_rank", "galore"]
+    _edit(b, **{field: value})
+    out = tmp_path / "combined"
+    before = snapshot(tmp_path)
+    proc = run_cli("report", str(a), str(b), "--out", str(out))
+    assert_clean_failure(proc, 2)
+    assert says in proc.stderr and str(b) in proc.stderr.replace("\n", "")
+    assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_report_of_several_folders_needs_a_folder_out(two_sizes, tmp_path) -> None:
+    big, small = two_sizes
+    for args, says in ((["report", str(small), str(big)], "needs --out"),
+                       (["report", str(small), str(big), "--out", str(tmp_path / "r.html")], "names an HTML file")):
+        proc = run_cli(*args)
+        assert_clean_failure(proc, 2)
+        assert says in proc.stderr
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    proc = run_cli("report", str(small), str(big), "--out", str(tmp_path / "busy"))
+    assert_clean_failure(proc, 2)
+    assert "not a combined study" in proc.stderr and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_read_size_studies_refuses_a_multi_size_folder(two_sizes, combined) -> None:
+    from rankscope.errors import UserError
+
+    with pytest.raises(UserError, match="already a multi-size study"):
+        read_size_studies([combined, two_sizes[0]])
