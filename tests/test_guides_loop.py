@@ -55,6 +55,9 @@ def test_unguided_hash_has_no_guide_fields_and_guided_differs(make_smoke_config)
     guided = with_guide(cfg, "sam")
     assert guided.fingerprint() != cfg.fingerprint()
     assert with_guide(cfg, "sam", rho=0.1).fingerprint() != guided.fingerprint()
+    from rankscope.guides.options import guided_run_name
+
+    assert guided_run_name("galore_s0", "sam") == "galore_s0_sam" and guided_run_name("galore_s0", "") == "galore_s0"
 
 
 def test_inactive_guide_changes_nothing(make_smoke_config, one_thread, monkeypatch):

@@ -1,4 +1,4 @@
-"""Momentum-SAM (Becker, Altrichter & Anderson, 2024, arXiv 2401.12033): ascent along the negated momentum.
+"""Momentum-SAM (Becker et al. 2024, arXiv 2401.12033): ascent along the negated momentum.
 
 Per update: θ̃ = θ − ρ·m/‖m‖ with m the guide's running average of past guided gradients
 (m ← β1·m + (1 − β1)·g, the method's β1, in the checkpoint), one forward+backward at θ̃, weights restored by

@@ -70,3 +70,8 @@ def build_guide(run_cfg):
         return cls(config, run_cfg)
     except ValueError as exc:
         raise UserError(f"guide {run_cfg.guide!r}: {exc}") from None
+
+
+def guided_run_name(name: str, guide: str) -> str:
+    """The name of a guided arm next to its unguided run (``galore_s0`` -> ``galore_s0_sam``)."""
+    return f"{name}_{guide}" if guide else name

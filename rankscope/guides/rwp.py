@@ -1,4 +1,4 @@
-"""Random weight perturbation: the opposite-sign control for SAM (Bisla et al., AISTATS 2022; Li et al. 2024).
+"""Random weight perturbation: the opposite-sign control for SAM (Bisla et al., low-pass filtering SGD, AISTATS 2022).
 
 Per update: ε has entries N(0, (σ·‖row‖)²/n) for each row of each trainable matrix (a vector is one row of
 length n), drawn from a generator seeded by (salt, the run's data seed, the update index), so the noise is a

@@ -1,6 +1,6 @@
 """Spectral guide: per-matrix weight decay steered by the heavy-tail exponent α of its spectrum.
 
-AlphaDecay-style (He et al. 2025, arXiv 2506.14562): every ``every`` guided updates the exponent α_i of each
+AlphaDecay-style (He et al. 2025): every ``every`` guided updates the exponent α_i of each
 target matrix's eigenvalue spectrum (λ = s², the diagnostics' power-law fit, rankscope/diagnostics/spectra.py)
 is recomputed, and after each optimizer step inside the window the guide applies a decoupled decay
 W ← W·(1 − lr·wd·c_i) with c_i = clamp(α_i / α*_i, lo, hi): a heavier tail than the target (α_i < α*_i)
