@@ -173,6 +173,18 @@ def test_run_folder_made_from_relative_paths_works_from_another_directory(own_ru
         (proj / "val.moved").rename(proj / "data" / "val.txt")
 
 
+def test_resume_from_another_directory_with_other_files_there_is_refused(own_run, tmp_path):
+    """The same relative paths typed elsewhere name other files: resuming would silently change the data."""
+    run, _ = own_run
+    write_corpus(tmp_path, seed=1)  # tmp_path/data/train.txt exists, with other text
+    before = snapshot(run)
+    proc = run_cli("train", *TINY, "--train-files", "data/train.txt", "--val-files", "data/val.txt",
+                   "--out-dir", run.parent, "--name", "own", "--resume", cwd=tmp_path)
+    assert_clean_failure(proc, 2)
+    assert f"reads data.train_files from ['{run.parents[1] / 'data' / 'train.txt'}']" in proc.stderr
+    assert snapshot(run) == before
+
+
 def test_run_folder_with_relative_paths_from_an_older_version_loads_and_resumes(tmp_path):
     """config.json as written before paths were stored absolute: relative paths, no typed_paths."""
     from rankscope.config import RunConfig

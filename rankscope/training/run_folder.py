@@ -165,6 +165,7 @@ def _check(cfg: RunConfig, resume: bool, allow: set[str]) -> tuple[int, list[str
             + (f", or add --allow-change {','.join(sorted({k.rsplit('.', 1)[-1] for k in hint}))} to change "
                f"them from the last checkpoint on (recorded in meta.json)." if hint else ".")
         )
+    _check_same_files(run_dir, old, cfg)
     steps = ckpt.list_checkpoints(run_dir)
     if steps:
         state = ckpt.read_train_state(run_dir, steps[-1])
@@ -176,6 +177,16 @@ def _check(cfg: RunConfig, resume: bool, allow: set[str]) -> tuple[int, list[str
                 f"Delete that checkpoint folder to resume from an earlier one, or start a new --name."
             )
     return (steps[-1] if steps else 0), [f"{k}: {a!r} -> {b!r}" for k, a, b in diffs]
+
+
+def _check_same_files(run_dir: Path, old: RunConfig, cfg: RunConfig) -> None:
+    """The same typed data paths (equal fingerprints) resolved from another directory name other files: refuse."""
+    for name in ("train_files", "val_files"):
+        was, now = list(getattr(old.data, name)), list(getattr(cfg.data, name))
+        if was != now:
+            raise UserError(f"cannot resume {run_dir}: its config.json reads data.{name} from {was}, this command "
+                            f"from {now} (the same paths typed in another directory). Run the command from the "
+                            f"directory the run was started in, or pass the paths config.json holds.")
 
 
 def _past_hashes(run_dir: Path) -> list[str]:
