@@ -122,6 +122,7 @@ methods: [full_rank]
 steps: 12
 checkpoint_steps: [12]
 parity: {protocol: 'off', branch_steps: []}
+siblings: {methods: [], data_seeds: []}
 analysis: {metrics: [w_erank], n_tokens: 64}
 downstream: {max_items: 4, bootstrap_iters: 5}
 ood: {texts: [], finetune: null}

@@ -7,6 +7,7 @@ test runs a short study with stdout redirected to a file, as ``make demo > log``
 from __future__ import annotations
 
 import io
+import json
 import re
 import subprocess
 
@@ -61,6 +62,7 @@ methods: [full_rank]
 steps: 2
 checkpoint_steps: [2]
 parity: {protocol: 'off', branch_steps: []}
+siblings: {methods: [], data_seeds: []}
 analysis: {metrics: [w_erank], n_tokens: 64}
 downstream: {max_items: 4, bootstrap_iters: 5}
 ood: {texts: [], max_bytes: 1000, bootstrap_iters: 5, finetune: {steps: 1, batch_size: 2, max_tokens: 16,
@@ -80,10 +82,12 @@ def test_a_study_with_stdout_in_a_file_writes_a_line_per_job_and_stage(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("[study ")]
     assert all(LINE.match(ln) for ln in lines), lines
-    for stage, job in [("train", "full_rank_s0"), ("analyze", "1 run(s)"), ("eval", "1 run(s)"),
-                       ("ood", "1 run(s)"), ("finetune", "1 run(s)"), ("predict", "1 run(s)"),
-                       ("report", "report.html")]:
-        mine = [ln for ln in lines if f"] {stage} {job}: " in ln]
+    jobs = json.loads((out / "status.json").read_text())["jobs"]
+    assert [j["stage"] for j in jobs] == ["train", "analyze", "eval", "ood", "finetune", "predict", "report"]
+    for job in jobs:
+        name = {"train": job["run"], "report": "report.html"}.get(job["stage"], "1 run(s)")
+        stage = job["stage"]
+        mine = [ln for ln in lines if f"] {stage} {name}: " in ln]
         assert len(mine) == 2 and ": started |" in mine[0], (stage, lines)
         assert re.search(r": (done|skipped) in [\d.]+ s \|", mine[1]), mine
     assert "report: " in (tmp_path / "stdout.log").read_text()  # stdout keeps its one result line
