@@ -183,7 +183,8 @@ def _decide(rows: list[RowVerdict], spread: float, words: tuple[str, str]) -> No
     for row, pa in zip(rows, adj, strict=True):
         row.p_holm = float(pa)
         if not math.isfinite(spread):
-            row.word, row.detail = NO_NULL, "no siblings for this metric: the sibling spread is unknown"
+            row.word, row.detail = NO_NULL, ("no sibling spread for this metric: it needs two runs of one method "
+                                             "from one start (for CKA, two full-rank siblings)")
             continue
         if not math.isfinite(row.effect):
             row.word, row.detail = INCONCLUSIVE, "no paired seeds"
@@ -209,7 +210,8 @@ def combine_rows(rows: Sequence[RowVerdict], positive: str, holds: str, fails: s
     if not rows:
         return inconclusive, "no comparison"
     if all(r.word == NO_NULL for r in rows):
-        return NO_NULL, "no sibling runs, so no within-method null: add data-order siblings to the study"
+        return NO_NULL, ("no within-method null for this metric: add data-order siblings to the study (a spread "
+                         "needs two runs of one method from one start; the CKA spread needs two full-rank siblings)")
     if all(r.word == positive for r in rows):
         return holds, f"every pair: {positive}"
     bad = [r for r in rows if r.confirmed == -1 and r.word != positive]
