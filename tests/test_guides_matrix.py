@@ -74,3 +74,16 @@ def test_refused_combination_through_the_cli(tmp_path):
     proc = run_cli(*SMOKE, "--method", "cola", "--guide", "spectral", "--out-dir", tmp_path / "runs", "--name", "g")
     assert_clean_failure(proc, 2)
     assert "no dense matrix" in proc.stderr and "cola" in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_guides_command_lists_every_guide_and_option():
+    from dataclasses import fields
+
+    from rankscope.guides.registry import get_guide
+
+    proc = run_cli("guides")
+    assert proc.returncode == 0, proc.stderr
+    for name in guides():
+        assert f"{name}: " in proc.stdout
+        for f in fields(get_guide(name).Config):
+            assert f"    {f.name} = " in proc.stdout
