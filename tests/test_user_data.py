@@ -347,3 +347,10 @@ def test_readme_own_data_study_loads(tmp_path, monkeypatch):
     cfg = load_study_config("my_study.yaml")
     assert cfg.data.source == "files" and cfg.data.holdout_source == "" and cfg.methods == ("full_rank", "galore")
     assert cfg.data.train_files == (str(tmp_path / "data" / "train.txt"),)
+
+
+def test_missing_text_file_of_ppl_names_no_training_option(own_run, tmp_path):
+    run, _ = own_run
+    proc = run_cli("ppl", run, "--text", tmp_path / "no_such.txt", cwd=tmp_path)
+    assert_clean_failure(proc, 2)
+    assert f"data file {tmp_path / 'no_such.txt'} does not exist" in proc.stderr and "--train-files" not in proc.stderr

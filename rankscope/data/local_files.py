@@ -40,8 +40,7 @@ def iter_file(path: str | Path, column: str = "text") -> Iterator[str]:
         raise UserError(f"data file {path} is a directory; pass the files inside it") from None
     if count == 0:
         what = "is empty" if path.stat().st_size == 0 else "holds no text (only blank lines or empty records)"
-        raise UserError(f"data file {path} {what}; pass a file with at least one document, or drop it from "
-                        f"--train-files / --val-files")
+        raise UserError(f"data file {path} {what}; pass a file with at least one document, or leave it out")
 
 
 def check_file(path: str | Path, column: str = "text") -> None:
@@ -53,7 +52,7 @@ def check_file(path: str | Path, column: str = "text") -> None:
 
 def _kind(path: Path) -> str:
     if not path.exists():
-        raise UserError(f"data file {path} does not exist (check --train-files / --val-files)")
+        raise UserError(f"data file {path} does not exist")  # callers that know the option add it
     if path.is_dir():
         raise UserError(f"data file {path} is a directory; pass the files inside it")
     kind = LOCAL_SUFFIXES.get(path.suffix.lower())

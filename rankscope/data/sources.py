@@ -26,7 +26,10 @@ def check_sources(data: DataConfig) -> None:
             if not files:
                 raise UserError(f"data.source=files needs {flag} PATH (.txt, .jsonl or .parquet)")
             for path in files:
-                check_file(path, data.text_column)
+                try:
+                    check_file(path, data.text_column)
+                except UserError as exc:  # name the option the file came from
+                    raise UserError(f"{exc} ({flag})") from None
 
 
 def iter_texts(data: DataConfig, split: str, shuffle_seed: int = 42) -> Iterator[str]:
