@@ -58,3 +58,15 @@ def test_probe_catches_broken_images_and_errors(tmp_path: Path) -> None:
     assert seen.probe_ran and seen.figures_total == 2 and seen.figures_ok == 1
     joined = " | ".join(seen.console_errors)
     assert "deliberate" in joined and "missingFunction" in joined
+
+
+def test_guided_study_section_renders_in_the_browser(tmp_path: Path) -> None:
+    """A synthetic guide study (guided arms in study.json): the section is on the page, figures still decode."""
+    from helpers_report import make_guided_study
+
+    page = render_report(make_guided_study(tmp_path / "guided", seeds=(0, 1)))
+    html = page.read_text()
+    assert 'id="guides"' in html and "sam on galore" in html
+    seen = check_page(page)
+    assert seen.probe_ran and seen.figures_ok == seen.figures_total == len(FIGURE_NAMES)
+    assert seen.console_errors == []

@@ -19,6 +19,7 @@ from rankscope.report.downstream_table import downstream_table as _downstream_ta
 from rankscope.report.findings import evaluate_findings
 from rankscope.report.findings_downstream import check_targets, prediction_schemes
 from rankscope.report.glossary import glossary_html
+from rankscope.report.guide_section import guide_parts, without_arms
 from rankscope.report.htmlkit import bullet_list, esc, figure, fmt, fmt_interval, page, table, verdict_badge
 from rankscope.report.load import StudyData, load_study
 from rankscope.report.noise_floor import design_sentence, noise_floor_html
@@ -282,7 +283,8 @@ def write_page(title: str, parts: list[str], target: Path) -> Path:
 def report_parts(study_dir: str | Path) -> tuple[str, list[str]]:
     """The title and HTML parts of one single-size study's report (also each size's folded part of a
     multi-size report)."""
-    data = load_study(study_dir)
+    everything = load_study(study_dir)
+    data = without_arms(everything)  # guided arms get their own section, not pooled with their method
     findings = evaluate_findings(data.diagnostics, data.downstream, data.prediction, data.runs)
     robust = load_robustness(study_dir)
     findings += check_targets(robust.targets)
@@ -299,7 +301,7 @@ def report_parts(study_dir: str | Path) -> tuple[str, list[str]]:
         "<h2>Study</h2>",
         _summary(data),
         "<h2>Runs</h2>",
-        _runs_table(data),
+        _runs_table(everything),
         '<h2 id="noise-floor">Noise floor: runs of one method against runs of different methods</h2>',
         noise_floor_html(data.diagnostics, HEADLINE, data.runs),
         *(figure(fig) for section, fig in figures if section == "noise"),
@@ -309,6 +311,7 @@ def report_parts(study_dir: str | Path) -> tuple[str, list[str]]:
         *(_finding_html(f) for f in findings),
         parity_html(Path(study_dir), data.runs, data.diagnostics, data.baselines, scale, HEADLINE, _finding_html,
                     _downstream_table),
+        *guide_parts(everything, robust),
     ]
     for key, heading in SECTIONS:
         parts.append(f'<h2 id="{esc(key)}">{esc(heading)}</h2>')

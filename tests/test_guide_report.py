@@ -1,0 +1,159 @@
+"""The guide study's report rules (rankscope/report/guide_closure.py, guide_section.py) on synthetic tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers_report import GUIDE_FLOOR, GUIDE_GAP, guide_study_tables
+
+from rankscope.report.guide_closure import (
+    FAILURE,
+    INCONCLUSIVE,
+    NO_NULL,
+    SUCCESS,
+    closure,
+    distances,
+    null_floor,
+)
+from rankscope.report.guide_section import guide_html, guide_verdicts
+
+ALL = {"barrier": 0.6, "activations": 0.6, "alpha": 0.6, "stable_rank": 0.6}
+
+
+def _verdicts(**kw):
+    diag, down, arms, ppl = guide_study_tables(**kw)
+    return guide_verdicts(diag, down, arms, ppl, tolerance=0.02)
+
+
+def test_distances_and_floor_are_the_constructed_ones():
+    diag, _, arms, _ = guide_study_tables(noise=0.0, closes=ALL)
+    dist = distances(diag, arms)
+    floor = null_floor(diag, dist, arms)
+    for m in GUIDE_FLOOR:
+        assert floor[m] == pytest.approx(GUIDE_FLOOR[m], abs=1e-9)
+        assert dist[m]["galore_s1"] == pytest.approx(GUIDE_GAP[m], abs=1e-9)
+        moved = GUIDE_GAP[m] - 0.6 * (GUIDE_GAP[m] - GUIDE_FLOOR[m])
+        assert dist[m]["galore_s1_sam"] == pytest.approx(moved, abs=1e-9)
+    assert "full_rank_s0" not in dist["barrier"]  # the reference has no distance to itself
+
+
+def test_g_is_exactly_the_closed_fraction_without_noise():
+    diag, _, arms, _ = guide_study_tables(noise=0.0, closes={**ALL, "barrier": 0.3})
+    dist = distances(diag, arms)
+    floor = null_floor(diag, dist, arms)
+    pairs = [(f"galore_s{s}", f"galore_s{s}_sam") for s in range(3)]
+    assert closure(dist, floor, pairs, "barrier").mean == pytest.approx(0.3)
+    c = closure(dist, floor, pairs, "spectra")
+    assert c.mean == pytest.approx(0.6) and c.lo == pytest.approx(0.6)  # zero spread: zero-width interval
+
+
+def test_a_guide_that_closes_the_gap_beyond_the_null_is_a_success():
+    [v] = _verdicts(closes=ALL)
+    assert v.word == SUCCESS, v.reasons
+    assert all(v.closures[f].lo > 0.25 for f in ("barrier", "activations", "spectra"))
+
+
+def test_pure_noise_stays_inconclusive():
+    for seed in range(5):
+        [v] = _verdicts(pure_noise=True, rng_seed=seed, noise=0.01)
+        assert v.word == INCONCLUSIVE, (seed, v.reasons)
+
+
+def test_a_guide_that_does_nothing_to_a_real_gap_is_a_failure():
+    [v] = _verdicts(closes={})
+    assert v.word == FAILURE and "inside the floor" in " ".join(v.reasons)
+
+
+def test_a_guide_that_moves_only_its_own_metric_is_not_a_success():
+    [v] = _verdicts(guide="align", closes={"activations": 0.9})
+    assert v.word == FAILURE and "only the optimised" in " ".join(v.reasons)
+    [v] = _verdicts(guide="spectral", closes={"alpha": 0.9, "stable_rank": 0.9})
+    assert v.word == FAILURE
+    # the same movement of activations by a guide that does not optimise them counts (with a second family)
+    [v] = _verdicts(guide="sam", closes={"activations": 0.9, "barrier": 0.9})
+    assert v.word == SUCCESS
+
+
+def test_no_sibling_means_no_null():
+    [v] = _verdicts(closes=ALL, siblings=False)
+    assert v.word == NO_NULL
+
+
+def test_one_seed_has_no_interval_and_is_inconclusive():
+    [v] = _verdicts(closes=ALL, seeds=(0,))
+    assert v.word == INCONCLUSIVE and math.isnan(v.closures["barrier"].lo)
+    assert "one seed" in v.closures["barrier"].note
+
+
+def test_downstream_worse_beyond_its_interval_is_a_failure():
+    [v] = _verdicts(closes=ALL, acc_change=-0.1)
+    assert v.word == FAILURE and "downstream" in " ".join(v.reasons)
+
+
+def test_costly_guide_needs_the_cost_matched_control():
+    [v] = _verdicts(closes=ALL, extra_flops=1.0)
+    assert v.word == INCONCLUSIVE and "cost-matched" in " ".join(v.reasons)
+    [v] = _verdicts(closes=ALL, extra_flops=1.0, cost_matched={k: 0.6 for k in ALL})
+    assert v.word == FAILURE  # more tokens alone close as much
+    [v] = _verdicts(closes=ALL, extra_flops=1.0, cost_matched={k: 0.1 for k in ALL})
+    assert v.word == SUCCESS
+
+
+def test_off_parity_arm_is_not_a_success():
+    diag, down, arms, ppl = guide_study_tables(closes=ALL)
+    ppl = {r: (60.0 if r.endswith("_sam") else p) for r, p in ppl.items()}
+    [v] = guide_verdicts(diag, down, arms, ppl, tolerance=0.02)
+    assert v.word == INCONCLUSIVE and "parity" in " ".join(v.reasons)
+
+
+@pytest.mark.parametrize(("guide", "rand", "top1", "word"), [
+    ("rwp", 0.3, 0.9, "confirmed"),  # random sharpness falls away from full-rank's 0.9
+    ("rwp", 0.8, 0.9, "contradicted"),
+    ("sam", 0.5, 0.5, "confirmed"),  # top-1 moves toward full-rank's 0.4
+    ("sam", 0.5, 1.2, "contradicted"),
+])
+def test_sign_prediction_is_checked(guide, rand, top1, word):
+    diag, down, arms, ppl = guide_study_tables(guide=guide, closes=ALL)
+    arm = diag["run"].str.endswith(f"_{guide}")
+    rng = np.random.default_rng(0)
+    for metric, value in (("rand_sharpness", rand), ("pca_top1_sharpness", top1)):
+        sel = arm & (diag["metric"] == metric)
+        diag.loc[sel, "value"] = value + rng.normal(0, 0.01, sel.sum())
+    [v] = guide_verdicts(diag, down, arms, ppl)
+    assert v.sign.endswith(word), v.sign
+
+
+def test_section_html_names_the_verdicts_and_the_missing_null():
+    html = guide_html(_verdicts(closes=ALL))
+    assert "success" in html and "G barrier" in html and "sign prediction" in html
+    html = guide_html(_verdicts(closes=ALL, siblings=False))
+    assert "no null: run siblings" in html and "No full-rank sibling" in html
+    assert "No guided arms" in guide_html([])
+
+
+def test_full_rank_with_the_guide_is_a_control_in_floor_units():
+    diag, down, arms, ppl = guide_study_tables(closes=ALL)
+    extra, _, fr_arms, _ = guide_study_tables(method="full_rank", closes=ALL)
+    fr_arms = [a for a in fr_arms if a.run.endswith("_sam")]
+    keep = extra["run"].str.endswith("_sam")
+    both = pd.concat([diag, extra[keep]], ignore_index=True)
+    vs = guide_verdicts(both, down, arms + fr_arms, ppl)
+    fr = next(v for v in vs if v.method == "full_rank")
+    assert fr.word == "control" and "× floor" in guide_html(vs)
+
+
+def test_report_of_a_guided_study_has_the_section_and_keeps_arms_out_of_the_findings(tmp_path):
+    from helpers_report import make_guided_study
+
+    from rankscope.report.render import render_report
+
+    html = render_report(make_guided_study(tmp_path / "g")).read_text()
+    section = html[html.index("Did guidance move low-rank toward full-rank?"):]
+    assert "sam on galore" in section and "sam on cola" in section and "× floor" in section
+    assert "galore_s0_sam" in html  # the runs table lists the arms
+    # the paper's findings compare methods: an arm must not be a fourth "method" nor pooled into galore
+    findings = html[:html.index("Did guidance move")]
+    assert findings.count("galore_s0_sam") == 1
