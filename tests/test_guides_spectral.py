@@ -68,3 +68,26 @@ def test_cola_is_refused(make_smoke_config):
     cfg = with_guide(make_smoke_config(method="cola"), "spectral")
     with pytest.raises(UserError, match="no dense matrix"):
         build_guide(cfg).check(cfg.build_method())
+
+
+def test_target_is_the_reference_runs_alpha_per_matrix(make_smoke_config, one_thread, tmp_path):
+    """With a full-rank reference (and no target_alpha) α*_i is the same matrix's α in the reference's
+    checkpoint at the step or the nearest earlier one."""
+    from rankscope.training import checkpoint as ckpt
+    from rankscope.training.loop import train
+
+    ref_cfg = make_smoke_config("fr", steps=2, save_every=2)
+    train(ref_cfg, progress=False)
+    cfg = with_guide(make_smoke_config(method="galore", steps=6), "spectral", reference=str(ref_cfg.run_dir),
+                     every=1)
+    method = cfg.build_method()
+    model, _ = build_model(cfg, method)
+    guide = build_guide(cfg)
+    guide.check(method)
+    guide.setup(model, method.build_optimizer(model), info=None)
+    guide.accumulate(3, micro_pass_for(model, *batch(cfg)))  # step 3: the reference's checkpoint 2
+    ref, _ = ckpt.load_model(ref_cfg.run_dir, 2)
+    modules = dict(ref.named_modules())
+    targets = [matrix_alpha(modules[n].weight) for n in guide.names]
+    assert guide.c.tolist() == multipliers(guide.alphas, targets, 0.5, 2.0)
+    assert guide.ref.step == 2 and any(c != 1.0 for c in guide.c.tolist())
