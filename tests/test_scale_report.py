@@ -125,3 +125,15 @@ def test_read_size_studies_refuses_a_multi_size_folder(two_sizes, combined) -> N
 
     with pytest.raises(UserError, match="already a multi-size study"):
         read_size_studies([combined, two_sizes[0]])
+
+
+@pytest.mark.browser
+def test_combined_report_in_a_browser(combined) -> None:
+    """Every figure of the report across sizes (the folded size reports' too) decodes, with no console errors."""
+    from rankscope.report.browser import INSTALL_HINT, check_page, find_chromium
+
+    if find_chromium() is None:
+        pytest.skip(f"headless Chromium not found; install: {INSTALL_HINT}")
+    seen = check_page(combined / "report.html")
+    assert seen.probe_ran and seen.console_errors == []
+    assert seen.figures_total >= 2 + 2 * 8 and seen.figures_ok == seen.figures_total

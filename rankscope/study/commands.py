@@ -35,6 +35,13 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
                         "add --dry-run (nothing is trained then)")
     signals = parse_signals(stop_signal)
     cfg = load_study_config(config if config else (preset or "demo"))
+    from rankscope.study.multiscale import MultiSizeStudy, cmd_multi_size
+
+    if isinstance(cfg, MultiSizeStudy):  # models: [...]: one study per size, then combined
+        if runs or val_text:
+            raise UserError("--runs/--val-text make an analysis-only study of existing runs; a study over several "
+                            "model sizes (models: in the config) trains its runs")
+        return cmd_multi_size(cfg, Path(out), dry_run, quiet, gpu, gpu_check_json, signals)
     if runs or val_text:  # `--runs A B C`: an analysis-only study over existing runs (study/existing.py)
         from dataclasses import replace
 

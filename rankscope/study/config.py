@@ -22,7 +22,8 @@ from rankscope.config import DataConfig, RunConfig
 from rankscope.errors import UserError
 from rankscope.study.parity import ParitySettings
 
-PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m")
+PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m", "multiscale", "paper")
+MULTI_SIZE_PRESETS: tuple[str, ...] = ("multiscale", "paper")  # models: [...] (study/multiscale.py)
 ALL_METHODS: tuple[str, ...] = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
 LAUNCHERS: tuple[str, ...] = ("local", "torchrun", "submitit")
 # TrainConfig fields the study sets itself; a ``train:`` section may not set them (one source of truth).
@@ -419,12 +420,20 @@ def _relative_to(spec: Any, base: Path) -> Any:
 
 
 def load_study_config(preset_or_path: str | Path) -> StudyConfig:
-    """A preset name (``demo``) or a YAML/JSON file (which may start from one with ``base: NAME``)."""
+    """A preset name (``demo``) or a YAML/JSON file (which may start from one with ``base: NAME``).
+
+    A config with ``models: [...]`` (several sizes) gives a ``MultiSizeStudy`` instead (study/multiscale.py)."""
     text = str(preset_or_path)
     path = preset_path(text) if text in PRESETS else Path(text)
     if text not in PRESETS and not path.is_file():
         raise UserError(f"{text!r} is neither a study preset ({', '.join(PRESETS)}) nor an existing config file")
     d = _resolve(path)
+    if "models" in d:  # several model sizes: one study per size, combined (study/multiscale.py)
+        from rankscope.study.multiscale import multi_size_from_dict
+
+        if text in PRESETS:
+            d.setdefault("preset", text)
+        return multi_size_from_dict(d, source=str(path))
     if isinstance(d.get("runs"), list):  # relative run paths start at the config file
         d["runs"] = [_relative_to(r, path.parent) for r in d["runs"]]
     if text in PRESETS:
