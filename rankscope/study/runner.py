@@ -209,9 +209,9 @@ def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: 
             book.update(job, "skipped", 0.0, "not configured (study config: ood)")
             bar.finish_job(what, job.state)
             continue
-        if stage == "predict" and runs and stages.predict_not_applicable(len(runs)):
+        if stage == "predict" and runs and stages.predict_not_applicable(len(mains)):  # siblings are not fitted
             stages.clear_predict(results)
-            book.update(job, "skipped", 0.0, stages.predict_not_applicable(len(runs)))
+            book.update(job, "skipped", 0.0, stages.predict_not_applicable(len(mains)))
             bar.finish_job(what, job.state)
             continue
         blocked = [n for n in needs if book.jobs[n].state not in ("done", "skipped")]
