@@ -106,6 +106,10 @@ class RunHandle:
 
     @cached_property
     def has_dense_form(self) -> bool:
+        if self.run is None:  # a handle over in-memory models (no Run behind it): the method decides
+            from rankscope.methods.registry import get_method
+
+            return get_method(self.method).has_dense_form
         return self.run.has_dense_form
 
     def checkpoint_dir(self, step: int) -> Path:
