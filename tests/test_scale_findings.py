@@ -91,6 +91,15 @@ def test_pairs_and_nulls_never_cross_sizes() -> None:
     res = evaluate_across_sizes(table, None, None, [])
     assert res.per_size["350m"][0].verdict == "no null: run siblings"
     assert _by_id(res, "F1").verdict == "holds at 2 of 3 sizes"
+    none = evaluate_across_sizes(table[~table["run"].str.contains("_d1")], None, None, [])
+    assert _by_id(none, "F1").verdict == "no null: run siblings (at every size)"  # not "holds at no size"
+
+
+def test_exploratory_sizes_are_counted_apart_never_as_holds() -> None:
+    table = sharpness_table({s: 0.8 for s in SIZES}, np.random.default_rng(9))
+    table = table[table["init_seed"] < 3]  # 3 paired seeds: too few for a test, the effect is far beyond the floor
+    f1 = _by_id(evaluate_across_sizes(table, None, None, []), "F1")
+    assert f1.verdict == "exceeds the noise floor at 3 of 3 sizes (exploratory)" and f1.holds == []
 
 
 def test_trend_over_size_with_its_interval() -> None:

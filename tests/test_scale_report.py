@@ -70,6 +70,8 @@ def test_combined_report_has_the_scale_axis_and_folds_each_size(combined) -> Non
     assert html.count("<details data-size-report=") == 2
     assert 'id="60m-noise-floor"' in html and 'id="130m-noise-floor"' in html  # nested anchors stay unique
     assert "(loso)" in html  # the pooled predictor's leave-one-size-out row
+    f7 = html.split('data-finding="F7-scale"', 1)[1].split('<div class="finding"', 1)[0]
+    assert "pooled predictor over 2 sizes" in f7 and "(per-size predictors: 60m:" in f7  # each size's own beside it
 
 
 def test_combining_again_rewrites_the_same_tables(two_sizes, combined) -> None:

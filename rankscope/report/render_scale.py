@@ -91,7 +91,9 @@ def render_scale_report(study_dir: str | Path, out: str | Path | None = None) ->
     data, size_of, folders = load_multi(study_dir)
     sizes = [str(s) for s in data.study.get("models") or [] if str(s) in folders]
     runs = runs_frame(data.runs, size_of)
-    res = evaluate_across_sizes(data.diagnostics, data.downstream, data.prediction, runs)
+    own = {s: _read_json(folders[s] / "results" / "prediction.json", [], "") for s in sizes}  # per-size predictors
+    res = evaluate_across_sizes(data.diagnostics, data.downstream, data.prediction, runs,
+                                predictions_by_size={s: p for s, p in own.items() if p})
     title = f"rankscope report: {Path(study_dir).resolve().name} ({', '.join(sizes)})"
     parts = [
         f"<h1>{esc(title)}</h1>",

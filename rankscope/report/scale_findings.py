@@ -36,7 +36,7 @@ from rankscope.report.findings import _runs_frame, evaluate_findings
 from rankscope.report.findings_downstream import check_f7
 from rankscope.report.load import normalise_table
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
-from rankscope.report.verdict_rules import is_exploratory
+from rankscope.report.verdict_rules import NO_NULL, is_exploratory
 
 SIZE_COLUMN = "scale"
 HOLDS_EVERY, HOLDS_NONE = "holds at every size", "holds at no size"
@@ -206,8 +206,13 @@ def summarise(fid: str, sizes: list[str], findings: Mapping[str, Finding]) -> Sc
         if others:
             parts.append("; ".join(others))
         reason = "; ".join(parts)
+        words = {findings[s].verdict for s in sizes}
         if not holds and explo:
-            verdict += f"; exceeds the noise floor at {len(explo)} of {n} (exploratory)"
+            verdict = f"exceeds the noise floor at {len(explo)} of {n} sizes (exploratory)"
+        elif not holds and words == {NO_NULL}:
+            verdict = NO_NULL + " (at every size)"
+        elif not holds and words == {INCONCLUSIVE}:
+            verdict = INCONCLUSIVE + " at every size"
     notes = sorted({note for s in sizes for note in findings[s].notes if not note.startswith(ONE_SIZE_NOTE)})
     return ScaleFinding(fid, first.statement, verdict, reason, dict(findings), holds, _trends(fid, sizes, findings),
                         notes)

@@ -25,6 +25,7 @@ from rankscope.report.plots_common import (
 )
 from rankscope.report.scale_findings import ScaleFinding, ScaleFindings, size_params
 from rankscope.report.stats import kendall_tau
+from rankscope.report.verdict_rules import is_exploratory
 
 SCALE_METRICS = ("val_ppl", "avg_acc", "rand_sharpness", "pca_top1_sharpness", "w_erank", "w_stable_rank",
                  "act_cka", "dw_rel_fro")
@@ -112,19 +113,34 @@ def ppl_vs_downstream(down: pd.DataFrame, runs: pd.DataFrame, sizes: list[str]) 
 
 
 def _trend_text(f: ScaleFinding) -> str:
+    """How many comparisons strengthen, weaken or show no trend ("2 of 5 strengthen with size; 3 no trend")."""
     if not f.trends:
         return "–"
-    return "; ".join(f"{t.word}" for t in f.trends[:3]) + (" …" if len(f.trends) > 3 else "")
+    counts: dict[str, int] = {}
+    for t in f.trends:
+        word = t.word.split(" (")[0]
+        counts[word] = counts.get(word, 0) + 1
+    n = len(f.trends)
+    return "; ".join(f"{k} of {n}: {w}" for w, k in sorted(counts.items(), key=lambda x: -x[1]))
+
+
+def short_word(verdict: str) -> str:
+    """A per-size cell's word: the exploratory wording without its numbers (they are in the finding's details)."""
+    return "exceeds the noise floor (exploratory)" if is_exploratory(verdict) else verdict
+
+
+def _cell(verdict: str) -> str:
+    return f'<td title="{esc(verdict)}">{verdict_badge(short_word(verdict))}</td>'
 
 
 def summary_html(res: ScaleFindings) -> str:
     """One row per finding: the word across sizes, the verdict at each size, the trend words."""
-    head = ["#", "finding", "across sizes", *(f"at {s}" for s in res.sizes), "trend over size"]
+    head = ["#", "across sizes", *(f"at {s}" for s in res.sizes), "trend over size"]
     rows = []
-    for f in res.findings:
-        cells = "".join(f"<td>{verdict_badge(f.per_size[s].verdict)}</td>" for s in res.sizes)
-        rows.append(f"<tr><td>{esc(f.id)}</td><td>{esc(f.statement)}</td><td>{verdict_badge(f.verdict)}</td>"
-                    f"{cells}<td>{esc(_trend_text(f))}</td></tr>")
+    for f in res.findings:  # the statement is in each finding's heading below; the table stays narrow
+        cells = "".join(_cell(f.per_size[s].verdict) for s in res.sizes)
+        rows.append(f'<tr><td title="{esc(f.statement)}"><a href="#scale-{esc(f.id)}">{esc(f.id)}</a></td>'
+                    f"<td>{verdict_badge(f.verdict)}</td>{cells}<td>{esc(_trend_text(f))}</td></tr>")
     heads = "".join(f"<th>{esc(h)}</th>" for h in head)
     return f'<table class="scale-summary"><thead><tr>{heads}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -138,7 +154,7 @@ def finding_html(f: ScaleFinding, sizes: list[str], one_size_html) -> str:
         f'<details data-size="{esc(s)}"><summary>{esc(s)}: {esc(f.per_size[s].verdict)}</summary>'
         f"{one_size_html(f.per_size[s])}</details>"
         for s in (["pooled"] if "pooled" in f.per_size else []) + sizes)
-    return (f'<div class="finding" data-finding="{esc(f.id)}-scale"><h3>{esc(f.id)}. {esc(f.statement)} '
+    return (f'<div class="finding" data-finding="{esc(f.id)}-scale" id="scale-{esc(f.id)}"><h3>{esc(f.id)}. {esc(f.statement)} '
             f"{verdict_badge(f.verdict)}</h3><p><b>Why:</b> {esc(f.reason or '–')}</p>{trends}"
             f"{bullet_list(f.notes, 'note')}{folded}</div>")
 
