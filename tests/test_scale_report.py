@@ -88,38 +88,59 @@ def _edit(folder: Path, **fields) -> None:
     (folder / "study.json").write_text(json.dumps(study))
 
 
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pair")
+    methods = ("full_rank", "galore", "fira")
+    return size_study(root, "60m", 3, methods=methods), size_study(root, "130m", 4, methods=methods)
+
+
 @pytest.mark.parametrize("field, value, says", [
     ("methods", ["full_rank", "galore"], "disagree on 'methods'"),
     ("seeds", [0, 1, 2], "disagree on 'seeds'"),
     ("data", {"source": "embedded", "label": "other corpus"}, "disagree on 'data.label'"),
+    ("siblings", {"methods": ["full_rank"], "data_seeds": [7]}, "disagree on 'siblings'"),
     ("model", "60m", "size 60m given twice"),
 ])
-def test_combining_studies_that_disagree_is_refused_naming_the_field(tmp_path, field, value, says) -> None:
-    a = size_study(tmp_path, "60m", 3, methods=("full_rank", "galore", "fira"))
-    b = size_study(tmp_path, "130m", 4, methods=("full_rank", "galore", "fira"))
-    if field == "methods":
-        value = ["full_rank", "galore"]
+def test_combining_studies_that_disagree_is_refused_naming_the_field(small_pair, field, value, says) -> None:
+    from rankscope.errors import UserError
+
+    a, b = small_pair
+    saved = (b / "study.json").read_text()
     _edit(b, **{field: value})
-    out = tmp_path / "combined"
-    before = snapshot(tmp_path)
-    proc = run_cli("report", str(a), str(b), "--out", str(out))
+    try:
+        with pytest.raises(UserError) as err:
+            read_size_studies([a, b])
+    finally:
+        (b / "study.json").write_text(saved)
+    assert says in str(err.value) and str(b) in str(err.value)
+
+
+def test_disagreeing_studies_through_the_console_script_write_nothing(small_pair, tmp_path) -> None:
+    a, b = small_pair
+    saved = (b / "study.json").read_text()
+    _edit(b, methods=["full_rank", "galore"])
+    try:
+        before = snapshot(a.parent)
+        proc = run_cli("report", str(a), str(b), "--out", str(tmp_path / "combined"))
+        after = snapshot(a.parent)
+    finally:
+        (b / "study.json").write_text(saved)
     assert_clean_failure(proc, 2)
-    assert says in proc.stderr and str(b) in proc.stderr.replace("\n", "")
-    assert snapshot(tmp_path) == before and not out.exists()
+    assert "disagree on 'methods'" in proc.stderr and str(b) in proc.stderr.replace("\n", "")
+    assert after == before and not (tmp_path / "combined").exists()
 
 
 def test_report_of_several_folders_needs_a_folder_out(two_sizes, tmp_path) -> None:
     big, small = two_sizes
-    for args, says in ((["report", str(small), str(big)], "needs --out"),
-                       (["report", str(small), str(big), "--out", str(tmp_path / "r.html")], "names an HTML file")):
-        proc = run_cli(*args)
-        assert_clean_failure(proc, 2)
-        assert says in proc.stderr
+    proc = run_cli("report", str(small), str(big))
+    assert_clean_failure(proc, 2)
+    assert "needs --out" in proc.stderr
+    assert "names an HTML file" in out_problem(tmp_path / "r.html", [small, big])
+    assert "one of the study folders" in out_problem(small, [small, big])
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    proc = run_cli("report", str(small), str(big), "--out", str(tmp_path / "busy"))
-    assert_clean_failure(proc, 2)
-    assert "not a combined study" in proc.stderr and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert "not a combined study" in out_problem(tmp_path / "busy", [small, big])
 
 
 def test_read_size_studies_refuses_a_multi_size_folder(two_sizes, combined) -> None:
