@@ -58,6 +58,13 @@ def test_combined_tables_stack_every_size_with_renamed_runs(two_sizes, combined)
             assert stem == "downstream" or len(pairs) and all(n.endswith(f"@{size}") for n in pairs["name"])
     pred = json.loads((combined / "results" / "prediction.json").read_text())
     assert "loso" in pred["schemes"] and pred["n_by_size"] == {"130m": 14, "60m": 14}
+    from rankscope.report.render_scale import load_multi
+    from rankscope.report.scale_section import runs_frame
+
+    data, size_of, _ = load_multi(combined)
+    runs = runs_frame(data.runs, size_of)
+    assert len(runs) == 2 * 14 and set(runs["scale"]) == {"60m", "130m"}
+    assert set(runs.loc[runs["sibling"], "run"]) == {f"full_rank_s{s}_d2@{z}" for s in (0, 1) for z in ("60m", "130m")}
 
 
 def test_combined_report_has_the_scale_axis_and_folds_each_size(combined) -> None:

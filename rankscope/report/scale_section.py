@@ -46,7 +46,8 @@ def metric_vs_size(diag: pd.DataFrame, down: pd.DataFrame, runs: pd.DataFrame, s
                   "trainer's last validation perplexity; avg_acc the one average downstream accuracy.")
     xs, xlabel = _x(sizes)
     frames = []
-    ppl = runs[["run", "method", "scale", "ppl"]].rename(columns={"ppl": "value"}).assign(metric="val_ppl")
+    mains = runs[~runs["sibling"]] if "sibling" in runs.columns else runs
+    ppl = mains[["run", "method", "scale", "ppl"]].rename(columns={"ppl": "value"}).assign(metric="val_ppl")
     frames.append(ppl[ppl["value"].notna()])
     for metric in SCALE_METRICS[1:]:
         source = down if metric == "avg_acc" else diag
@@ -160,10 +161,14 @@ def finding_html(f: ScaleFinding, sizes: list[str], one_size_html) -> str:
 
 
 def runs_frame(runs: list, size_of: dict[str, str]) -> pd.DataFrame:
-    """run, method, scale, ppl of RunInfo records already renamed ``<run>@<size>``."""
+    """run, method, scale, ppl (and whether it is a sibling) of RunInfo records already renamed ``<run>@<size>``."""
+    def sibling(r) -> bool:  # a data-order sibling: its data seed differs from its init seed
+        init, data = r.meta.get("init_seed", r.seed), r.meta.get("data_seed", r.seed)
+        return init is not None and data is not None and init != data
+
     return pd.DataFrame([{"run": r.name, "method": r.method, "seed": r.seed, "scale": size_of.get(r.name, ""),
-                          "ppl": r.final_val_ppl, "val_ppl": r.final_val_ppl} for r in runs],
-                        columns=["run", "method", "seed", "scale", "ppl", "val_ppl"]).astype({"ppl": float})
+                          "ppl": r.final_val_ppl, "val_ppl": r.final_val_ppl, "sibling": sibling(r)} for r in runs],
+                        columns=["run", "method", "seed", "scale", "ppl", "val_ppl", "sibling"]).astype({"ppl": float, "sibling": bool})
 
 
 __all__ = ["finding_html", "metric_vs_size", "ppl_vs_downstream", "runs_frame", "summary_html"]
