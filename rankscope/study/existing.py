@@ -239,12 +239,5 @@ def run_existing(cfg, out_dir: str | Path, dry_run: bool = False, progress: bool
             run_stage(job, None, lambda: models.extend(choose_parity(cfg, runs, curves, out_dir)), book,
                               out_dir)
             parity_stage.later_stages(cfg, out_dir, models, book, bar)
-        runner._later_stages(cfg, out_dir, runs, book, bar, None)
-    result = runner.StudyResult(out_dir, list(book.jobs.values()), runner._write_timings(results, book, None))
-    report = out_dir / "report.html"
-    result.report = report if report.is_file() and book.jobs["report"].state == "done" else None
-    if progress:
-        for job in result.failed:
-            print(f"FAILED {job.id}: {job.error.splitlines()[0] if job.error else ''}")
-        print(f"report: {result.report}" if result.report else "report: not written (see status.json)")
-    return result
+        runner.later_stages(cfg, out_dir, runs, book, bar, None)
+    return runner.finish(out_dir, book, None, progress)

@@ -145,8 +145,13 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
         train_wall = time.perf_counter() - t0 if ran else None
         finished = [r for r in runs if book.jobs[f"train:{r.name}"].state in ("done", "skipped")]
         parity_stage.later_stages(cfg, out_dir, parity_models, book, bar)
-        _later_stages(cfg, out_dir, finished, book, bar, train_wall)
-    result = StudyResult(out_dir, list(book.jobs.values()), _write_timings(results, book, train_wall))
+        later_stages(cfg, out_dir, finished, book, bar, train_wall)
+    return finish(out_dir, book, train_wall, progress)
+
+
+def finish(out_dir: Path, book: StatusBook, train_wall: float | None, progress: bool) -> StudyResult:
+    """The study's result (timings written, the report if it was made) and its closing lines."""
+    result = StudyResult(out_dir, list(book.jobs.values()), _write_timings(out_dir / "results", book, train_wall))
     report = out_dir / "report.html"
     result.report = report if report.is_file() and book.jobs["report"].state == "done" else None
     if progress:
@@ -184,7 +189,7 @@ def _terminate_as_exit(extra: tuple[int, ...] = ()):
             signal.signal(sig, previous)
 
 
-def _later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: StatusBook,
+def later_stages(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], book: StatusBook,
                   bar: StudyProgress, train_wall: float | None = None) -> None:
     results = out_dir / "results"
     not_trained = [j.run for j in book.jobs.values() if j.stage == "train" and j.state == "failed"]
