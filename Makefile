@@ -3,6 +3,7 @@
 #               .venv-run, which holds the runtime dependencies only (what `pip install rankscope` gives)
 #   make test   test dependencies (incl. headless Chromium) into .venv + the whole CPU test suite
 #   make demo-scale  optional second demo: the demo study at two model sizes (smoke, tiny) and the report across sizes
+#   make demo-guides  the guide study on CPU (GaLore and CoLA with sam and align, controls; ~15 min)
 #   make smoke  the demo's command on the smoke preset (a few minutes) in .venv-run; fails if any job fails (CI)
 #   make gpu-check  on a CUDA machine: every method in bf16, resume, analyze GPU vs CPU, DDP, MFU, memory (< 10 min)
 PY       ?= python3
@@ -15,10 +16,11 @@ RUN_PIP  := $(RUN_BIN)/pip install -q -c constraints.txt
 OUT      ?= study_out/demo
 SCALE_OUT ?= study_out/multiscale
 SMOKE_OUT ?= study_out/smoke
+GUIDES_OUT ?= study_out/guides-demo
 export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo demo-scale smoke test test-fast test-slow test-paper venv venv-test chromium bench gpu-check clean
+.PHONY: demo demo-scale demo-guides smoke test test-fast test-slow test-paper venv venv-test chromium bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -53,6 +55,10 @@ demo: $(RUN_VENV)/.runtime
 # The optional second demo: the demo study at two model sizes (smoke and tiny) and the report across sizes.
 demo-scale: $(RUN_VENV)/.runtime
 	$(RUN_BIN)/rankscope study --preset multiscale --out $(SCALE_OUT)
+
+# The guide study (docs/guides.md "The guide study"): report section "Did guidance move low-rank toward full-rank?"
+demo-guides: $(RUN_VENV)/.runtime
+	$(RUN_BIN)/rankscope study --preset guides-demo --out $(GUIDES_OUT)
 
 # The exit code is the proof (1 if any job failed); status.json is checked too, so a regression in the exit
 # code cannot hide a failed job.

@@ -156,7 +156,7 @@ def predict(
 
 @app.command()
 def study(
-    preset: Optional[str] = typer.Option(None, help="smoke | demo | paper-60m | paper-130m | paper-350m, or over several sizes: multiscale (smoke + tiny, "
+    preset: Optional[str] = typer.Option(None, help="smoke | demo | paper-60m | paper-130m | paper-350m | guides-demo | guides-60m, or over several sizes: multiscale (smoke + tiny, "
                                 "CPU) | paper (60m + 130m + 350m) (default: demo)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Study YAML (instead of a preset)."),
     out: Path = typer.Option(Path("study_out"), "--out", "-o", help="Study folder (re-running resumes it)."),

@@ -43,14 +43,15 @@ def _status(out: Path) -> dict[str, dict]:
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p not in MULTI_SIZE_PRESETS])
 def test_presets_load_and_build_every_method(preset, tmp_path):
     cfg = load_study_config(preset)
-    assert cfg.preset == preset and set(cfg.methods) == set(ALL_METHODS)
+    guided = preset.startswith("guides-")  # the guide presets: three methods and their guided arms
+    assert cfg.preset == preset and set(cfg.methods) == ({"full_rank", "galore", "cola"} if guided else set(ALL_METHODS))
     runs = cfg.to_run_configs(tmp_path)
     for run in runs:
         run.build_method()  # method options and schedule constraints (ReLoRA: steps % reset_every) hold
         assert run.train.save_steps[-1] == cfg.steps and run.train.steps == cfg.steps
-    expected = {"smoke": 3, "demo": 3}.get(preset, 10)
+    expected = {"smoke": 3, "demo": 3, "guides-demo": 2}.get(preset, 10)
     assert len(cfg.save_steps) == expected
-    if preset.startswith("paper-"):
+    if preset.startswith(("paper-", "guides-60m")):
         assert runs[0].data.dataset == "allenai/c4" and runs[0].data.packing == "pad"
         assert runs[0].data.tokenizer == "t5-base" and runs[0].train.lr == -1
         assert runs[0].train.micro_batch_size * runs[0].train.grad_accum == 512

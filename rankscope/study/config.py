@@ -20,9 +20,10 @@ from typing import Any
 
 from rankscope.config import DataConfig, RunConfig
 from rankscope.errors import UserError
+from rankscope.study.guide_arms import GuideStudySettings
 from rankscope.study.parity import ParitySettings
 
-PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m", "multiscale", "paper")
+PRESETS: tuple[str, ...] = ("smoke", "demo", "paper-60m", "paper-130m", "paper-350m", "guides-demo", "guides-60m", "multiscale", "paper")
 MULTI_SIZE_PRESETS: tuple[str, ...] = ("multiscale", "paper")  # models: [...] (study/multiscale.py)
 ALL_METHODS: tuple[str, ...] = ("full_rank", "galore", "fira", "cola", "sltrain", "relora")
 LAUNCHERS: tuple[str, ...] = ("local", "torchrun", "submitit")
@@ -173,6 +174,7 @@ class StudyConfig:
     parity: ParitySettings = field(default_factory=ParitySettings)  # comparison at perplexity parity
     ood: OODSettings = field(default_factory=OODSettings)
     siblings: SiblingSettings = field(default_factory=SiblingSettings)  # data-order siblings (the nulls)
+    guides: GuideStudySettings = field(default_factory=GuideStudySettings)  # guided arms (study/guide_arms.py)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     # Analysis-only study over existing runs (rankscope run folders or external checkpoints; study/existing.py):
     # paths, or {path, name, method, seed, scale, tokenizer, allow_pickle}. Non-empty: nothing is trained.
@@ -196,6 +198,10 @@ class StudyConfig:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"study: seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
         self._check_siblings()
+        if self.guides.methods:
+            from rankscope.study.guide_arms import check_guide_study
+
+            check_guide_study(self)
         # Options for a registered method outside `methods` are allowed (a config narrowing a preset's
         # methods keeps the preset's options); a name that is no method at all is a typo.
         from rankscope.methods.registry import available
@@ -320,20 +326,29 @@ class StudyConfig:
                      "data": asdict(self.data), "train": train}
                 cfg = RunConfig.from_dict(d, source=f"study {self.name}: run {d['name']}")
                 out.append(cfg)
-        return out
+        return out + [run for run, _ in self.guide_arms(out)]
+
+    def guide_arms(self, runs: list[RunConfig]) -> list[tuple[RunConfig, dict[str, Any]]]:
+        """The guide study's arms (guided runs and controls) built from the unguided ``runs``, with their
+        study.json records; none without a ``guides:`` section."""
+        from rankscope.study.guide_arms import guide_arms
+
+        return guide_arms(self, [r for r in runs if not r.guide])
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved study (study.json), with the derived values the report shows."""
         d = asdict(self)
         d["checkpoint_steps"] = list(self.save_steps)
         d["grad_accum"] = self.accumulation()
+        if self.guides.methods:  # the report's guide section reads the arms from here
+            d["guide_arms"] = [rec for _, rec in self.guide_arms(self.to_run_configs("."))]
         return d
 
 
 # --- loading --------------------------------------------------------------------------------------
 _SECTIONS = {"data": DataConfig, "analysis": AnalysisSettings, "downstream": DownstreamSettings,
              "predict": PredictSettings, "parity": ParitySettings, "ood": OODSettings, "siblings": SiblingSettings,
-             "launcher": LauncherConfig}
+             "guides": GuideStudySettings, "launcher": LauncherConfig}
 
 
 def _build(cls, values: Any, where: str):
@@ -366,8 +381,18 @@ def study_from_dict(d: dict[str, Any], source: str = "study config") -> StudyCon
         d["data"] = imply_files_source(d["data"], f"in {source}")
     for key, cls in _SECTIONS.items():
         if key in d:
-            d[key] = _build(cls, d[key] or {}, f"{source}: {key}")
-    return _build(StudyConfig, d, source)
+            try:
+                d[key] = _build(cls, d[key] or {}, f"{source}: {key}")
+            except UserError as exc:
+                if key != "guides" or str(exc).startswith(source):
+                    raise
+                raise UserError(f"{source}: {exc}") from None
+    try:
+        return _build(StudyConfig, d, source)
+    except UserError as exc:  # study-level checks of the guides section name the file too
+        if str(exc).startswith("study: guides"):
+            raise UserError(f"{source}: {str(exc)[len('study: '):]}") from None
+        raise
 
 
 def preset_path(name: str) -> Path:

@@ -116,6 +116,15 @@ def _point(run: RunConfig, tps: int) -> Point | None:
     return Point(float(run.train.steps * tps), float(ppl), run.name, run.train.steps)
 
 
+def arm_labels(cfg: StudyConfig, out_dir: Path) -> dict[str, str]:
+    """Guide-study arm -> its row label in parity.json ("galore+sam", "galore cost-matched to sam")."""
+    if not cfg.guides.methods:
+        return {}
+    recs = [rec for _, rec in cfg.guide_arms(cfg.to_run_configs(out_dir))]
+    return {r["run"]: f"{r['method']}+{r['guide']}" if r["role"] == "guided" else
+            f"{r['method']} cost-matched to {r['guide']}" for r in recs}
+
+
 def _method_curves(points: dict[str, list[Point]], mains: dict[str, RunConfig]) -> dict[str, list[Point]]:
     """Per method: mean log-ppl over seeds at each budget (seeds share budgets)."""
     by: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -153,6 +162,8 @@ def run_parity(cfg: StudyConfig, out_dir: Path, mains: list[RunConfig], book, ba
         pt = _point(sib, tps[sib.name])
         if pt is not None:
             curve_points[sib.name], curve_runs[sib.name] = [pt], sib
+    arms = arm_labels(cfg, out_dir)  # guide arms reach their own parity model but do not move the target
+    curve_points = {n: pts for n, pts in curve_points.items() if n not in arms}
     target = resolve_target(p.target, _method_curves(curve_points, curve_runs), budget, p.reference)
     draws = {m: sum(1 for n in curve_points if curve_runs[n].method == m) for m in {r.method for r in curve_runs.values()}}
     if siblings and not target.how.startswith("explicit"):
@@ -203,13 +214,14 @@ def _write(cfg, out_dir, target, choices, points, configs, tps, mains, models) -
     from rankscope.training.logging import read_metrics
 
     rows = []
+    labels = arm_labels(cfg, out_dir)
     for name, c in choices.items():
         main = mains[name]
         model = configs.get(c.run)
         records = read_metrics(model.run_dir) if model else []
         cost = cost_row(model or main, (model or main).run_dir, c.tokens_to_target if c.reached else None,
                         tps[name], records)
-        rows.append({"main_run": name, "method": main.method, "seed": main.train.weights_seed, **asdict(c), "reached": c.reached,
+        rows.append({"main_run": name, "method": labels.get(name, main.method), "seed": main.train.weights_seed, **asdict(c), "reached": c.reached,
                      "parity_step": model.train.steps if model and c.reached else None,
                      "equal_step": main.train.steps, "equal_step_ppl": _final(main), **cost})
     per_method: dict[str, dict[str, Any]] = {}

@@ -31,6 +31,7 @@ from rankscope.config import RunConfig
 from rankscope.study import parity_stage, stages
 from rankscope.study.config import StudyConfig
 from rankscope.study.execute import run_stage, train_jobs
+from rankscope.study.guide_arms import describe_arms, needs_reference
 from rankscope.study.jobs import STAGES, Job, StatusBook, train_command, write_json_atomic
 from rankscope.study.progress import StudyProgress
 
@@ -94,6 +95,7 @@ def describe_plan(cfg: StudyConfig, out_dir: Path, jobs: list[Job]) -> str:
         lines.append("siblings: none (every finding will say 'no null: run siblings')")
     for job in jobs:
         lines.append(job.describe() + (f"\n    {in_process[job.stage]}" if job.stage in in_process else ""))
+    lines += describe_arms([rec for _, rec in cfg.guide_arms(cfg.to_run_configs(out_dir))])
     lines += _parity_plan(cfg, out_dir)
     return "\n".join(lines)
 
@@ -138,7 +140,9 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
     book.write()
     with _terminate_as_exit(stop_signals), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
         t0 = time.perf_counter()
-        train_jobs(cfg, out_dir, runs, jobs, book, bar)
+        waiting = {r.name for r in runs if needs_reference(r)}  # guided arms that read a study run as reference
+        train_jobs(cfg, out_dir, runs, [j for j in jobs if j.run not in waiting], book, bar)
+        train_jobs(cfg, out_dir, runs, [j for j in jobs if j.run in waiting], book, bar)
         # siblings get no parity models; their final perplexity enters the target's seed mean
         parity_models = parity_stage.train_and_choose(cfg, out_dir, runs, book, bar)  # baselines; parity.*
         ran = any(j.stage == "train" and j.state in ("done", "failed") for j in book.jobs.values())
