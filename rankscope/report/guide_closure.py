@@ -274,7 +274,7 @@ def sign_check(diag: pd.DataFrame, guide: str, pairs: list[tuple[str, str]], ref
     diffs = [abs(vals[a] - vals[refs[a]]) - abs(vals[b] - vals[refs[b]]) for b, a in pairs
              if a in refs and b in refs and {a, b, refs[a], refs[b]} <= set(vals)]
     if not diffs:
-        return f"not measured ({metric} missing)"
+        return f"not measured (no {metric} of these runs and of their full-rank reference)"
     mean, lo, hi = (float(x) for x in t_interval(np.asarray(diffs, dtype=float)))
     said = "farther from" if sign > 0 else "closer to"
     what = f"predicted {said} full-rank on {metric}; Δ|distance| = {mean:+.3g}"
