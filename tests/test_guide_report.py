@@ -157,3 +157,20 @@ def test_report_of_a_guided_study_has_the_section_and_keeps_arms_out_of_the_find
     # the paper's findings compare methods: an arm must not be a fourth "method" nor pooled into galore
     findings = html[:html.index("Did guidance move")]
     assert findings.count("galore_s0_sam") == 1
+
+
+def test_parity_findings_leave_the_arms_parity_models_out(tmp_path):
+    import json
+
+    from rankscope.report.load import RunInfo
+    from rankscope.report.parity_section import _without_arm_models
+
+    (tmp_path / "study.json").write_text(json.dumps({"guide_arms": [{"run": "galore_s0_sam"}]}))
+    parity = {"runs": [{"main_run": "galore_s0", "run": "galore_s0_b80"},
+                       {"main_run": "galore_s0_sam", "run": "galore_s0_sam_b80"}]}
+    diag, down, _, _ = guide_study_tables(seeds=(0,))
+    diag = diag.assign(run=diag["run"].replace({"galore_s0": "galore_s0_b80", "galore_s0_sam": "galore_s0_sam_b80"}))
+    models = [RunInfo("galore_s0_b80", "galore", 0), RunInfo("galore_s0_sam_b80", "galore", 0)]
+    d, _, m = _without_arm_models(tmp_path, parity, diag, down, models)
+    assert "galore_s0_sam_b80" not in set(d["run"]) and "galore_s0_b80" in set(d["run"])
+    assert [r.name for r in m] == ["galore_s0_b80"]

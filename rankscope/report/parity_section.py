@@ -188,6 +188,30 @@ def parity_runs(root: Path, parity: dict[str, Any], main_runs: list[RunInfo]) ->
     return out
 
 
+def _without_arm_models(root: Path, parity: dict[str, Any], diag: pd.DataFrame, down: pd.DataFrame,
+                        models: list[RunInfo]):
+    """The parity findings compare methods: the parity models of a guide study's arms (study.json guide_arms) are
+    left out of them (the cost table above lists the arms, and the guide section judges them)."""
+    import json
+
+    try:
+        arms = {a["run"] for a in json.loads((Path(root) / "study.json").read_text()).get("guide_arms") or []}
+    except (OSError, ValueError):
+        arms = set()
+    if not arms:
+        return diag, down, models
+    drop = {r.get("run") for r in parity.get("runs") or [] if r.get("main_run") in arms} - {None}
+    drop |= arms
+
+    def keep(frame: pd.DataFrame) -> pd.DataFrame:
+        if frame.empty:
+            return frame
+        mine = frame["run"].isin(drop) | ((frame["scope"] == "pair") & frame["name"].isin(drop))
+        return frame[~mine]
+
+    return keep(diag), keep(down), [m for m in models if m.name not in drop]
+
+
 def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, baselines: dict[str, Any],
                 scale: str, headline: tuple[str, ...], render_finding, render_downstream) -> str:
     """The whole section: early-training note, baselines, target and costs, diagnostics and downstream at parity."""
@@ -222,6 +246,7 @@ def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, 
     diag = _read_table(pdir / "diagnostics.parquet", miss, "parity diagnostics")
     down = _read_table(pdir / "downstream.parquet", miss, "parity downstream")
     pred = _read_json(pdir / "prediction.json", miss, "parity predictor")
+    diag, down, models = _without_arm_models(root, parity, diag, down, models)
     parts.append(baseline_table(models, baselines, "Parity models:"))
     parts.append("<h3>Diagnostics: equal steps and at parity</h3>"
                  "<p>Model-level value of each headline metric at each method's equal-step final checkpoint and at "
