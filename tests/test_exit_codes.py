@@ -68,7 +68,7 @@ def test_unknown_flag_is_one_line_exit_2(command):
 
 
 @pytest.mark.parametrize("command, argument", [("analyze", "run_dirs"), ("eval", "run_dirs"),
-                                               ("predict", "table_dir"), ("report", "study_dir"),
+                                               ("predict", "table_dir"), ("report", "study_dirs"),
                                                ("export-hf", "run_dir")])
 def test_missing_argument_is_one_line_exit_2(command, argument):
     proc = run_cli(command)
