@@ -27,6 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from rankscope.errors import UserError
+from rankscope.json_io import read_json_object
 from rankscope.models.llama import ModelConfig
 
 MODEL_TYPES = ("llama", "cola")
@@ -40,13 +41,8 @@ def read_config_json(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder: {path} is missing (save the model with "
                         f"save_pretrained, or list the checkpoint folders explicitly)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); restore the file written by save_pretrained") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} holds a {type(data).__name__}, expected the JSON object save_pretrained writes")
-    return data
+    return read_json_object(path, "restore the file written by save_pretrained",
+                            "the JSON object save_pretrained writes")
 
 
 def model_config_from_hf(hf: dict[str, Any], path: Path) -> ModelConfig:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from rankscope.errors import UserError
+from rankscope.json_io import read_json_object
 from rankscope.models.hf_folder import (
     model_config_from_hf,
     read_config_json,
@@ -124,12 +125,8 @@ def _read_spec(path: Path) -> tuple[dict[str, Any], Path]:
     spec_path = path if path.is_file() else path / SIDECAR
     if not spec_path.is_file():
         return {}, path
-    try:
-        spec = json.loads(spec_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{spec_path} is not valid JSON ({exc}); see docs/external_runs.md for its format") from None
-    if not isinstance(spec, dict):
-        raise UserError(f"{spec_path} must hold a JSON object (name, method, seed, checkpoints, ...)")
+    spec = read_json_object(spec_path, "see docs/external_runs.md for its format",
+                            "a JSON object (name, method, seed, checkpoints, ...)")
     unknown = sorted(set(spec) - set(SPEC_KEYS))
     if unknown:
         raise UserError(f"{spec_path}: unknown field(s) {unknown}; valid fields: {', '.join(SPEC_KEYS)}")
