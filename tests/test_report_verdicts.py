@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 
 from rankscope.report.findings import evaluate_findings
-from rankscope.report.findings_geometry import check_f3, check_f5, versus_full
+from rankscope.report.findings_geometry import check_f3, check_f4, check_f5, versus_full
 from rankscope.report.load import TABLE_COLUMNS, normalise_table
 from rankscope.report.noise_floor import barrier_null_figure, design_sentence, noise_floor_html
+from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS, null_or_fallback
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
 from rankscope.report.verdict_rules import CONNECTED, DISTINCT, NO_NULL, NOT_MINIMUM, WITHIN, is_exploratory
 
@@ -141,6 +142,46 @@ def test_f3_distinct_connected_and_no_null() -> None:
     assert check_f3(barrier_table(far, {})).verdict == NO_NULL
     one = check_f3(barrier_table({("full_rank", "galore"): [0.4]}, {"full_rank": [0.05]}))
     assert is_exploratory(one.verdict) and "n = 1" in one.verdict
+
+
+def test_null_or_fallback_uses_the_fallback_only_for_a_missing_null() -> None:
+    table = pd.DataFrame({"value": [1.0]})
+    spread = lambda t: (float(t["value"].sum()), 3)  # noqa: E731 - a stand-in for sibling_spread
+    assert null_or_fallback((0.5, 2), table, spread) == ((0.5, 2), False)  # own null: fallback never computed
+    assert null_or_fallback((float("nan"), 0), table, spread) == ((1.0, 3), True)
+    assert null_or_fallback((float("nan"), 0), None, spread)[1] is False
+    assert null_or_fallback((float("nan"), 0), table, spread, own=table)[1] is False  # the same table again
+    none, used = null_or_fallback((float("nan"), 0), table, lambda t: (float("nan"), 0))
+    assert not used and np.isnan(none[0])  # a fallback that has no null either is no fallback
+    assert null_or_fallback(pd.DataFrame(), table, lambda t: t) == (table, True)
+
+
+def test_f3_parity_takes_the_sibling_barriers_from_equal_steps() -> None:
+    sib = {"full_rank": [0.05, 0.06, 0.055, 0.07, 0.065]}
+    far = {("full_rank", "galore"): [0.3, 0.35, 0.32, 0.31, 0.4]}
+    parity, equal = barrier_table(far, {}), barrier_table(far, sib)
+    f = check_f3(parity, equal)
+    assert f.verdict == HOLDS and NULL_FROM_EQUAL_STEPS in f.notes
+    assert NULL_FROM_EQUAL_STEPS not in check_f3(equal, parity).notes  # its own siblings: no fallback, no note
+    assert check_f3(parity, parity).verdict == NO_NULL
+
+
+def _layer_table(slopes: dict[tuple[str, int, int], float], null: dict | None = None) -> pd.DataFrame:
+    """act_cka per layer 0..3 of each run: 1 + slope × layer."""
+    return pd.concat([per_run_table({k: 1.0 + s * layer for k, s in slopes.items()}, "act_cka", null)
+                      .assign(scope="layer", name=str(layer)) for layer in range(4)], ignore_index=True)
+
+
+def test_f4_parity_takes_the_ceiling_from_equal_steps() -> None:
+    seeds = range(5)
+    low = _layer_table({("galore", s, s): -0.1 - 0.002 * s for s in seeds})
+    ceil = {("full_rank", s, s + d): -0.01 + 0.002 * (-1) ** (s + d // 100) for s in seeds for d in (100, 200)}
+    equal = pd.concat([low, _layer_table(ceil, {k: "sibling" for k in ceil})], ignore_index=True)
+    f = check_f4(low, equal)
+    assert f.verdict == HOLDS and NULL_FROM_EQUAL_STEPS in f.notes
+    assert any(e.label.startswith("ceiling depth slope") for e in f.evidence)
+    assert NULL_FROM_EQUAL_STEPS not in check_f4(equal, low).notes
+    assert check_f4(low).verdict == NO_NULL and NULL_FROM_EQUAL_STEPS not in check_f4(low).notes
 
 
 def test_f5_against_the_ceiling() -> None:

@@ -6,7 +6,8 @@ spread for sharpness (F1, F2) and CKA (F5), the CKA ceiling for F4. The words co
 :mod:`rankscope.report.verdict_rules`; a finding without siblings says "no null: run siblings".
 
 ``null_diag``: a second table to take the null from when ``diag`` has no siblings (the parity models: their
-siblings are the equal-step ones); every finding that does so says it in a note.
+siblings are the equal-step ones); every finding that does so says it in a note (both decided by
+:func:`rankscope.report.nulls.null_or_fallback`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import pandas as pd
 
 from rankscope.report.load import prefer_rows
 from rankscope.report.nulls import (
+    NULL_FROM_EQUAL_STEPS,
     SIBLING,
     barriers,
     deciding_metric,
     method_values,
+    null_or_fallback,
     paired,
     per_run,
     seed_null,
@@ -35,8 +38,6 @@ from rankscope.report.verdict_rules import (
     combine_rows,
     paired_verdicts,
 )
-
-NULL_FROM_EQUAL_STEPS = "null from the equal-step siblings (the parity models have none)"
 
 
 def evidence_row(label: str, r: RowVerdict) -> Evidence:
@@ -53,11 +54,10 @@ def evidence_row(label: str, r: RowVerdict) -> Evidence:
 def _spread(vals: pd.DataFrame, metric: str, null_diag: pd.DataFrame | None, notes: list[str],
             diag: pd.DataFrame | None = None) -> tuple[float, int]:
     """Sibling spread of the per-run values ``vals``; from ``null_diag`` (with a note) when they have none."""
-    spread, df = sibling_spread(vals)
-    if not math.isfinite(spread) and null_diag is not None and null_diag is not diag:
-        spread, df = sibling_spread(per_run(null_diag, metric))
-        if math.isfinite(spread):
-            notes.append(NULL_FROM_EQUAL_STEPS)
+    (spread, df), fell_back = null_or_fallback(sibling_spread(vals), null_diag,
+                                               lambda t: sibling_spread(per_run(t, metric)), own=diag)
+    if fell_back:
+        notes.append(NULL_FROM_EQUAL_STEPS)
     return spread, df
 
 
@@ -141,8 +141,7 @@ def check_f3(diag: pd.DataFrame, null_diag: pd.DataFrame | None = None) -> Findi
     if not b.cross:
         f.reason = f"missing: every cross-method {use} row is NaN" if not nan_rows.empty else f"missing: no cross-method {use} rows"
         return f
-    if b.siblings.empty is False and (diag[(diag["metric"] == use) & (diag["null"] == SIBLING)].empty
-                                      and null_diag is not None):
+    if b.siblings_from_fallback:
         f.notes.append(NULL_FROM_EQUAL_STEPS)
     pairs = sorted(b.cross)
     cross = [b.cross[p]["value"].to_numpy(float) for p in pairs]
@@ -190,6 +189,12 @@ def depth_slopes(diag: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.DataFrame(out, columns=["run", "method", "init_seed", "data_seed", "null", "value"])
 
 
+def _ceiling_slopes(diag: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The depth slopes of the CKA ceiling (the sibling rows) alone."""
+    slopes = depth_slopes(diag, metric)
+    return slopes[slopes["null"] == SIBLING]
+
+
 def check_f4(diag: pd.DataFrame, null_diag: pd.DataFrame | None = None) -> Finding:
     f = Finding(
         "F4",
@@ -207,12 +212,10 @@ def check_f4(diag: pd.DataFrame, null_diag: pd.DataFrame | None = None) -> Findi
     if low.empty:
         f.reason = f"missing: no layer-scope {use} rows (≥ 3 layers) for low-rank methods"
         return f
-    ceiling = slopes[slopes["null"] == SIBLING]
-    if ceiling.empty and null_diag is not None and null_diag is not diag:
-        ceiling = depth_slopes(null_diag, use)
-        ceiling = ceiling[ceiling["null"] == SIBLING]
-        if not ceiling.empty:
-            f.notes.append(NULL_FROM_EQUAL_STEPS)
+    ceiling, fell_back = null_or_fallback(slopes[slopes["null"] == SIBLING], null_diag,
+                                          lambda t: _ceiling_slopes(t, use), own=diag)
+    if fell_back:
+        f.notes.append(NULL_FROM_EQUAL_STEPS)
     spread, df = sibling_spread(ceiling) if not ceiling.empty else (math.nan, 0)
     methods = sorted(low["method"].unique())
     diffs = []

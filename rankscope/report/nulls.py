@@ -7,7 +7,9 @@ CKA of a full-rank sibling to the reference full-rank run). From that this modul
 * paired values: for two methods, the runs that share (init_seed, data_seed), one difference per paired seed;
 * the sibling spread: the standard deviation within groups of runs of one method from one start (same
   init_seed, other data_seed), pooled over groups;
-* the sibling barriers and the CKA ceiling.
+* the sibling barriers and the CKA ceiling;
+* the fallback null (:func:`null_or_fallback`): the parity models have no siblings, so their findings take the
+  null from the equal-step table and say so with the note :data:`NULL_FROM_EQUAL_STEPS`.
 
 It also picks the estimator a verdict decides on (:data:`DECIDING`): the cross-fitted barrier, the
 filter-normalised sharpness and the debiased CKA when the table has them, else the raw metric with a note.
@@ -16,7 +18,9 @@ filter-normalised sharpness and the debiased CKA when the table has them, else t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -34,6 +38,29 @@ DECIDING = {
     "act_cka": ("act_cka_debiased",),
 }
 REFERENCE_METRICS = ("act_cka", "act_cka_debiased", "act_cos", "act_rel_l2", "act_l2")  # measured against full-rank
+NULL_FROM_EQUAL_STEPS = "null from the equal-step siblings (the parity models have none)"
+
+T = TypeVar("T")
+
+
+def _missing(null: pd.DataFrame | tuple[float, int] | float) -> bool:
+    """No null: an empty table, or a non-finite spread (a bare number or the first of (spread, df))."""
+    if isinstance(null, pd.DataFrame):
+        return null.empty
+    value = null[0] if isinstance(null, tuple) else null
+    return not math.isfinite(float(value))
+
+
+def null_or_fallback(primary: T, fallback: pd.DataFrame | None, compute: Callable[[pd.DataFrame], T],
+                     own: pd.DataFrame | None = None) -> tuple[T, bool]:
+    """(null, whether it came from ``fallback``): ``primary`` unless it is missing (see :func:`_missing`), else
+    ``compute(fallback)``. The one place that decides when a finding's null comes from the equal-step table;
+    a caller that gets True says so with :data:`NULL_FROM_EQUAL_STEPS`. ``own``: the table ``primary`` came
+    from; a fallback that is that very table is not used (it would give the same nothing again)."""
+    if not _missing(primary) or fallback is None or fallback is own:
+        return primary, False
+    null = compute(fallback)  # returned even when missing too: the caller then reports "no null" as before
+    return null, not _missing(null)
 
 
 def deciding_metric(diag: pd.DataFrame, metric: str) -> tuple[str, str]:
@@ -129,6 +156,7 @@ class Barriers:
     cross: dict[str, pd.DataFrame]  # "a ↔ b" -> rows with init_seed, data_seed, value, step, step_b
     siblings: pd.DataFrame  # method, init_seed, data_seed, value
     unpaired: list[str] = field(default_factory=list)
+    siblings_from_fallback: bool = False  # the siblings came from null_diag (see null_or_fallback)
 
 
 def barriers(diag: pd.DataFrame, metric: str, null_diag: pd.DataFrame | None = None) -> Barriers:
@@ -160,11 +188,10 @@ def barriers(diag: pd.DataFrame, metric: str, null_diag: pd.DataFrame | None = N
             slot[(i, d)] = [step, step_b, m, [v]]
         elif step == cur[0]:
             cur[3].append(v)
-    siblings = pd.DataFrame([x[1:] for x in sibs.values()], columns=sib_cols)
-    if siblings.empty and null_diag is not None and null_diag is not diag:
-        siblings = barriers(null_diag, metric).siblings
+    siblings, fell_back = null_or_fallback(pd.DataFrame([x[1:] for x in sibs.values()], columns=sib_cols),
+                                           null_diag, lambda t: barriers(t, metric).siblings, own=diag)
     out = Barriers({}, siblings, [f"{p}: {n} row(s) between runs of different seeds left out"
-                                  for p, n in sorted(unpaired.items())])
+                                  for p, n in sorted(unpaired.items())], fell_back)
     for pair, slot in cross.items():
         out.cross[pair] = pd.DataFrame(
             [(i, d, float(np.mean(x[3])), x[0], x[1], x[2]) for (i, d), x in sorted(slot.items())],

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 
 from rankscope.downstream.average import primary_task_set
-from rankscope.report.findings_geometry import NULL_FROM_EQUAL_STEPS, evidence_row
+from rankscope.report.findings_geometry import evidence_row
 from rankscope.report.htmlkit import esc, fmt, fmt_interval, table
 from rankscope.report.load import normalise_table
-from rankscope.report.nulls import run_seeds, sibling_spread
+from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS, null_or_fallback, run_seeds, sibling_spread
 from rankscope.report.plots_common import ordered
 from rankscope.report.seedstats import t_interval
 from rankscope.report.stats import FULL, HOLDS, INCONCLUSIVE, Finding
@@ -93,11 +93,10 @@ def differ_at_parity(down: pd.DataFrame, diag: pd.DataFrame | None = None,
     if len(methods) < 2:
         f.reason = "missing: fewer than two methods have parity models"
         return f
-    spread, df = sibling_spread(vals)
-    if not math.isfinite(spread) and null_down is not None:
-        spread, df = sibling_spread(avg_acc_runs(null_down, diag))
-        if math.isfinite(spread):
-            f.notes.append(NULL_FROM_EQUAL_STEPS)
+    (spread, df), fell_back = null_or_fallback(sibling_spread(vals), null_down,
+                                               lambda t: sibling_spread(avg_acc_runs(t, diag)))
+    if fell_back:
+        f.notes.append(NULL_FROM_EQUAL_STEPS)
     pairs = list(combinations(methods, 2))
     data = [_paired(vals, a, b) for a, b in pairs]
     rows = bootstrap_verdicts([d for d, _ in data], [se for _, se in data], spread, df, ("differ", "differ"),
