@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers_report import GUIDE_FLOOR, GUIDE_GAP, guide_study_tables
+from helpers_guide_report import (
+    BASE_FLOPS_TO_TARGET,
+    GUIDE_FLOOR,
+    GUIDE_GAP,
+    guide_parity,
+    guide_study_tables,
+)
 
 from rankscope.report.guide_closure import (
     FAILURE,
@@ -146,7 +152,7 @@ def test_full_rank_with_the_guide_is_a_control_in_floor_units():
 
 
 def test_report_of_a_guided_study_has_the_section_and_keeps_arms_out_of_the_findings(tmp_path):
-    from helpers_report import make_guided_study
+    from helpers_guide_report import make_guided_study
 
     from rankscope.report.render import render_report
 
@@ -174,3 +180,66 @@ def test_parity_findings_leave_the_arms_parity_models_out(tmp_path):
     d, _, m = _without_arm_models(tmp_path, parity, diag, down, models)
     assert "galore_s0_sam_b80" not in set(d["run"]) and "galore_s0_b80" in set(d["run"])
     assert [r.name for r in m] == ["galore_s0_b80"]
+
+
+# ---- cost to the parity target (rankscope/report/guide_cost.py) ----
+
+def _with_parity(ratios, cm_ratio=None, **kw):
+    diag, down, arms, ppl = guide_study_tables(**kw)
+    return guide_verdicts(diag, down, arms, ppl, tolerance=0.02, parity=guide_parity(arms, ratios, cm_ratio))
+
+
+def test_flops_to_target_ratio_is_exact_on_paired_seeds():
+    from rankscope.report.guide_cost import cost_ratio, parity_rows
+
+    _, _, arms, _ = guide_study_tables(closes=ALL)
+    rows = parity_rows(guide_parity(arms, [1.2, 1.5, 1.8]))
+    assert rows["galore_s2_sam"]["flops_to_target"] == pytest.approx(3 * BASE_FLOPS_TO_TARGET * 1.8)
+    c = cost_ratio(rows, [(a.base, a.run) for a in arms])
+    half = 4.302652729911275 * 0.3 / math.sqrt(3)  # t(0.975, 2 df) · sd / √n of 1.2, 1.5, 1.8
+    assert c.per_seed == pytest.approx([1.2, 1.5, 1.8])
+    assert (c.mean, c.lo, c.hi) == pytest.approx((1.5, 1.5 - half, 1.5 + half))
+    assert c.cell() == f"1.50× [{1.5 - half:.2f}, {1.5 + half:.2f}]"
+    [v] = _with_parity([1.2, 1.5, 1.8], closes=ALL)
+    assert v.to_target.mean == pytest.approx(1.5)
+    one = cost_ratio(rows, [("galore_s1", "galore_s1_sam")])
+    assert one.mean == pytest.approx(1.5) and one.cell() == "1.50× (one seed)"
+
+
+def test_an_arm_that_never_reaches_the_target_says_so_and_is_not_a_success():
+    [v] = _with_parity(None, closes=ALL)
+    assert v.to_target.cell() == "not reached"
+    assert v.word == INCONCLUSIVE and "never reaches the parity target" in " ".join(v.reasons)
+    assert "not reached" in guide_html([v])
+    [v] = _with_parity([1.1, None, 1.1], closes=ALL)  # one seed missed: the ratio of the others, and the count
+    assert v.to_target.mean == pytest.approx(1.1) and "1 of 3 seeds not reached" in v.to_target.cell()
+
+
+def test_the_cost_to_the_target_decides_the_35_percent_rule():
+    # cheap per update (+20 %) but 60 % more FLOPs to the target: costly, and without a control inconclusive
+    [v] = _with_parity(1.6, closes=ALL, extra_flops=0.2)
+    assert v.word == INCONCLUSIVE and "extra FLOPs to the parity target +60%" in " ".join(v.reasons)
+    # costly per update (sam, +100 %) but only 20 % more FLOPs to the target: within the rule, a success
+    [v] = _with_parity(1.2, closes=ALL, extra_flops=1.0)
+    assert v.word == SUCCESS and "extra FLOPs to the parity target +20% (≤ 35%)" in " ".join(v.reasons)
+    # without parity the per-update figure decides, as before
+    [v] = _verdicts(closes=ALL, extra_flops=1.0)
+    assert v.word == INCONCLUSIVE and v.to_target is None
+
+
+def test_the_cost_matched_controls_ratio_is_in_the_reasons_line():
+    [v] = _with_parity(1.6, cm_ratio=1.45, closes=ALL, extra_flops=0.6, cost_matched={k: 0.1 for k in ALL})
+    assert v.cost_matched_to_target.mean == pytest.approx(1.45)
+    assert v.word == SUCCESS, v.reasons  # costly, but beats its control
+    html = guide_html([v])
+    assert "cost-matched control / unguided: FLOPs to target 1.45× [1.45, 1.45]" in html
+
+
+def test_guide_section_has_the_flops_to_target_column(tmp_path):
+    from helpers_guide_report import make_guided_study
+
+    from rankscope.report.render import render_report
+
+    html = render_report(make_guided_study(tmp_path / "g", parity_ratio=1.25)).read_text()
+    section = html[html.index("Did guidance move low-rank toward full-rank?"):]
+    assert "FLOPs to target (× unguided)" in section and "1.25× [1.25, 1.25]" in section

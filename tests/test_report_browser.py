@@ -62,7 +62,7 @@ def test_probe_catches_broken_images_and_errors(tmp_path: Path) -> None:
 
 def test_guided_study_section_renders_in_the_browser(tmp_path: Path) -> None:
     """A synthetic guide study (guided arms in study.json): the section is on the page, figures still decode."""
-    from helpers_report import make_guided_study
+    from helpers_guide_report import make_guided_study
 
     page = render_report(make_guided_study(tmp_path / "guided", seeds=(0, 1)))
     html = page.read_text()

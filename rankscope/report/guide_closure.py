@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from rankscope.report.guide_cost import CostRatio
 from rankscope.report.load import prefer_rows
 from rankscope.report.seedstats import t_interval
 
 SUCCESS, FAILURE, INCONCLUSIVE, NO_NULL = "success", "failure", "inconclusive", "no null: run siblings"
 FAMILIES = ("barrier", "activations", "spectra")
 CLOSES = 0.25  # spec: G ≥ 0.25 with an interval above 0
-MAX_EXTRA_FLOPS = 0.35  # spec: extra FLOPs ≤ 35 % (or a gain the cost-matched control does not reach)
+MAX_EXTRA_FLOPS = 0.35  # spec: extra FLOPs ≤ 35 % (or a gain the cost-matched control does not reach); see cost_used
 REFERENCE = "full_rank"
 # what each guide optimises (a family, or a sharpness metric that is no family): success needs a family it does not
 OPTIMISES = {"align": "activations", "spectral": "spectra", "sam": "pca_top1_sharpness",
@@ -304,16 +305,28 @@ class GuideVerdict:
     cost_matched: dict[str, Closure] = field(default_factory=dict)
     extra_flops: float = math.nan
     ppl_change: float = math.nan  # mean relative change of final validation perplexity, arm vs base
+    to_target: CostRatio | None = None  # FLOPs to the parity target over the unguided run's (parity.json)
+    cost_matched_to_target: CostRatio | None = None  # the same for the cost-matched control
+
+
+def cost_used(extra_flops: float, to_target: CostRatio | None) -> tuple[float, str]:
+    """(extra cost as a fraction, what it is) for the verdict: the FLOPs to the parity target over the unguided
+    run's, minus 1, when parity measured them for at least one paired seed; else the extra FLOPs per update."""
+    if to_target is not None and to_target.measured:
+        return to_target.mean - 1.0, "extra FLOPs to the parity target"
+    return extra_flops, "extra FLOPs per update"
 
 
 def verdict(closures: dict[str, Closure], guide: str, has_null: bool, *, downstream: tuple | None = None,
             extra_flops: float = math.nan, cost_matched: dict[str, Closure] | None = None,
-            ppl_change: float = math.nan, tolerance: float = math.nan) -> tuple[str, list[str]]:
+            ppl_change: float = math.nan, tolerance: float = math.nan,
+            to_target: CostRatio | None = None) -> tuple[str, list[str]]:
     """The spec's word for one arm, and why. Success: G ≥ 0.25 with an interval above 0 in ≥ 2 families, one of
-    them not optimised by the guide, at parity (perplexity within ``tolerance`` of the base's), downstream not
-    worse beyond its interval, extra FLOPs ≤ 35 % or a gain the cost-matched control does not reach. Failure: G's
-    interval below 0.25 in every family, or only the optimised family closes while the others are below 0.25.
-    Anything else is inconclusive."""
+    them not optimised by the guide, at parity (perplexity within ``tolerance`` of the base's, and the parity
+    target reached), downstream not worse beyond its interval, extra cost ≤ 35 % (:func:`cost_used`: the FLOPs
+    to the parity target when measured, else the extra FLOPs per update) or a gain the cost-matched control does
+    not reach. Failure: G's interval below 0.25 in every family, or only the optimised family closes while the
+    others are below 0.25. Anything else is inconclusive."""
     if not has_null:
         return NO_NULL, ["no full-rank sibling: the null floor d(FR, FR sibling) is unknown"]
     optimised = OPTIMISES.get(guide, "")
@@ -334,15 +347,21 @@ def verdict(closures: dict[str, Closure], guide: str, has_null: bool, *, downstr
     if np.isfinite(tolerance) and np.isfinite(ppl_change) and abs(ppl_change) > tolerance:
         return INCONCLUSIVE, reasons + [f"not at parity: perplexity differs by {ppl_change:+.1%} "
                                         f"(tolerance {tolerance:.0%})"]
+    if to_target is not None and to_target.never_reached:
+        return INCONCLUSIVE, reasons + ["not at parity: the guided run never reaches the parity target within "
+                                        "the tolerance"]
     if downstream is not None and np.isfinite(downstream[2]) and downstream[2] < 0:
         return FAILURE, reasons + ["downstream accuracy worse beyond its interval"]
-    if not (np.isfinite(extra_flops) and extra_flops <= MAX_EXTRA_FLOPS):
+    cost, what = cost_used(extra_flops, to_target)
+    if not (np.isfinite(cost) and cost <= MAX_EXTRA_FLOPS):
         cm = cost_matched or {}
         beaten = [f for f in other if f in cm and np.isfinite(cm[f].mean) and closures[f].lo > cm[f].mean]
+        told = f"{what} {cost:+.0%}, above {MAX_EXTRA_FLOPS:.0%}" if np.isfinite(cost) else f"{what} unknown"
         if not cm:
-            return INCONCLUSIVE, reasons + [f"extra FLOPs {extra_flops:.0%} > {MAX_EXTRA_FLOPS:.0%} and no "
-                                            "cost-matched control: add controls.cost_matched"]
+            return INCONCLUSIVE, reasons + [f"{told}, and no cost-matched control: add controls.cost_matched"]
         if not beaten:
-            return FAILURE, reasons + ["the cost-matched control closes as much for the same FLOPs"]
-        reasons.append(f"beats the cost-matched control in {', '.join(beaten)}")
+            return FAILURE, reasons + [f"{told}, and the cost-matched control closes as much for the same FLOPs"]
+        reasons.append(f"{told}, but beats the cost-matched control in {', '.join(beaten)}")
+    else:
+        reasons.append(f"{what} {cost:+.0%} (≤ {MAX_EXTRA_FLOPS:.0%})")
     return SUCCESS, reasons

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,8 +35,10 @@ from rankscope.report.guide_closure import (
     sign_check,
     verdict,
 )
+from rankscope.report.guide_cost import NO_PARITY, cost_ratio, parity_rows, reason
 from rankscope.report.htmlkit import esc, table
 from rankscope.report.load import normalise_table
+from rankscope.report.parity_section import load_parity
 
 # (label, metric, names left out): higher accuracy is better; lower bits/byte and forgetting are better
 CHANGES = (("downstream accuracy", "avg_acc", ()), ("shift bits/byte", "heldout_bpb", ("val", "in-domain")),
@@ -43,8 +46,10 @@ CHANGES = (("downstream accuracy", "avg_acc", ()), ("shift bits/byte", "heldout_
 
 
 def guide_verdicts(diag: pd.DataFrame, others: pd.DataFrame, arms: list[Arm], ppl: Mapping[str, float],
-                   tolerance: float = math.nan) -> list[GuideVerdict]:
-    """One verdict per (guide, method) of the guided arms; ``others``: downstream, held-out and fine-tuning rows."""
+                   tolerance: float = math.nan, parity: Mapping[str, Any] | None = None) -> list[GuideVerdict]:
+    """One verdict per (guide, method) of the guided arms; ``others``: downstream, held-out and fine-tuning rows;
+    ``parity``: results/parity.json (its cost rows give the cost to the parity target; None: no parity stage)."""
+    costs = parity_rows(parity or {})
     dist = distances(diag, arms)
     floor = null_floor(diag, dist, arms)
     has_null = any(np.isfinite(v) for v in floor.values())
@@ -65,6 +70,8 @@ def guide_verdicts(diag: pd.DataFrame, others: pd.DataFrame, arms: list[Arm], pp
         cm = {f: closure(dist, floor, cm_pairs, f) for f in FAMILIES} if cm_pairs else {}
         changes = {label: paired_change(others, metric, guided, names) for label, metric, names in CHANGES}
         extra = float(np.nanmean([a.extra_flops for a in group if a.role == "guided"] or [math.nan]))
+        to_target = cost_ratio(costs, guided) if costs else None
+        cm_to_target = cost_ratio(costs, cm_pairs) if costs and cm_pairs else None
         rel = [ppl[a] / ppl[b] - 1 for b, a in guided if ppl.get(a, 0) > 0 and ppl.get(b, 0) > 0]
         ppl_change = float(np.mean(rel)) if rel else math.nan
         if method == REFERENCE:
@@ -72,9 +79,15 @@ def guide_verdicts(diag: pd.DataFrame, others: pd.DataFrame, arms: list[Arm], pp
         else:
             word, reasons = verdict(closures, guide, has_null, downstream=changes["downstream accuracy"],
                                     extra_flops=extra, cost_matched=cm, ppl_change=ppl_change,
-                                    tolerance=tolerance)
+                                    tolerance=tolerance, to_target=to_target)
+        if to_target is not None:
+            reasons = [*reasons, reason("guided / unguided", to_target),
+                       reason("guided / unguided", cost_ratio(costs, guided, "tokens_to_target"))]
+        if cm_to_target is not None:
+            reasons.append(reason("cost-matched control / unguided", cm_to_target))
         out.append(GuideVerdict(guide, method, len(guided), closures, word, reasons,
-                                sign_check(diag, guide, guided, refs), changes, cm, extra, ppl_change))
+                                sign_check(diag, guide, guided, refs), changes, cm, extra, ppl_change,
+                                to_target, cm_to_target))
     return out
 
 
@@ -109,13 +122,15 @@ def guide_html(verdicts: list[GuideVerdict]) -> str:
     if not verdicts:
         return "<p>No guided arms in this study (add a <code>guides:</code> section to the study config).</p>"
     head = ["guide", "method", "seeds", *(f"G {f}" for f in FAMILIES), "sign prediction",
-            *(label for label, _, _ in CHANGES), "Δ ppl", "extra FLOPs", "verdict"]
+            *(label for label, _, _ in CHANGES), "Δ ppl", "extra FLOPs per update", "FLOPs to target (× unguided)",
+            "verdict"]
     rows = []
     for v in verdicts:
         cells = [_control_cell(v.closures[f]) if v.word == "control" else _closure_cell(v.closures[f])
                  for f in FAMILIES]
         rows.append([v.guide, v.method, v.n, *cells, v.sign, *(_change_cell(v.changes[k]) for k, _, _ in CHANGES),
-                     _num(v.ppl_change, "{:+.1%}"), _num(v.extra_flops, "{:+.0%}"), v.word])
+                     _num(v.ppl_change, "{:+.1%}"), _num(v.extra_flops, "{:+.0%}"),
+                     v.to_target.cell() if v.to_target is not None else NO_PARITY, v.word])
     measures = "; ".join(f"{f}: {', '.join(m)}" for f, m in FAMILY_MEASURES.items())
     intro = (
         "<p>Gap closure per family, G = (d(unguided, FR) − d(guided, FR)) / (d(unguided, FR) − d(FR, FR sibling)),"
@@ -124,7 +139,10 @@ def guide_html(verdicts: list[GuideVerdict]) -> str:
         f"{CLOSES} with an interval above 0 in two families, one of them not optimised by the guide, at parity, "
         "downstream not worse beyond its interval, and extra FLOPs ≤ 35 % or a gain the cost-matched control "
         "does not reach (docs/guides.md \"The guide study\"). Full-rank with the guide is a control: its "
-        "distance to unguided full-rank in units of the null floor.</p>")
+        "distance to unguided full-rank in units of the null floor. FLOPs to target: the FLOPs the guided run "
+        "needs to reach the study's parity target perplexity (its guide's extra passes counted) over its "
+        "unguided run's, per paired seed, mean and 95 % t interval; when parity measured it, it is the cost the "
+        "35 % rule reads (else the extra FLOPs per update).</p>")
     reasons = [f"<li><strong>{esc(v.guide)} on {esc(v.method)}: {esc(v.word)}</strong>: {esc('; '.join(v.reasons))}"
                + "".join(f"; cost-matched control G {esc(f)} {esc(_closure_cell(c))}" for f, c in
                          v.cost_matched.items() if np.isfinite(c.mean)) + "</li>" for v in verdicts]
@@ -158,5 +176,5 @@ def guide_parts(data, robust) -> list[str]:
     others = normalise_table(pd.concat(frames, ignore_index=True) if frames else None)
     ppl = {r.name: r.final_val_ppl for r in data.runs}
     tolerance = float((data.study.get("parity") or {}).get("tolerance") or math.nan)
-    verdicts = guide_verdicts(data.diagnostics, others, arms, ppl, tolerance)
+    verdicts = guide_verdicts(data.diagnostics, others, arms, ppl, tolerance, load_parity(data.root) or None)
     return [f'<h2 id="guides">{esc(HEADING)}</h2>', guide_html(verdicts)]
