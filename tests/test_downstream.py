@@ -255,6 +255,7 @@ def test_hub_tasks_need_online_flag():
 def test_evaluate_runs_writes_table(make_smoke_config):
     from rankscope.diagnostics.table import read_table
     from rankscope.downstream.evaluate import evaluate_runs
+    from rankscope.downstream.item_rows import read_items
     from rankscope.training.loop import train
 
     cfg = make_smoke_config("evalrun", steps=2)
@@ -264,6 +265,20 @@ def test_evaluate_runs_writes_table(make_smoke_config):
     stored = read_table(cfg.run_dir / "results" / "downstream.parquet")
     assert len(stored) == len(frame) and set(stored["name"]) >= {"agreement", "cloze", "average"}
     assert (cfg.run_dir.parent / "combined.csv").is_file()
+    # one row per scored item next to the table (and the combined table): its means are the table's accuracies
+    items = read_items(cfg.run_dir / "results" / "downstream.parquet")
+    assert items is not None and items.equals(read_items(cfg.run_dir.parent / "combined"))
+    task_rows = stored[stored["scope"] == "task"]
+    assert len(task_rows) == items.groupby(["task", "metric"]).ngroups
+    for _, r in task_rows.iterrows():
+        mine = items[(items["task"] == r["name"]) & (items["metric"] == r["metric"])]
+        assert len(mine) == json.loads(r["settings"])["n_items"] and mine["item"].is_unique
+        assert mine["correct"].mean() == pytest.approx(r["value"])
+        right, margin = mine["correct"] == 1, mine["margin"]
+        assert set(mine["correct"]) <= {0, 1} and ((margin > 0) <= right).all() and (right <= (margin >= 0)).all()
+    hard = items[items["task"] == "agreement_hard"]
+    parent = items[(items["task"] == "agreement") & (items["metric"] == "acc")].set_index("item")
+    assert len(hard) and (parent.loc[hard["item"], "correct"].to_numpy() == hard["correct"].to_numpy()).all()
     with pytest.raises(UserError, match="no checkpoint at step"):
         evaluate_runs([cfg.run_dir], steps=[999])
 

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from helpers_fs import RANKSCOPE, assert_clean_failure, assert_unchanged, cli_env, run_cli, snapshot
 
@@ -147,13 +148,16 @@ def test_success_exit_0_for_every_subcommand(run_dir, study_dir, tmp_path):
     ]
     copy = tmp_path / "run_copy"  # eval writes results/ into its run folder
     shutil.copytree(run_dir, copy)
-    ok.append(("eval", copy, "--max-items", "4", "--task", "cloze"))
+    ok.append(("eval", copy, "--max-items", "4", "--task", "cloze", "--out", tmp_path / "evals"))
     for args in ok:
         proc = run_cli(*args)
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, args
     assert (tmp_path / "hf" / "config.json").is_file() and (tmp_path / "report.html").is_file()
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
+    for items in (copy / "results" / "downstream_items.parquet", tmp_path / "evals" / "downstream_items.parquet"):
+        rows = pd.read_parquet(items)  # eval keeps one row per scored item: cloze, 4 items, acc and acc_norm
+        assert sorted(rows["metric"]) == ["acc"] * 4 + ["acc_norm"] * 4 and set(rows["task"]) == {"cloze"}
 
 
 # ------------------------------------------------------------------------------ refusals: 2, nothing written

@@ -2,7 +2,7 @@
 
 ``evaluate_model`` scores one in-memory model on the shipped offline tasks (native scorer, no lm-eval);
 ``evaluate_runs`` does it for checkpoints of run folders and writes ``<run_dir>/results/downstream.parquet``
-(+ csv). Rows: metric ``acc``/``acc_norm``, ``scope="task"``, ``name=<task>``, stderr and a bootstrap 95 % CI,
+(+ csv) and, next to it, one row per scored item (``downstream_items.parquet``, downstream/item_rows.py). Rows: metric ``acc``/``acc_norm``, ``scope="task"``, ``name=<task>``, stderr and a bootstrap 95 % CI,
 plus ``avg_acc`` (macro average of the main tasks' ``acc``, defined once in downstream/average.py; the
 ``agreement_hard`` subset is reported but not averaged). Every row says in ``note`` that the tasks come from held-out text of the embedded corpus, so they
 are never mistaken for the paper's hub benchmarks.
@@ -22,6 +22,8 @@ from torch import nn
 from rankscope.diagnostics.table import Row, rows_to_frame, write_table
 from rankscope.downstream import tasks as T
 from rankscope.downstream.average import averaged_tasks
+from rankscope.downstream.item_rows import empty as empty_items
+from rankscope.downstream.item_rows import score_item_rows, write_items
 from rankscope.downstream.probe import score_probe
 from rankscope.downstream.scoring import BOOTSTRAP_ITERS, mean_stderr, score_choices, subsample
 from rankscope.errors import UserError
@@ -45,6 +47,9 @@ class TaskScore:
     chance: float | None = None  # expected accuracy of a uniform guess among the choices
     baseline: float | None = None  # the task's bigram (or bag-of-words) model, from the manifest
     majority: float | None = None  # accuracy of always giving the most common answer (classification tasks)
+    correct: np.ndarray | None = field(default=None, repr=False)  # per item 0/1 (None: an average, no items)
+    item_ids: np.ndarray | None = field(default=None, repr=False)  # index of each scored item in the task's list
+    margin: np.ndarray | None = field(default=None, repr=False)  # per item score margin (downstream/item_rows.py)
 
 
 def answer_rates(items: Sequence[dict]) -> tuple[float | None, float | None]:
@@ -71,14 +76,17 @@ def answer_rates(items: Sequence[dict]) -> tuple[float | None, float | None]:
 
 
 def _summarise(task: str, metric: str, correct: np.ndarray, iters: int, seed: int, info: dict,
-               items: Sequence[dict] = ()) -> TaskScore:
+               items: Sequence[dict] = (), ids: Sequence[int] | None = None,
+               margin: np.ndarray | None = None) -> TaskScore:
+    """A task's score with its bootstrap CI; keeps the per-item correctness (and ids, margins) for the item file."""
     rng = np.random.default_rng(seed)
     draws = correct[rng.integers(0, len(correct), size=(iters, len(correct)))].mean(axis=1)
     lo, hi = np.percentile(draws, [2.5, 97.5])
     base = info.get("baseline", {}).get(metric)
     chance, majority = answer_rates(items) if items else (info.get("chance"), None)
     return TaskScore(task, metric, float(correct.mean()), mean_stderr(correct), float(lo), float(hi),
-                     len(correct), draws, chance, base, majority)
+                     len(correct), draws, chance, base, majority, np.asarray(correct),
+                     None if ids is None else np.asarray(ids, dtype=np.int64), margin)
 
 
 def evaluate_model(model: nn.Module, tokenizer, tasks: Sequence[str] | None = None, *,
@@ -91,19 +99,25 @@ def evaluate_model(model: nn.Module, tokenizer, tasks: Sequence[str] | None = No
         info = T.task_info(name)
         items = T.load_items(name)
         if info["kind"] == "probe":
-            items = _probe_subsample(items, max_items, seed)
+            ids = _probe_subsample(items, max_items, seed)
+            items = [items[i] for i in ids]
             correct = score_probe(model, tokenizer, items)
-            scores.append(_summarise(name, "acc", correct, bootstrap_iters, seed, info, items))
+            test_ids = [i for i, it in zip(ids, items, strict=True) if it["part"] == "test"]
+            scores.append(_summarise(name, "acc", correct, bootstrap_iters, seed, info, items, test_ids))
             continue
-        items = [items[i] for i in subsample(len(items), max_items, seed)]
+        ids = subsample(len(items), max_items, seed)
+        items = [items[i] for i in ids]
         res = score_choices(model, tokenizer, items, info["target_delimiter"], batch_tokens=batch_tokens)
+        margins = {"acc": res.margin, "acc_norm": res.margin_norm}
         for metric in info["metrics"]:
-            scores.append(_summarise(name, metric, getattr(res, metric), bootstrap_iters, seed, info, items))
+            scores.append(_summarise(name, metric, getattr(res, metric), bootstrap_iters, seed, info, items, ids,
+                                     margins.get(metric)))
         if "hard_subset" in info:
             hard = np.array([bool(it.get("hard")) for it in items])
             sub = dict(info["hard_subset"], chance=info["chance"])
             scores.append(_summarise(f"{name}_hard", "acc", res.acc[hard], bootstrap_iters, seed, sub,
-                                     [it for it, h in zip(items, hard, strict=True) if h]))
+                                     [it for it, h in zip(items, hard, strict=True) if h], ids[hard],
+                                     res.margin[hard]))
     return scores + average_score(scores)
 
 
@@ -121,15 +135,16 @@ def average_score(scores: Sequence[TaskScore]) -> list[TaskScore]:
     return [TaskScore("average", "avg_acc", value, stderr, float(lo), float(hi), sum(s.n for s in main), draws)]
 
 
-def _probe_subsample(items: list[dict], max_items: int | None, seed: int) -> list[dict]:
-    """Cap the probe by keeping the same fraction of its train and test parts (both stay non-empty)."""
+def _probe_subsample(items: list[dict], max_items: int | None, seed: int) -> list[int]:
+    """Indices of the probe items kept under the cap: the same fraction of its train and test parts (both stay
+    non-empty)."""
     if max_items is None or max_items >= len(items):
-        return items
+        return list(range(len(items)))
     out = []
     for part in ("train", "test"):
         idx = [i for i, it in enumerate(items) if it["part"] == part]
         take = max(2, round(max_items * len(idx) / len(items)))
-        out += [items[idx[j]] for j in subsample(len(idx), take, seed)]
+        out += [idx[j] for j in subsample(len(idx), take, seed)]
     return out
 
 
@@ -182,13 +197,15 @@ def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "
     shipped = tasks is not None or not (task_files or lm_eval_tasks)
     files = {Path(f).stem: Path(f).resolve() for f in task_files}
 
-    frames = []
+    frames: list[pd.DataFrame] = []
+    all_items: list[pd.DataFrame] = []
     for run in open_runs(run_dirs):
         tokenizer = run.tokenizer()
         settings = {"max_items": max_items, "seed": seed, "bootstrap_iters": bootstrap_iters,
                     "tasks_build": T.manifest()["build_version"], "scorer": "native",
                     "prefix_token": "eos", "tokenizer": run.data.tokenizer}
         rows: list[Row] = []
+        item_frames: list[pd.DataFrame] = []
         for step in _steps(run, steps):
             model = run.load_model(step, device=device)
             kw = {"scale": run.scale, "seed": run.seed, "settings": settings}
@@ -197,22 +214,34 @@ def evaluate_runs(run_dirs: Sequence[str | Path], steps: str | Sequence[int] = "
                     scores = evaluate_model(model, tokenizer, tasks, max_items=max_items, seed=seed,
                                             bootstrap_iters=bootstrap_iters)
                     rows += scores_to_rows(scores, run.name, run.method, step, **kw)
+                    item_frames.append(score_item_rows(scores, run.name, run.method, step, SOURCE_NOTE))
                 for name, items in own.items():
                     scores = U.score_task_file(model, tokenizer, name, items, max_items=max_items, seed=seed,
                                                bootstrap_iters=bootstrap_iters)
-                    rows += scores_to_rows(scores, run.name, run.method, step, **kw, note=f"task file {files[name]}")
+                    note = f"task file {files[name]}"
+                    rows += scores_to_rows(scores, run.name, run.method, step, **kw, note=note)
+                    item_frames.append(score_item_rows(scores, run.name, run.method, step, note))
             for spec in lm_eval_tasks:  # lm-eval runs the model in its own mode handling
                 scores = U.score_lm_eval_task(model, tokenizer, spec, max_items=max_items, seed=seed,
                                               bootstrap_iters=bootstrap_iters)
                 rows += scores_to_rows(scores, run.name, run.method, step, **kw, note=f"lm-eval task {spec}")
+                item_frames.append(score_item_rows(scores, run.name, run.method, step, f"lm-eval task {spec}"))
             del model
         frame = rows_to_frame(rows)
         write_table(frame, run.results_dir / "downstream")
+        write_items(_concat_items(item_frames), run.results_dir / "downstream")
         frames.append(frame)
+        all_items += item_frames
     combined = pd.concat(frames, ignore_index=True) if frames else rows_to_frame([])
     if out is not None:
         write_table(combined, Path(out).with_suffix(""))
+        write_items(_concat_items(all_items), Path(out).with_suffix(""))
     return combined
+
+
+def _concat_items(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else empty_items()
 
 
 def above_chance(frame: pd.DataFrame, min_tasks: int = 2, metric: str = "acc") -> list[str]:

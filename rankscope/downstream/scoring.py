@@ -119,6 +119,8 @@ class ChoiceResult:
     acc: np.ndarray
     acc_norm: np.ndarray
     loglik: list[list[float]]
+    margin: np.ndarray | None = None  # per item: log-lik of the right choice − the best wrong one (acc's rule)
+    margin_norm: np.ndarray | None = None  # the same on log-lik per character (acc_norm's rule)
 
 
 def score_choices(model: nn.Module, tokenizer, items: Sequence[dict], target_delimiter: str = " ",
@@ -126,7 +128,7 @@ def score_choices(model: nn.Module, tokenizer, items: Sequence[dict], target_del
     """Score items {context, choices, label}; each choice is requested as ``target_delimiter + choice``."""
     requests = [(it["context"], target_delimiter + c) for it in items for c in it["choices"]]
     scores = loglikelihoods(model, tokenizer, requests, **kwargs)
-    acc, acc_norm, lls, k = [], [], [], 0
+    acc, acc_norm, lls, margin, margin_norm, k = [], [], [], [], [], 0
     for it in items:
         n = len(it["choices"])
         ll = np.array([s for s, _ in scores[k : k + n]])
@@ -135,7 +137,15 @@ def score_choices(model: nn.Module, tokenizer, items: Sequence[dict], target_del
         acc.append(float(np.argmax(ll) == it["label"]))
         acc_norm.append(float(np.argmax(ll / lengths) == it["label"]))
         lls.append(ll.tolist())
-    return ChoiceResult(np.array(acc), np.array(acc_norm), lls)
+        margin.append(_margin(ll, int(it["label"])))
+        margin_norm.append(_margin(ll / lengths, int(it["label"])))
+    return ChoiceResult(np.array(acc), np.array(acc_norm), lls, np.array(margin), np.array(margin_norm))
+
+
+def _margin(scores: np.ndarray, label: int) -> float:
+    """Score of the right choice minus the best wrong one (> 0: right, unless a tie went to an earlier choice)."""
+    wrong = np.delete(scores, label)
+    return float(scores[label] - wrong.max()) if len(wrong) else float("nan")
 
 
 def mean_stderr(x: np.ndarray) -> float:

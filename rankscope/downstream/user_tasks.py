@@ -107,9 +107,11 @@ def score_task_file(model: nn.Module, tokenizer, name: str, items: list[dict], *
     from rankscope.downstream.evaluate import _summarise, average_score
     from rankscope.downstream.scoring import score_choices, subsample
 
-    items = [items[i] for i in subsample(len(items), max_items, seed)]
+    ids = subsample(len(items), max_items, seed)
+    items = [items[i] for i in ids]
     res = score_choices(model, tokenizer, items, " ")
-    scores = [_summarise(name, m, getattr(res, m), bootstrap_iters, seed, {}, items) for m in ("acc", "acc_norm")]
+    scores = [_summarise(name, m, getattr(res, m), bootstrap_iters, seed, {}, items, ids, margin)
+              for m, margin in (("acc", res.margin), ("acc_norm", res.margin_norm))]
     return scores + average_score(scores)
 
 
@@ -156,11 +158,13 @@ def score_lm_eval_task(model: nn.Module, tokenizer, spec: str, *, max_items: int
     scores = []
     for task, samples in (res.get("samples") or {}).items():
         for metric in ("acc", "acc_norm"):
-            correct = np.array([float(s[metric]) for s in samples if metric in s])
+            scored = [(k, s) for k, s in enumerate(samples) if metric in s]
+            correct = np.array([float(s[metric]) for _, s in scored])
             if len(correct):
                 items = [_item(s) for s in samples]
+                ids = [int(s.get("doc_id", k)) for k, s in scored]  # lm-eval's document index: same items, same id
                 scores.append(_summarise(task, metric, correct, bootstrap_iters, seed, {},
-                                         [it for it in items if it is not None]))
+                                         [it for it in items if it is not None], ids))
     if not scores:
         raise UserError(f"--lm-eval-task {spec}: lm-eval returned no acc samples (only multiple-choice "
                         "log-likelihood tasks can be scored)")

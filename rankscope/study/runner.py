@@ -9,7 +9,7 @@ Study folder (the report's contract):
     <out>/runs/<method>_s<seed>.json    the run config each training job is started with
     <out>/runs/<method>_s<seed>/        run folders
     <out>/logs/                         one log per training job and per failed stage
-    <out>/results/                      diagnostics.parquet, downstream.parquet, prediction.*, timings.json
+    <out>/results/                      diagnostics.parquet, downstream[_items].parquet, prediction.*, timings.json
 
 Re-running skips finished runs, resumes interrupted ones from their last checkpoint (bit-exact), and
 repeats a later stage only when its inputs changed. A failing job is recorded and the rest go on; the
