@@ -13,18 +13,32 @@ from __future__ import annotations
 from rankscope.methods.flops import FlopsEstimate, estimate
 
 
+def method_estimate(cfg) -> FlopsEstimate:
+    """FLOPs per token and per update of a RunConfig's method alone (no guide)."""
+    return estimate(cfg.method, cfg.model_config(), cfg.method_config(), cfg.data.seq_len)
+
+
+def guide_extra(cfg) -> tuple[float, float]:
+    """(extra FLOPs per token, extra FLOPs per update) of a RunConfig's guide on an update it acts on; (0, 0)
+    without a guide."""
+    if not cfg.guide:
+        return 0.0, 0.0
+    from rankscope.guides.options import build_guide
+
+    guide = build_guide(cfg)
+    return type(guide).cost(guide.config, cfg.model_config(), cfg.data.seq_len, cfg.method, cfg.method_config())
+
+
 def run_estimate(cfg) -> FlopsEstimate:
     """FLOPs per token and per update of a RunConfig, its guide's extra passes averaged over the run."""
-    model_cfg, method_cfg = cfg.model_config(), cfg.method_config()
-    est = estimate(cfg.method, model_cfg, method_cfg, cfg.data.seq_len)
+    est = method_estimate(cfg)
     if not cfg.guide:
         return est
     from rankscope.guides.base import guide_fraction
     from rankscope.guides.options import build_guide
 
-    guide = build_guide(cfg)
-    share = guide_fraction(guide.window, cfg.train.steps)
-    per_token, per_update = type(guide).cost(guide.config, model_cfg, cfg.data.seq_len, cfg.method, method_cfg)
+    share = guide_fraction(build_guide(cfg).window, cfg.train.steps)
+    per_token, per_update = guide_extra(cfg)
     extra = f"guide {cfg.guide} on {share:.0%} of updates: +{share * per_token / est.per_token:.0%} FLOPs per token"
     note = f"{est.note}; {extra}" if est.note else extra
     return FlopsEstimate(est.per_token + share * per_token, est.per_update + share * per_update, est.matmul_params,
