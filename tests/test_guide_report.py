@@ -202,6 +202,8 @@ def test_flops_to_target_ratio_is_exact_on_paired_seeds():
     assert c.cell() == f"1.50× [{1.5 - half:.2f}, {1.5 + half:.2f}]"
     [v] = _with_parity([1.2, 1.5, 1.8], closes=ALL)
     assert v.to_target.mean == pytest.approx(1.5)
+    assert "tokens to target 1.00× [1.00, 1.00]" in " ".join(v.reasons)
+    assert "peak memory of the parity model 1.10× [1.10, 1.10]" in " ".join(v.reasons)
     one = cost_ratio(rows, [("galore_s1", "galore_s1_sam")])
     assert one.mean == pytest.approx(1.5) and one.cell() == "1.50× (one seed)"
 

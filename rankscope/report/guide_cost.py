@@ -33,7 +33,7 @@ NO_PARITY = "no parity cost"
 class CostRatio:
     """Cost to the parity target of an arm over its unguided run's, per paired seed and over seeds."""
 
-    key: str  # "flops_to_target" or "tokens_to_target"
+    key: str  # "flops_to_target", "tokens_to_target" or "peak_mib" (a parity.json cost row's field)
     per_seed: list[float] = field(default_factory=list)
     mean: float = math.nan
     lo: float = math.nan
@@ -101,6 +101,10 @@ def cost_ratio(rows: Mapping[str, Mapping[str, Any]], pairs: Sequence[tuple[str,
     return out
 
 
+KEY_LABELS = {"flops_to_target": "FLOPs to target", "tokens_to_target": "tokens to target",
+              "peak_mib": "peak memory of the parity model"}
+
+
 def reason(label: str, c: CostRatio) -> str:
-    """One clause of the reasons line, e.g. "cost-matched control: FLOPs to target 1.49× (one seed)"."""
-    return f"{label}: {c.key.replace('_', ' ').replace('flops', 'FLOPs')} {c.cell()}"
+    """One clause of the reasons line, e.g. "cost-matched control / unguided: FLOPs to target 1.49× (one seed)"."""
+    return f"{label}: {KEY_LABELS.get(c.key, c.key)} {c.cell()}"

@@ -81,8 +81,10 @@ def guide_verdicts(diag: pd.DataFrame, others: pd.DataFrame, arms: list[Arm], pp
                                     extra_flops=extra, cost_matched=cm, ppl_change=ppl_change,
                                     tolerance=tolerance, to_target=to_target)
         if to_target is not None:
-            reasons = [*reasons, reason("guided / unguided", to_target),
-                       reason("guided / unguided", cost_ratio(costs, guided, "tokens_to_target"))]
+            reasons = [*reasons, reason("guided / unguided", to_target)]
+            if to_target.measured:
+                reasons += [reason("guided / unguided", cost_ratio(costs, guided, key))
+                            for key in ("tokens_to_target", "peak_mib")]
         if cm_to_target is not None:
             reasons.append(reason("cost-matched control / unguided", cm_to_target))
         out.append(GuideVerdict(guide, method, len(guided), closures, word, reasons,
