@@ -204,6 +204,9 @@ def test_flops_to_target_ratio_is_exact_on_paired_seeds():
     assert v.to_target.mean == pytest.approx(1.5)
     assert "tokens to target 1.00× [1.00, 1.00]" in " ".join(v.reasons)
     assert "peak memory of the parity model 1.10× [1.10, 1.10]" in " ".join(v.reasons)
+    bad = {**rows, "galore_s0_sam": {**rows["galore_s0_sam"], "flops_to_target": "n/a"}}  # not measured, no crash
+    assert cost_ratio(bad, [(a.base, a.run) for a in arms]).per_seed == pytest.approx([1.5, 1.8])
+    assert parity_rows({"runs": [["not", "a", "row"]]}) == {} and parity_rows([]) == {}
     one = cost_ratio(rows, [("galore_s1", "galore_s1_sam")])
     assert one.mean == pytest.approx(1.5) and one.cell() == "1.50× (one seed)"
 

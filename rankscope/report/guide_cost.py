@@ -69,14 +69,20 @@ class CostRatio:
 
 def parity_rows(parity: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """main run -> its row of parity.json (empty without a parity stage)."""
-    return {str(r["main_run"]): r for r in parity.get("runs") or [] if r.get("main_run")}
+    rows = parity.get("runs") if isinstance(parity, Mapping) else None
+    return {str(r["main_run"]): r for r in rows or [] if isinstance(r, Mapping) and r.get("main_run")}
 
 
 def _value(row: Mapping[str, Any], key: str) -> float | None:
+    """The row's positive finite ``key`` when the run reached the target; None otherwise (a row the parity stage
+    did not write, e.g. a hand-edited file, counts as not measured rather than stopping the report)."""
     v = row.get(key)
     if not row.get("reached", v is not None) or v is None:
         return None
-    v = float(v)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
     return v if math.isfinite(v) and v > 0 else None
 
 
