@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from helpers_fs import RANKSCOPE, cli_env
 
-from rankscope.study.progress import STAGE_WEIGHT, StudyProgress, clock
+from rankscope.study.progress import PARITY_STAGES, STAGE_WEIGHT, StudyProgress, clock
 
 LINE = re.compile(r"^\[study \d+:\d\d:\d\d\] (\S+) (.+): (started|done|failed|skipped)( in [\d.]+ s)? \| "
                   r"\d+ % of the study, ETA (\S+)$")
@@ -43,6 +43,74 @@ def test_plain_lines_name_the_job_its_seconds_state_and_the_overall_eta():
     assert lines[3].startswith("[study 0:00:42] analyze 1 run(s): failed in 2.5 s")
     assert lines[4] == "train a_s0 failed: boom"  # rich markup stripped
     assert all(LINE.match(ln) for ln in lines[:4]), lines
+
+
+def _share_and_eta(line: str) -> tuple[int, str]:
+    m = LINE.match(line)
+    assert m, line
+    return int(line.split(" | ")[1].split(" %")[0]), m.group(5)
+
+
+LATER = ("analyze", "eval", "ood", "finetune", "predict")
+
+
+def test_share_and_eta_cover_parity_and_later_stages_and_reach_100_only_with_the_report():
+    """A study with parity: 100 main steps, 60 planned parity steps and 20 unplanned (the extra model at a
+    predicted crossing), then the parity models' and the runs' later stages, then the report, 10 s per 10
+    units. Before the report is written the share stays below 100 % and the ETA is a time, not 0 s."""
+    t = [0.0]
+    out = io.StringIO()
+    with StudyProgress(True, 160, plain=True, stream=out, now=lambda: t[0], stage_base=100,
+                       parity_share=0.5) as bar:
+        for job, units in (("a_s0", 100), ("a_s0_b40", 60), ("a_s0_b70", 20)):
+            bar.start("train", job, units)
+            t[0] += units
+            bar.finish_job(job)
+        for parity in (True, False):
+            for stage in LATER:
+                bar.start(stage, "models", bar.stage_units(stage, parity=parity), parity=parity)
+                t[0] += bar.stage_units(stage, parity=parity)
+                bar.finish_job("models")
+        bar.start("report", "report.html", bar.stage_units("report"))
+        t[0] += bar.stage_units("report")
+        bar.finish_job("report.html")
+    lines = out.getvalue().splitlines()
+    shares, etas = zip(*map(_share_and_eta, lines), strict=True)
+    assert shares[-1] == 100 and etas[-1] == "0s" and lines[-1].startswith("[study 0:04:") and "report" in lines[-1]
+    assert all(s < 100 for s in shares[:-1]) and all(e != "0s" for e in etas[:-1]), lines
+    # every unit of work is in the total: at a constant rate the ETA is the time the rest of the study took
+    whole = 180 + sum(STAGE_WEIGHT.values()) * 100 + sum(STAGE_WEIGHT[s] for s in PARITY_STAGES) * 50
+    assert t[0] == pytest.approx(whole)
+    i = lines.index(next(ln for ln in lines if ln.startswith("[study 0:03:00] analyze models: started")))
+    assert etas[i] == clock(whole - 180), lines[i]  # the parity models' analyze starts after 180 s of training
+
+
+def test_eta_is_unknown_until_work_is_timed_and_skipped_jobs_do_not_speed_it_up():
+    """A re-run: every training job and the analysis are fresh (skipped in no time), eval does work."""
+    t = [0.0]
+    out = io.StringIO()
+    with StudyProgress(True, 0, plain=True, stream=out, now=lambda: t[0], stage_base=100) as bar:
+        bar.start("train", "a_s0 (finished, skipped)", 0)
+        bar.finish_job("a_s0 (finished, skipped)", "skipped")
+        for stage, state, seconds in (("analyze", "skipped", 0.0), ("eval", "done", 20.0)):
+            bar.start(stage, "1 run(s)", bar.stage_units(stage))
+            t[0] += seconds
+            bar.finish_job("1 run(s)", state)
+    shares, etas = zip(*map(_share_and_eta, out.getvalue().splitlines()), strict=True)
+    assert etas[:5] == ("unknown",) * 5  # nothing timed yet (a skip takes no time: it says nothing of the rate)
+    left = sum(STAGE_WEIGHT.values()) * 100 - 30 - 10  # after eval: 10 units timed in 20 s
+    assert etas[5] == clock(20 * left / 10) and 0 < shares[5] < 100
+
+
+@pytest.mark.parametrize(("state", "last"), [("failed", 99), ("done", 100)])
+def test_only_a_written_report_makes_100_percent(state, last):
+    out = io.StringIO()
+    with StudyProgress(True, 0, plain=True, stream=out, now=lambda: 0.0) as bar:
+        bar.start("analyze", "1 run(s)", bar.stage_units("analyze"))
+        bar.finish_job("1 run(s)")
+        bar.start("report", "report.html", bar.stage_units("report"))
+        bar.finish_job("report.html", state)
+    assert [_share_and_eta(ln)[0] for ln in out.getvalue().splitlines()][-1] == last
 
 
 def test_clock_formats():

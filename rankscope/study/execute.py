@@ -27,17 +27,20 @@ def train_jobs(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: lis
         run = by_name[job.run]
         if run_finished(run):
             book.update(job, "skipped", book.previous_seconds(job.id))
-            bar.start("train", f"{job.run} (finished, skipped)", run.train.steps)
+            bar.start("train", f"{job.run} (finished, skipped)", 0)  # nothing left to train
             bar.finish_job(f"{job.run} (finished, skipped)", "skipped")
         else:
             todo.append(job)
+    first: dict[str, int] = {}  # run -> the step its job starts from (a resumed run or a branch: not 0)
 
     def before(job: Job) -> None:
         book.update(job, "running")
-        bar.start("train", job.run, by_name[job.run].train.steps)
+        run = by_name[job.run]
+        first[job.run] = min(last_logged_step(run.run_dir), run.train.steps)
+        bar.start("train", job.run, run.train.steps - first[job.run])
 
     def poll(job: Job) -> None:
-        bar.advance_to(last_logged_step(by_name[job.run].run_dir), job.run)
+        bar.advance_to(last_logged_step(by_name[job.run].run_dir) - first[job.run], job.run)
 
     def report(job: Job, state: str, seconds: float, error: str) -> None:
         book.update(job, state, seconds, error)
@@ -52,6 +55,30 @@ def train_jobs(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: lis
         run_jobs_submitit(todo, cfg.launcher, folder, report, before)
     else:
         run_jobs_local(todo, out_dir / "logs", report, before, poll, parallel=cfg.launcher.parallel)
+
+
+def steps_to_train(run: RunConfig) -> int:
+    """The training steps a run's job still has to do: 0 when finished, else from its last logged step (a
+    stopped run resumes; a parity branch starts with its parent's log up to the branch point)."""
+    if run_finished(run):
+        return 0
+    return max(run.train.steps - last_logged_step(run.run_dir), 0)
+
+
+def study_progress(cfg: StudyConfig, runs: list, enabled: bool, train: bool = True) -> StudyProgress:
+    """The progress display with the study's plan: with ``train``, the training still to do (the runs and the
+    parity models planned before training) and the study's training steps as the unit of the later stages;
+    without (an analysis-only study of existing runs), the later stages alone. With parity, the parity
+    models' later stages too: at most one model per main run, so their share is main runs / runs."""
+    from rankscope.study import parity_stage
+
+    units, base = 0, 1
+    if train:
+        planned = parity_stage.planned_jobs(cfg, cfg.main_runs(runs)) if cfg.parity.enabled else []
+        units = sum(steps_to_train(r) for r in runs) + sum(0 if run_finished(r) else n for r, n in planned)
+        base = sum(r.train.steps for r in runs)
+    share = len(cfg.main_runs(runs)) / len(runs) if runs and cfg.parity.enabled else 0.0
+    return StudyProgress(enabled, units, stage_base=base, parity_share=share)
 
 
 def run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,

@@ -197,9 +197,8 @@ def run_existing(cfg, out_dir: str | Path, dry_run: bool = False, progress: bool
     """The analysis-only study (module docstring); returns the runner's StudyResult."""
     from rankscope.diagnostics.table import read_table
     from rankscope.study import parity_stage, runner, stages
-    from rankscope.study.execute import run_stage
+    from rankscope.study.execute import run_stage, study_progress
     from rankscope.study.jobs import STAGES, Job, StatusBook, write_json_atomic
-    from rankscope.study.progress import StudyProgress
 
     out_dir = Path(out_dir)
     # The runs bring their own data and tokenizer; the study's data section (a preset's left-out source for
@@ -216,7 +215,7 @@ def run_existing(cfg, out_dir: str | Path, dry_run: bool = False, progress: bool
     write_run_descriptions(runs, out_dir)
     book = StatusBook(out_dir / "status.json", jobs)
     book.write()
-    with runner._terminate_as_exit(stop_signals), StudyProgress(progress, 0) as bar:
+    with runner._terminate_as_exit(stop_signals), study_progress(cfg, runs, progress, train=False) as bar:
         curves: dict[str, dict[int, float]] = {}
         o = cfg.ood
         stamp = stages.Stamp(results, VALIDATION, [cfg.validation, o.max_bytes, o.bootstrap_iters,

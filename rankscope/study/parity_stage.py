@@ -318,7 +318,7 @@ def later_stages(cfg: StudyConfig, out_dir: Path, models: list[RunConfig], book,
     for stage, make_stamp, fn, needs in work:
         job = book.jobs.get(f"{stage}:parity") or Job(f"{stage}:parity", stage, "parity models")
         book.jobs[job.id] = job
-        bar.start(stage, "parity models", 0.0)  # a line per stage when stdout is not a terminal
+        bar.start(stage, "parity models", bar.stage_units(stage, parity=True), parity=True)
         _parity_stage(cfg, out_dir, models, book, job, make_stamp, fn, needs)
         bar.finish_job("parity models", job.state)
 

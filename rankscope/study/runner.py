@@ -30,7 +30,7 @@ from pathlib import Path
 from rankscope.config import RunConfig
 from rankscope.study import parity_stage, stages
 from rankscope.study.config import StudyConfig
-from rankscope.study.execute import run_stage, train_jobs
+from rankscope.study.execute import run_stage, study_progress, train_jobs
 from rankscope.study.guide_arms import describe_arms, needs_reference
 from rankscope.study.jobs import STAGES, Job, StatusBook, train_command, write_json_atomic
 from rankscope.study.progress import StudyProgress
@@ -138,7 +138,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, dry_run: bool = False, prog
         write_json_atomic(_config_path(out_dir, r), r.to_dict())
     book = StatusBook(out_dir / "status.json", jobs)
     book.write()
-    with _terminate_as_exit(stop_signals), StudyProgress(progress, sum(r.train.steps for r in runs)) as bar:
+    with _terminate_as_exit(stop_signals), study_progress(cfg, runs, progress) as bar:
         t0 = time.perf_counter()
         waiting = {r.name for r in runs if needs_reference(r)}  # guided arms that read a study run as reference
         train_jobs(cfg, out_dir, runs, [j for j in jobs if j.run not in waiting], book, bar)
