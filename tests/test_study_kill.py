@@ -167,15 +167,60 @@ def test_sigterm_stops_the_study_after_its_job_checkpoints_and_a_rerun_resumes(t
     steps = ckpt.list_checkpoints(run)
     assert len(steps) == 1 and 0 < steps[0] < 12, steps  # the job checkpointed where it stopped
     assert "stopped by SIGTERM after update" in (out / "logs" / "full_rank_s0.log").read_text()
+    status = {j["id"]: j for j in json.loads((out / "status.json").read_text())["jobs"]}
+    job = status["train:full_rank_s0"]
+    assert job["state"] == "stopped" and job["checkpoint"] == steps[0], job  # not "running": the job has exited
+    assert f"last checkpoint is step {steps[0]}, where re-running the study resumes it" in job["error"], job
+    assert "exit code 143" in job["error"]
     # the re-run's job is a subprocess of this one: one thread like the stopped job (cli_env) and the straight
     # run (one_thread), or float sums are reduced in another order and the weights differ in the last bits
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     result = run_study(load_study_config(cfg), out, progress=False)
     assert not result.failed, [(j.id, j.error) for j in result.failed]
     assert ckpt.list_checkpoints(run) == [steps[0], 12]  # resumed from the stop, not restarted
+    job = {j["id"]: j for j in json.loads((out / "status.json").read_text())["jobs"]}["train:full_rank_s0"]
+    assert job["state"] == "done" and job["checkpoint"] is None and job["error"] == "", job
     straight = RunConfig.from_dict({**json.loads((out / "runs" / "full_rank_s0.json").read_text()),
                                     "out_dir": str(tmp_path / "straight")})
     train(straight, progress=False)
     for name in ("model.safetensors", "optimizer.safetensors"):
         a, b = load_file(ckpt.step_dir(straight.run_dir, 12) / name), load_file(ckpt.step_dir(run, 12) / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+STOPPABLE = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: sys.exit(143)); "
+             "print('up', flush=True); time.sleep(60)")
+
+
+def test_jobs_running_when_the_study_stops_are_reported_stopped_and_stages_too(tmp_path):
+    """The launcher's stop path (no study run): the running job gets SIGTERM, exits 143 and is reported
+    "stopped" before the stop unwinds; an in-process stage interrupted likewise is "stopped" in status.json."""
+    from rankscope.study.execute import run_stage
+    from rankscope.study.jobs import Job, StatusBook
+    from rankscope.study.launch import run_jobs_local
+
+    job = Job("train:j0", "train", "j0", (sys.executable, "-c", STOPPABLE))
+    reported = []
+
+    def poll(_job):
+        if "up" in (tmp_path / "j0.log").read_text():
+            raise KeyboardInterrupt  # what the study's SIGTERM handler raises (Stopped), in the same place
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs_local([job], tmp_path, lambda j, state, sec, err: reported.append((j.run, state, err)),
+                       lambda j: None, poll)
+    assert reported == [("j0", "stopped", "exit code 143")]
+
+    stage = Job("analyze", "analyze")
+    book = StatusBook(tmp_path / "status.json", [stage])
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage, None, interrupted, book, tmp_path)
+    saved = json.loads((tmp_path / "status.json").read_text())["jobs"][0]
+    assert saved["state"] == "stopped" and "runs it again" in saved["error"]
+    from rankscope.report.load import load_study
+
+    assert any(m.startswith("job analyze (analyze, run ) is stopped") for m in load_study(tmp_path).missing)

@@ -248,7 +248,7 @@ def load_study(study_dir: str | Path) -> StudyData:
     data.timings = _read_json(results / "timings.json", miss, "timings")
     data.baselines = (_read_json(results / "baselines.json", [], "baselines").get("baselines") or {})
     for job in data.status.get("jobs", []) or []:
-        if job.get("state") in ("failed", "pending") or str(job.get("error") or "").startswith("not applicable"):
+        if job.get("state") in ("failed", "pending", "stopped") or str(job.get("error") or "").startswith("not applicable"):
             err = f": {job.get('error')}" if job.get("error") else ""
             miss.append(
                 f"job {job.get('id', '?')} ({job.get('stage', '?')}, run {job.get('run', '?')}) "

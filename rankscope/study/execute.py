@@ -43,6 +43,13 @@ def train_jobs(cfg: StudyConfig, out_dir: Path, runs: list[RunConfig], jobs: lis
         bar.advance_to(last_logged_step(by_name[job.run].run_dir) - first[job.run], job.run)
 
     def report(job: Job, state: str, seconds: float, error: str) -> None:
+        if state == "stopped":  # the study was stopped: the job wrote a checkpoint first (or had one before)
+            from rankscope.training.checkpoint import list_checkpoints
+
+            job.checkpoint = (list_checkpoints(by_name[job.run].run_dir) or [None])[-1]
+            where = (f"its last checkpoint is step {job.checkpoint}, where re-running the study resumes it"
+                     if job.checkpoint is not None else "no checkpoint yet: re-running the study starts it afresh")
+            error = f"stopped with the study ({error}); {where}"
         book.update(job, state, seconds, error)
         bar.finish_job(job.run, state)
         if state == "failed":
@@ -83,7 +90,8 @@ def study_progress(cfg: StudyConfig, runs: list, enabled: bool, train: bool = Tr
 
 def run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], book: StatusBook,
                out_dir: Path) -> None:
-    """Run one in-process stage unless its stamp is fresh; any exception fails this stage only."""
+    """Run one in-process stage unless its stamp is fresh; any exception fails this stage only (a stop of the
+    study marks it stopped and goes on stopping)."""
     if stamp is not None and stamp.fresh():
         book.update(job, "skipped", book.previous_seconds(job.id))
         return
@@ -93,6 +101,10 @@ def run_stage(job: Job, stamp: stages.Stamp | None, work: Callable[[], object], 
         if stamp is not None:
             stamp.clear()  # outputs are about to change: never leave an old key beside new files
         work()
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C or the study's stop: not a failure, and not running either
+        book.update(job, "stopped", time.perf_counter() - t0, "stopped with the study; re-running the study runs "
+                    "it again")
+        raise
     except Exception as exc:  # noqa: BLE001 - a failed stage is recorded; the report lists it
         log = out_dir / "logs" / f"{job.stage}.log"
         log.parent.mkdir(parents=True, exist_ok=True)

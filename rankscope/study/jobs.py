@@ -19,7 +19,7 @@ from rankscope.config import RunConfig
 from rankscope.study.config import LauncherConfig
 
 STAGES = ("train", "analyze", "eval", "ood", "finetune", "predict", "report")
-STATES = ("pending", "running", "done", "failed", "skipped")
+STATES = ("pending", "running", "done", "failed", "skipped", "stopped")  # stopped: by the study's stop; resumable
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Job:
     state: str = "pending"
     seconds: float = 0.0  # wall time of the work that produced the current result (kept when skipped)
     error: str = ""
+    checkpoint: int | None = None  # a stopped training job: the step of its last checkpoint (a re-run resumes)
 
     def describe(self) -> str:
         cmd = f"\n    {shlex.join(self.command)}" if self.command else ""

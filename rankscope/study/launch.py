@@ -89,16 +89,18 @@ def run_jobs_local(jobs: Sequence[Job], logs: Path, report: Report, before: Call
                 running.remove(entry)
                 ok, err = _finish(code, log, logs / f"{job.run}.log")
                 report(job, "done" if ok else "failed", time.perf_counter() - t0, err)
-    except BaseException:  # Ctrl-C or an error in the study: stop every job this loop started
+    except BaseException:  # Ctrl-C, SIGTERM or an error in the study: stop every job this loop started
         for _, proc, _, _ in running:  # SIGTERM: the job checkpoints after its update (torchrun passes it on)
             proc.terminate()
-        for _, proc, log, _ in running:
+        for _, proc, _, _ in running:
             try:
                 proc.wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            log.close()
+        for job, proc, log, t0 in running:  # every job has exited: record each (status.json), then go on unwinding
+            ok, _ = _finish(proc.returncode, log, logs / f"{job.run}.log")
+            report(job, "done" if ok else "stopped", time.perf_counter() - t0, f"exit code {proc.returncode}")
         raise
 
 
