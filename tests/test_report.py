@@ -22,6 +22,7 @@ from rankscope.report.load import TABLE_COLUMNS, normalise_table, pair_labels, p
 from rankscope.report.plots import FIGURE_NAMES, landscape_curve_ids
 from rankscope.report.render import render_report
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, kendall_tau
+from rankscope.report.verdict_rules import NO_NULL
 
 # ---------------------------------------------------------------- rendering
 
@@ -168,14 +169,17 @@ def _down(acc: dict[str, float], tasks: int = 6) -> tuple[pd.DataFrame, pd.DataF
     return _rows(*specs), pd.DataFrame(runs)
 
 
-def test_f6_rank_agreement() -> None:
+def test_f6_tau_is_context_and_no_siblings_give_no_verdict() -> None:
+    """One run per method and no siblings: τ is shown (1 when the orders agree, < 1 when they reverse) but the
+    verdict is "no null" (tests/test_finding_f6.py decides F6 against the sibling spreads)."""
     down, runs = _down({"full_rank": 0.8, "galore": 0.7, "fira": 0.6, "cola": 0.5})
     f = check_f6(down, runs)
-    assert f.verdict == FAILS and f.evidence[0].value == pytest.approx(1.0)
+    assert f.verdict == NO_NULL and f.evidence[0].value == pytest.approx(1.0)
+    assert not f.evidence[0].verdict  # context, not a deciding row
     down, runs = _down({"full_rank": 0.5, "galore": 0.6, "fira": 0.7, "cola": 0.8})
     f = check_f6(down, runs)
-    assert f.verdict == HOLDS and f.evidence[0].hi < 1
-    down, runs = _down({"full_rank": 0.8, "galore": 0.7})
+    assert f.verdict == NO_NULL and f.evidence[0].hi < 1
+    down, runs = _down({"full_rank": 0.8})
     assert check_f6(down, runs).verdict == INCONCLUSIVE
     down, runs = _down({"full_rank": 0.8, "galore": 0.7, "fira": 0.6}, tasks=3)
     hard = down[down["name"] == "t0"].assign(name="t0_hard")

@@ -132,18 +132,22 @@ def test_trend_interval_matches_the_analytic_one_for_normal_errors() -> None:
 
 
 def downstream_and_runs(agree: dict[str, bool], rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Three methods per size, 5 seeds each; at sizes where ``agree`` is False the accuracy order is the reverse
-    of the perplexity order, clearly (gaps of 0.1 against item noise of 0.005)."""
+    """Three methods per size, 5 seeds each, plus a full-rank data-order sibling per seed (the null: perplexity
+    spread ≈ 0.5, accuracy spread ≈ 0.005); at sizes where ``agree`` is False the accuracy order is the reverse
+    of the perplexity order, clearly (gaps of 5 in perplexity and 0.1 in accuracy: 10 and 20 sibling spreads)."""
     methods = ("full_rank", "galore", "relora")
     recs, runs = [], []
     for size, same in agree.items():
         for k, m in enumerate(methods):
             for s in SEEDS:
-                run = f"{size}_{m}_s{s}"
-                acc = 0.7 - 0.1 * k if same else 0.5 + 0.1 * k
-                for task in ("a", "b", "c", "d"):
-                    recs.append(_rec(run, m, size, s, s, "acc", acc + rng.normal(0, 0.005), scope="task", name=task))
-                runs.append({"run": run, "method": m, "seed": s, "scale": size, "val_ppl": 20.0 + 5 * k})
+                for data in (s, s + 100) if m == "full_rank" else (s,):
+                    run = f"{size}_{m}_s{s}" + (f"_d{data}" if data != s else "")
+                    acc = (0.7 - 0.1 * k if same else 0.5 + 0.1 * k) + rng.normal(0, 0.005)
+                    for task in ("a", "b", "c", "d"):
+                        recs.append(_rec(run, m, size, s, data, "acc", acc + rng.normal(0, 0.002), scope="task",
+                                         name=task))
+                    runs.append({"run": run, "method": m, "seed": s, "init_seed": s, "data_seed": data,
+                                 "scale": size, "val_ppl": 20.0 + 5 * k + rng.normal(0, 0.5)})
     return pd.DataFrame(recs, columns=TABLE_COLUMNS), pd.DataFrame(runs)
 
 
@@ -153,12 +157,22 @@ def test_f6_is_the_papers_claim_orders_disagree_at_some_size() -> None:
     f6 = _by_id(res, "F6")
     assert [res.per_size[s][5].verdict for s in SIZES] == [FAILS, HOLDS, FAILS]
     assert f6.verdict == HOLDS and "130m" in f6.reason and f6.holds == ["130m"]
+    assert "beyond the sibling spreads" in f6.reason
     assert not any(n.startswith("One scale only") for n in f6.notes)
     for s in SIZES:  # the τ interval per size is there
         tau = f6.per_size[s].evidence[0]
         assert tau.label.startswith("Kendall τ") and math.isfinite(tau.lo) and math.isfinite(tau.hi)
     down, runs = downstream_and_runs(dict.fromkeys(SIZES, True), np.random.default_rng(7))
     assert _by_id(evaluate_across_sizes(None, down, None, runs), "F6").verdict == FAILS
+    # without the siblings: no null at any size, never a verdict
+    mains = runs[runs["data_seed"] == runs["init_seed"]]
+    none = _by_id(evaluate_across_sizes(None, down[down["run"].isin(set(mains["run"]))], None, mains), "F6")
+    assert none.verdict == "no null: run siblings (at every size)"
+    # two seeds per size: the disagreement exceeds the noise floor (exploratory), it does not hold
+    down, runs = downstream_and_runs({"60m": True, "130m": False, "350m": True}, np.random.default_rng(8))
+    two = runs[runs["init_seed"] < 2]
+    few = _by_id(evaluate_across_sizes(None, down[down["run"].isin(set(two["run"]))], None, two), "F6")
+    assert few.verdict == "exceeds the noise floor at 1 of 3 sizes (exploratory)" and "130m" in few.reason
 
 
 def test_one_size_gives_no_cross_size_view() -> None:

@@ -18,9 +18,7 @@ import pandas as pd
 from rankscope.report.findings_downstream import check_f6, check_f7
 from rankscope.report.findings_geometry import check_f3, check_f4, check_f5, versus_full
 from rankscope.report.load import normalise_table, prefer_rows
-from rankscope.report.seedstats import min_sign_flip_p
-from rankscope.report.stats import HOLDS, Estimate, Finding, pooled
-from rankscope.report.verdict_rules import MIN_SEEDS, exploratory
+from rankscope.report.stats import Estimate, Finding, pooled
 
 
 def final_rows(diag: pd.DataFrame, metric: str, scope: str = "model") -> pd.DataFrame:
@@ -41,8 +39,12 @@ def per_method(rows: pd.DataFrame) -> dict[str, Estimate]:
     return out
 
 
+RUN_COLUMNS = ["run", "method", "seed", "init_seed", "data_seed", "val_ppl"]
+
+
 def _runs_frame(runs: Any) -> pd.DataFrame:
-    """Normalise ``runs`` (RunInfo list, dicts, or a DataFrame) to columns run, method, seed, val_ppl."""
+    """Normalise ``runs`` (RunInfo list, dicts, or a DataFrame) to columns run, method, seed, init_seed, data_seed
+    (from meta.json; both = seed for older runs), val_ppl."""
     if isinstance(runs, pd.DataFrame):
         return runs
     records = []
@@ -50,8 +52,11 @@ def _runs_frame(runs: Any) -> pd.DataFrame:
         if isinstance(r, Mapping):
             records.append(dict(r))
         else:
-            records.append({"run": r.name, "method": r.method, "seed": r.seed, "val_ppl": r.final_val_ppl})
-    return pd.DataFrame(records, columns=["run", "method", "seed", "val_ppl"])
+            init = r.meta.get("init_seed", r.seed)
+            records.append({"run": r.name, "method": r.method, "seed": r.seed, "init_seed": init,
+                            "data_seed": r.meta.get("data_seed", init), "val_ppl": r.final_val_ppl})
+    extra = [c for rec in records for c in rec if c not in RUN_COLUMNS]
+    return pd.DataFrame(records, columns=RUN_COLUMNS + list(dict.fromkeys(extra)))
 
 
 def evaluate_findings(
@@ -60,10 +65,13 @@ def evaluate_findings(
     prediction: Mapping[str, Any] | None,
     runs: Any,
     null_diagnostics_df: pd.DataFrame | None = None,
+    null_downstream_df: pd.DataFrame | None = None,
+    null_runs: Any = None,
 ) -> list[Finding]:
     """Check F1–F7 of diagnostics.md §9 on one study's tables; never raises for missing data.
 
-    ``null_diagnostics_df``: where the nulls come from when ``diagnostics_df`` has no siblings (parity models)."""
+    ``null_diagnostics_df``, ``null_downstream_df``, ``null_runs``: where the nulls come from when the compared runs
+    have no siblings (parity models: the equal-step study's tables and runs)."""
     diag, down = normalise_table(diagnostics_df), normalise_table(downstream_df)
     null = normalise_table(null_diagnostics_df) if null_diagnostics_df is not None else None
     f1 = Finding(
@@ -81,25 +89,14 @@ def evaluate_findings(
     )
     versus_full(f2, diag, "pca_top1_sharpness", False, ("full-rank flatter", "full-rank sharper"), null)
     runs_frame = _runs_frame(runs)
+    null_down = normalise_table(null_downstream_df) if null_downstream_df is not None else None
+    null_runs_frame = _runs_frame(null_runs) if null_runs is not None else None
     return [
         f1,
         f2,
         check_f3(diag, null),
         check_f4(diag, null),
         check_f5(diag, null),
-        seed_gate(check_f6(down, runs_frame), runs_frame[runs_frame["run"].isin(set(down["run"]))]
-                  if len(runs_frame) else runs_frame),
+        check_f6(down, runs_frame, null_down=null_down, null_runs=null_runs_frame),
         check_f7(prediction or {}),
     ]
-
-
-def seed_gate(f: Finding, runs: pd.DataFrame) -> Finding:
-    """A finding resampled over seeds never "holds" on fewer than MIN_SEEDS seeds per method: exploratory instead."""
-    if f.verdict != HOLDS or runs.empty:
-        return f
-    n = int(runs.groupby("method")["run"].nunique().min())
-    if n < MIN_SEEDS:
-        f.notes.append(f"verdict before the seed check: {f.verdict}")
-        f.verdict = exploratory(n, min_sign_flip_p(n))
-        f.reason = f"only {n} seed(s) per method: a seed resampling this small cannot establish the finding"
-    return f

@@ -1,7 +1,7 @@
-"""F6 and F7: the findings about perplexity versus downstream accuracy (diagnostics.md §9).
+"""F7 (and F6, re-exported): the findings about perplexity versus downstream accuracy (diagnostics.md §9).
 
-Kept apart from the geometric checks because their uncertainty is different: F6 bootstraps the
-Kendall τ between two method rankings (resampling tasks and seeds), F7 reads the paired bootstrap
+Kept apart from the geometric checks because their uncertainty is different: F6 (``finding_f6``) compares the
+perplexity and accuracy differences of method pairs with the sibling spreads; F7 reads the paired bootstrap
 interval the predictor already computed and never recomputes the regression here.
 """
 
@@ -11,102 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from rankscope.report.stats import (
-    FAILS,
-    HOLDS,
-    INCONCLUSIVE,
-    Estimate,
-    Evidence,
-    Finding,
-    evidence_from,
-    kendall_tau,
-    percentile_interval,
-    verdict_above,
-)
-
-N_BOOT = 1000
-
-
-def _task_matrix(down: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Accuracy per (run, averaged task) of the main task set: the one average of downstream/average.py."""
-    from rankscope.downstream.average import METRIC, final_task_accuracy, primary_task_set
-
-    return final_task_accuracy(primary_task_set(down)), METRIC
-
-
-def check_f6(down: pd.DataFrame, runs: pd.DataFrame, seed: int = 0) -> Finding:
-    """Kendall τ between the method order by perplexity and by average accuracy; finding holds if τ < 1."""
-    f = Finding(
-        "F6",
-        "Validation perplexity does not translate into downstream accuracy at every scale.",
-        "Kendall τ between methods ranked by final validation perplexity (lower is better) and by "
-        "average downstream accuracy is below 1; 95% bootstrap CI resampling tasks and seeds.",
-    )
-    acc, metric = _task_matrix(down)
-    if acc.empty:
-        f.reason = "missing: no per-task downstream accuracy rows"
-        return f
-    runs = runs[runs["val_ppl"].notna() & runs["run"].isin(acc.index)] if len(runs) else runs
-    if runs.empty:
-        f.reason = "missing: no run has both a final validation perplexity and downstream accuracy"
-        return f
-    acc = acc.loc[runs["run"]].dropna(axis=1)  # tasks every run was scored on
-    methods = sorted(runs["method"].unique())
-    if len(methods) < 3 or acc.shape[1] == 0:
-        f.reason = f"inconclusive: needs ≥ 3 methods with perplexity and accuracy (have {len(methods)})"
-        return f
-    run_idx = {m: np.flatnonzero(runs["method"].to_numpy() == m) for m in methods}
-    ppl = runs["val_ppl"].to_numpy(float)
-    table = acc.to_numpy(float)
-
-    def tau(task_ids: np.ndarray, picks: dict[str, np.ndarray]) -> float:
-        mean_ppl = [ppl[picks[m]].mean() for m in methods]
-        mean_acc = [table[np.ix_(picks[m], task_ids)].mean() for m in methods]
-        return kendall_tau(-np.asarray(mean_ppl), np.asarray(mean_acc))  # both "higher is better"
-
-    all_tasks = np.arange(table.shape[1])
-    point = tau(all_tasks, run_idx)
-    rng = np.random.default_rng(seed)
-    boots = [
-        tau(
-            rng.choice(all_tasks, len(all_tasks)),
-            {m: rng.choice(idx, len(idx)) for m, idx in run_idx.items()},
-        )
-        for _ in range(N_BOOT)
-    ]
-    lo, hi = percentile_interval(boots)
-    if hi < 1:
-        f.verdict, f.reason = HOLDS, "the τ interval lies below 1: the two rankings differ"
-    elif lo >= 1:
-        f.verdict, f.reason = FAILS, "τ = 1 in every resample: perplexity order equals accuracy order"
-    else:
-        f.verdict, f.reason = INCONCLUSIVE, f"τ interval [{lo:.3g}, {hi:.3g}] reaches 1"
-    f.evidence.append(
-        Evidence(
-            "Kendall τ (perplexity order vs accuracy order)",
-            point,
-            lo,
-            hi,
-            f.verdict,
-            f"{N_BOOT} bootstrap resamples over {table.shape[1]} tasks and seeds",
-        )
-    )
-    for m in methods:
-        f.evidence.append(
-            Evidence(
-                f"{m}: mean {metric} over {table.shape[1]} tasks",
-                float(table[run_idx[m]].mean()),
-                detail=f"final val ppl {ppl[run_idx[m]].mean():.4g}",
-            )
-        )
-    f.notes.append(
-        "One scale only: the paper's claim is across scales; here it reduces to 'the orders differ'."
-    )
-    return f
-
+from rankscope.report.finding_f6 import check_f6
+from rankscope.report.stats import HOLDS, Estimate, Evidence, Finding, evidence_from, verdict_above
 
 Score = tuple[float, float, float]  # value, 95% CI low, 95% CI high (NaN when absent)
 PARTS = (("baseline", ("baseline",)), ("extended", ("extended",)), ("difference", ("difference", "diff")))
@@ -242,3 +148,6 @@ def models_note(prediction: Mapping[str, Any], n: Any) -> str:
         return (f"n = {n} final models{sizes}{feat_txt}: {per:.2g} models per feature"
                 + ("; exploratory (about 5 per feature are needed for a stable fit)" if per < 5 else ""))
     return f"n = {n} final models{sizes}: exploratory at this size"
+
+
+__all__ = ["check_f6", "check_f7", "check_targets", "models_note", "prediction_schemes"]

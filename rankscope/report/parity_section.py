@@ -254,9 +254,10 @@ def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, 
                  "against full-rank) pair the parity models themselves, each at its own step.</p>")
     parts.append(diagnostics_side_by_side(equal_diag, diag, headline))
     parts.append("<h3>Downstream at parity</h3>" + render_downstream(down))
-    findings = evaluate_findings(diag, down, pred, models, null_diagnostics_df=equal_diag)
-    apply_baseline_verdicts(findings, models, baselines)
     equal_down = _read_table(Path(root) / "results" / "downstream.parquet", [], "downstream")
+    findings = evaluate_findings(diag, down, pred, models, null_diagnostics_df=equal_diag,
+                                 null_downstream_df=equal_down, null_runs=main_runs)
+    apply_baseline_verdicts(findings, models, baselines)
     p1 = differ_at_parity(down, pd.concat([equal_diag, diag], ignore_index=True), null_down=equal_down)
     apply_baseline_verdicts([p1], models, baselines)
     rows = "".join(f"<tr><td>{esc(f.id)}</td><td>{esc(f.statement)}</td><td>{verdict_badge(f.verdict)}</td></tr>"

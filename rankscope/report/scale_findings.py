@@ -11,9 +11,12 @@ siblings: pairs and nulls never cross sizes), and then summarised across sizes:
   preset), with a 95 % interval from a parametric resampling of each size's effect from its own seed-level t
   interval (n − 1 df). The interval carries the seed noise of each size, not the curvature of a non-linear trend;
   with two sizes the slope is their difference. "strengthens with size" when the whole interval lies on the
-  finding's side (F6: τ falls), "weakens with size" when it lies on the other side, else "no trend detected".
+  finding's side (F6: the accuracy difference of a discordant pair falls), "weakens with size" when it lies on the
+  other side, else "no trend detected".
 * **F6 is the paper's claim**: the perplexity order and the downstream order disagree *at some size*; it holds when
-  at least one size's τ interval lies below 1, with the interval per size shown.
+  at least one size has a method pair whose orders disagree beyond the sibling spreads of perplexity and accuracy
+  (``finding_f6``), with each size's pairs and its descriptive τ interval shown; the trend is that of the pair's
+  accuracy difference (more negative: a stronger disagreement).
 * **F7 pools the sizes**: the pooled predictor (``prediction.json`` of a multi-size study, with leave-one-size-out
   CV) decides; per-size predictors, when present, are shown beside it.
 
@@ -36,14 +39,14 @@ from rankscope.report.findings import _runs_frame, evaluate_findings
 from rankscope.report.findings_downstream import check_f7
 from rankscope.report.load import normalise_table
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
-from rankscope.report.verdict_rules import NO_NULL, is_exploratory
+from rankscope.report.verdict_rules import NO_NULL, WITHIN, is_exploratory
 
 SIZE_COLUMN = "scale"
 HOLDS_EVERY, HOLDS_NONE = "holds at every size", "holds at no size"
 STRONGER, WEAKER, NO_TREND = "strengthens with size", "weakens with size", "no trend detected"
 N_DRAWS = 4000
 ONE_SIZE_NOTE = "One scale only"  # check_f6's single-size note, dropped in the cross-size view
-DIRECTION = {"F6": -1.0}  # sign of "more of the finding": F6 is stronger as τ falls
+DIRECTION = {"F6": -1.0}  # sign of "more of the finding": F6 is stronger as the pair's Δacc (lower-ppl − other) falls
 
 
 def holds_at(k: int, n: int) -> str:
@@ -189,24 +192,29 @@ def summarise(fid: str, sizes: list[str], findings: Mapping[str, Finding]) -> Sc
     fails = [s for s in sizes if findings[s].verdict == FAILS]
     others = [f"{s}: {findings[s].verdict}" for s in sizes if s not in holds]
     n = len(sizes)
+    words = {findings[s].verdict for s in sizes}
     if fid == "F6":  # the paper's claim is existential: the orders disagree at *some* size
         if holds:
             verdict = HOLDS
-            reason = f"the orders disagree at {', '.join(holds)} (τ interval below 1)"
+            reason = f"the orders disagree beyond the sibling spreads at {', '.join(holds)}"
         elif len(fails) == n:
             verdict, reason = FAILS, "the perplexity order equals the accuracy order at every size"
+        elif explo:
+            verdict = f"exceeds the noise floor at {len(explo)} of {n} sizes (exploratory)"
+            reason = "; ".join(others) + f"; exploratory at {', '.join(explo)} (too few seeds)"
+        elif words == {NO_NULL}:
+            verdict, reason = NO_NULL + " (at every size)", "; ".join(others)
+        elif words == {WITHIN}:
+            verdict, reason = WITHIN + " at every size", "; ".join(others)
         else:
             verdict = INCONCLUSIVE
-            reason = "no size has a τ interval below 1: " + "; ".join(others)
-        if explo and not holds:
-            reason += f"; exploratory at {', '.join(explo)} (too few seeds)"
+            reason = "no size has a disagreement beyond the sibling spreads: " + "; ".join(others)
     else:
         verdict = holds_at(len(holds), n)
         parts = [f"holds at {', '.join(holds)}"] if holds else []
         if others:
             parts.append("; ".join(others))
         reason = "; ".join(parts)
-        words = {findings[s].verdict for s in sizes}
         if not holds and explo:
             verdict = f"exceeds the noise floor at {len(explo)} of {n} sizes (exploratory)"
         elif not holds and words == {NO_NULL}:
