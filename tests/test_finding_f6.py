@@ -12,8 +12,8 @@ import pytest
 
 from rankscope.report.finding_f6 import AGREE, DISAGREE, check_f6
 from rankscope.report.findings import evaluate_findings
-from rankscope.report.findings_geometry import NULL_FROM_EQUAL_STEPS
 from rankscope.report.load import TABLE_COLUMNS, RunInfo, normalise_table
+from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE
 from rankscope.report.verdict_rules import NO_NULL, WITHIN, is_exploratory
 

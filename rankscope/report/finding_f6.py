@@ -18,8 +18,8 @@ lower accuracy. Words (spec evidence.md §5):
 
 The finding is existential over pairs (one real disagreement is enough); it fails only when every pair's orders
 agree beyond the noise. Kendall τ between the two method orders, bootstrapped over tasks and runs, stays as a
-descriptive row. ``null_runs`` / ``null_down``: where the spreads come from when the compared runs have no siblings
-(the parity models take the equal-step siblings', and say so).
+descriptive row. ``null_runs`` / ``null_down``: where each spread comes from when the compared runs have none
+(:func:`rankscope.report.nulls.null_or_fallback`: the parity models take the equal-step siblings', and say so).
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from rankscope.report.findings_geometry import NULL_FROM_EQUAL_STEPS
-from rankscope.report.nulls import sibling_spread
+from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS, null_or_fallback, sibling_spread
 from rankscope.report.seedstats import ALPHA, holm, min_sign_flip_p, t_interval, t_pvalue
 from rankscope.report.stats import (
     FAILS,
@@ -100,10 +99,14 @@ def _as_values(frame: pd.DataFrame, col: str) -> pd.DataFrame:
     return frame.assign(value=frame[col])
 
 
+def spread_of(frame: pd.DataFrame, q: str) -> tuple[float, int]:
+    """Sibling spread (pooled SD, df) of column ``q`` over the runs that have it."""
+    return sibling_spread(_as_values(frame[frame[q].notna()], q)) if len(frame) else (math.nan, 0)
+
+
 def spreads(frame: pd.DataFrame) -> dict[str, tuple[float, int]]:
-    """Sibling spread (pooled SD, df) of perplexity and of average accuracy (each over the runs that have it)."""
-    return {q: sibling_spread(_as_values(frame[frame[q].notna()], q)) if len(frame) else (math.nan, 0)
-            for q in ("ppl", "acc")}
+    """Sibling spread of perplexity and of average accuracy."""
+    return {q: spread_of(frame, q) for q in ("ppl", "acc")}
 
 
 def check_f6(down: pd.DataFrame, runs: pd.DataFrame, seed: int = 0, null_down: pd.DataFrame | None = None,
@@ -121,12 +124,13 @@ def check_f6(down: pd.DataFrame, runs: pd.DataFrame, seed: int = 0, null_down: p
         f.reason = f"inconclusive: needs ≥ 2 methods with perplexity and accuracy (have {len(methods)})"
         return f
     null = spreads(frame)
-    if not all(math.isfinite(null[q][0]) for q in null) and null_down is not None and null_runs is not None:
-        other, _ = run_values(null_down, null_runs)
-        theirs = spreads(other)
-        if all(math.isfinite(theirs[q][0]) for q in theirs):
-            null = theirs
-            f.notes.append(NULL_FROM_EQUAL_STEPS)
+    other = run_values(null_down, null_runs)[0] if null_down is not None and null_runs is not None else None
+    fell = False
+    for q in ("ppl", "acc"):  # each spread from the equal-step siblings where the compared runs have none
+        null[q], used = null_or_fallback(null[q], other, lambda t, q=q: spread_of(t, q))
+        fell |= used
+    if fell:
+        f.notes.append(NULL_FROM_EQUAL_STEPS)
     rows = pair_rows(both, methods, null)
     _decide(f, rows, null)
     _tau_rows(f, both, table, methods, seed, n_boot)
