@@ -3,7 +3,7 @@
 These are findings of arXiv 2605.13652 at 60M–350M scale, not laws: the report checks each one at
 the scale of *this* study against a within-method null (siblings: runs of one method from one start with another
 data order; spec evidence.md), with seed-level intervals, and says so whenever the study has too few seeds or no
-siblings for a verdict. The geometric checks F1–F5 live in ``findings_geometry``, F6/F7 in
+siblings for a verdict. The geometric checks F1–F5 live in ``findings_geometry``, F6 in ``finding_f6``, F7 in
 ``findings_downstream``. Everything here is pure: tables in, ``Finding`` objects out, so each verdict is
 unit-testable on hand-made tables whose answer is known.
 """
