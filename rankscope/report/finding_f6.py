@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS, null_or_fallback, sibling_spread
-from rankscope.report.seedstats import ALPHA, holm, min_sign_flip_p, t_interval, t_pvalue
+from rankscope.report.seedstats import ALPHA, holm, t_interval, t_pvalue
 from rankscope.report.stats import (
     FAILS,
     HOLDS,
@@ -209,7 +209,7 @@ def _word(r: dict, n_tests: int) -> tuple[str, int]:
             return (DISAGREE, 1) if r["discordant"] else (AGREE, -1)
         return INCONCLUSIVE, 0
     if r["discordant"]:
-        return exploratory(r["n"], min_sign_flip_p(r["n"], "greater", n_tests)), 0
+        return exploratory(r["n"], n_tests), 0
     return f"{AGREE} (exploratory: n = {r['n']})", 0
 
 

@@ -47,8 +47,14 @@ NOT_MINIMUM = "not at a minimum along these directions"
 INCONCLUSIVE = "inconclusive"
 
 
-def exploratory(n: int, p_min: float) -> str:
-    return f"exceeds the noise floor (exploratory: n = {n}, minimum attainable p = {p_min:.2g})"
+def exploratory(n: int, n_tests: int = 1, alternative: str = "greater") -> str:
+    """The strongest word below the seed count a test needs; states the smallest p the seeds allow (per test,
+    and after Holm over ``n_tests`` when there are several, which with few seeds is often 1)."""
+    one = min_sign_flip_p(n, alternative)
+    text = f"minimum attainable p = {one:.2g}"
+    if n_tests > 1:
+        text += f" per test, {min_sign_flip_p(n, alternative, n_tests):.2g} after Holm over {n_tests}"
+    return f"exceeds the noise floor (exploratory: n = {n}, {text})"
 
 
 def is_exploratory(word: str) -> bool:
@@ -123,7 +129,7 @@ def basin_verdicts(
         elif inside:
             row.word = WITHIN
         elif row.null_units >= BASIN_RATIO:
-            row.word = exploratory(row.n, p_min)
+            row.word = exploratory(row.n, n_tests)
         else:
             row.word = INCONCLUSIVE
     return rows
@@ -197,7 +203,7 @@ def _decide(rows: list[RowVerdict], spread: float, words: tuple[str, str]) -> No
             else:
                 row.word = WITHIN if not beyond else INCONCLUSIVE
         elif beyond:
-            row.word = exploratory(row.n, min_sign_flip_p(row.n, "greater", n_tests))
+            row.word = exploratory(row.n, n_tests)
         else:
             row.word = WITHIN
 
