@@ -90,7 +90,7 @@ def test_trajectory_pca_says_when_it_has_too_few_checkpoints(tmp_path, steps, ev
 def test_study_marks_analyze_failed_and_keeps_the_table(tmp_path):
     from rankscope.config import RunConfig
     from rankscope.study import stages
-    from rankscope.study.config import load_study_config
+    from rankscope.study.config_file import load_study_config
     from rankscope.study.execute import run_stage
     from rankscope.study.jobs import Job, StatusBook
 

@@ -107,7 +107,7 @@ def test_cost_flags_need_dry_run(tmp_path):
 
 def test_dry_run_lists_and_costs_the_planned_parity_branches(tmp_path, capsys):
     """A cooldown branch trains only its decay: its tokens are cooldown × tokens per update, not the budget."""
-    from rankscope.study.config import load_study_config
+    from rankscope.study.config_file import load_study_config
     from rankscope.study.parity_stage import cooldown_for
 
     cfg = load_study_config("demo")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from helpers_fs import assert_clean_failure, assert_unchanged, run_cli, snapshot
 
-from rankscope.study.config import load_study_config
+from rankscope.study.config_file import load_study_config
 from rankscope.study.guide_arms import needs_reference
 
 GUIDES = """base: smoke

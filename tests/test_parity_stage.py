@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rankscope.errors import UserError
-from rankscope.study.config import study_from_dict
+from rankscope.study.config_file import study_from_dict
 from rankscope.study.parity_stage import candidates, cooldown_for
 
 

@@ -13,7 +13,7 @@ from helpers_fs import assert_clean_failure, run_cli
 from helpers_report import make_synthetic_study
 
 from rankscope.errors import UserError
-from rankscope.study.config import load_study_config, study_from_dict
+from rankscope.study.config_file import load_study_config, study_from_dict
 from rankscope.study.multiscale import MultiSizeStudy, multi_size_from_dict, run_multi_size
 
 

@@ -6,7 +6,8 @@
 Re-running the same command skips finished work and resumes interrupted runs (docs/study.md).
 """
 
-from rankscope.study.config import PRESETS, StudyConfig, load_study_config
+from rankscope.study.config import PRESETS, StudyConfig
+from rankscope.study.config_file import load_study_config
 
 
 def run_study(*args, **kwargs):

@@ -21,7 +21,7 @@ def cmd_study(preset: str | None = None, config: str | Path | None = None, out: 
     ``--dry-run`` also prints each training job's cost (rankscope/study/cost.py) on ``gpu`` (default h100),
     with the MFU measured by ``make gpu-check`` when ``gpu_check_json`` is given.
     """
-    from rankscope.study.config import load_study_config
+    from rankscope.study.config_file import load_study_config
     from rankscope.study.runner import Stopped, run_study
     from rankscope.training.stop import parse_signals
 

@@ -64,7 +64,7 @@ def _models(value: Any, source: str) -> list[str]:
 def multi_size_from_dict(d: dict[str, Any], source: str = "study config") -> MultiSizeStudy:
     """Validate ``models`` and ``sizes`` and build every size's StudyConfig (all checked before anything runs)."""
     from rankscope.report.scale_findings import order_sizes
-    from rankscope.study.config import _merge, study_from_dict
+    from rankscope.study.config_file import _merge, study_from_dict
 
     d = dict(d)
     models = _models(d.pop("models"), source)
