@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from rankscope.data.ngram_baselines import study_baselines
-from rankscope.study.config import load_study_config
+from rankscope.study.config_file import load_study_config
 from rankscope.study.launch import thread_env
 from rankscope.training.logging import read_metrics
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lr_sweep import run_all
 
-from rankscope.study.config import load_study_config, study_from_dict
+from rankscope.study.config_file import load_study_config, study_from_dict
 from rankscope.training.logging import read_metrics
 
 VARIANT = re.compile(r"^mb(\d+)x(\d+)(?:@([0-9.]+))?$")
