@@ -168,6 +168,57 @@ def test_multi_bootstrap_resamples_seeds_and_items():
     assert seeds.gain("loo")[1] > 0 and noisy.gain("loo")[1] < 0  # items this noisy swamp the signal
 
 
+def test_item_rows_redraw_the_same_items_for_every_model(monkeypatch):
+    """With per-item rows every resample re-scores every model on one draw of items: two models that gave the
+    same answers keep equal targets in every draw (independent item noise would split them), and a model right
+    on every item stays at 1."""
+    seen = []
+    monkeypatch.setattr(cv, "evaluate_scheme", lambda xb, xe, y, g: seen.append(y.copy()) or
+                        {"baseline": {"r2": 0.0}, "extended": {"r2": 0.0}, "diff": {"r2": 0.0}})
+    rng = np.random.default_rng(0)
+    clusters = np.repeat(np.arange(4), 3)  # per seed: two models with the same answers, one always right
+    mats = []
+    for n in (40, 60):
+        m = np.ones((12, n))
+        m[0::3] = m[1::3] = rng.integers(0, 2, (4, n))
+        mats.append(m)
+    y = np.mean([m.mean(axis=1) for m in mats], axis=0)
+    x = np.zeros((12, 1))
+    cv.bootstrap_scheme(x, x, y, np.arange(12), iters=30, seed=0, clusters=clusters, item_acc=mats)
+    assert len(seen) == 30
+    assert all(np.array_equal(d[0::3], d[1::3]) and np.all(d[2::3] == 1.0) for d in seen)
+    assert len({round(float(d[0]), 9) for d in seen}) > 5  # the items are redrawn, so the targets move
+    seen.clear()
+    cv.bootstrap_scheme(x, x, y, np.arange(12), iters=30, seed=0, clusters=clusters, y_se=np.full(12, 0.05))
+    assert not any(np.array_equal(d[0::3], d[1::3]) for d in seen)  # the fallback: independent noise per model
+
+
+def test_predict_from_tables_resamples_items_from_rows():
+    from rankscope.downstream.tasks import SOURCE_NOTE
+
+    rng = np.random.default_rng(1)
+    wide = synthetic(0.05, n_per_method=2).assign(init_seed=lambda f: np.tile([0, 1], len(METHODS)))
+    answers = [(rng.random((len(wide), n)) < wide["y"].to_numpy()[:, None]).astype(int) for n in (30, 50)]
+    wide["y"] = np.mean([a.mean(axis=1) for a in answers], axis=0)  # the table's average is the rows' average
+    diag = pd.DataFrame([{"run": r, "method": m, "step": 5, "metric": k, "value": v, "scope": "model", "name": ""}
+                         for r, m, lp, m1 in zip(wide["run"], wide["method"], np.log(wide["ppl"]), wide["m1"],
+                                                 strict=True) for k, v in (("val_loss", lp), ("m1", m1))])
+    down = pd.DataFrame({"run": wide["run"], "method": wide["method"], "step": 5, "metric": "avg_acc",
+                         "value": wide["y"], "scope": "model", "name": "average", "note": SOURCE_NOTE})
+    items = pd.concat([pd.DataFrame({"run": r, "method": "x", "step": 5, "task_set": SOURCE_NOTE, "task": f"t{t}",
+                                     "metric": "acc", "item": np.arange(a.shape[1]), "correct": a[i],
+                                     "margin": np.nan})
+                       for t, a in enumerate(answers) for i, r in enumerate(wide["run"])], ignore_index=True)
+    meta = wide[["run", "method", "init_seed"]]
+    res = predict_from_tables(diag, down, meta, ["m1"], bootstrap_iters=20, schemes=("loo",), items=items)
+    assert "per-item rows (80 items over 2 task(s)" in res.bootstrap
+    old = predict_from_tables(diag, down, meta, ["m1"], bootstrap_iters=20, schemes=("loo",))
+    assert "per-item rows" not in old.bootstrap  # results without the file: as before
+    stale = down.assign(value=down["value"] + 0.01)  # the rows are no longer the items behind the averages
+    assert "per-item" not in predict_from_tables(diag, stale, meta, ["m1"], bootstrap_iters=5, schemes=("loo",),
+                                                  items=items).bootstrap
+
+
 def test_cluster_bootstrap_draws_whole_seeds(monkeypatch):
     seen = []
     monkeypatch.setattr(cv, "evaluate_scheme", lambda xb, xe, y, g: seen.append(y.copy()) or

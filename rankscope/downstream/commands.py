@@ -159,6 +159,7 @@ def cmd_predict(table_dir: str | Path, out: str | Path | None = None, features: 
     metric columns). Writes prediction.json, prediction_features.csv and prediction.png into ``out``
     (``prediction_<target>.*`` for another target: shift_nll[:<text>], ft_acc, forgetting).
     """
+    from rankscope.downstream.item_rows import read_items
     from rankscope.downstream.predict import predict, predict_from_tables
 
     d = Path(table_dir)
@@ -175,7 +176,8 @@ def cmd_predict(table_dir: str | Path, out: str | Path | None = None, features: 
         extra = [_read(d, stem) for stem in ("heldout", "finetune") if _has(d, stem)]
         if extra:  # rankscope ppl / the fine-tuning probe may have written their own tables beside it
             down = pd.concat([down, *extra], ignore_index=True)
-        result = predict_from_tables(diag, down, pd.read_csv(runs), feats, **kwargs)
+        items = read_items(d / "downstream.parquet")  # per-item rows beside the table: the bootstrap draws items
+        result = predict_from_tables(diag, down, pd.read_csv(runs), feats, items=items, **kwargs)
     paths = result.write(out_dir)
     for line in result.messages + result.warnings:
         print(f"note: {line}")

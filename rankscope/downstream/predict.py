@@ -6,7 +6,8 @@ either given directly (:func:`predict`) or assembled from the long-format diagno
 
 Outputs: CV R², MAE and Spearman for the log-PPL baseline and the ridge extension under leave-one-out,
 leave-one-method-out and, when the table pools several model sizes (a ``scale`` column), leave-one-size-out CV,
-bootstrap CIs (a multi-bootstrap over init seeds and items when the table has them, else over models) with a
+bootstrap CIs (a multi-bootstrap over init seeds and items when the table has them, else over models; items are
+drawn from the per-item rows when those exist) with a
 paired CI of the difference, the chosen features and their standardised weights, how many models it has per
 size and per feature, plain warnings, and ``prediction.json`` / ``prediction_features.csv`` /
 ``prediction.png``.
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rankscope.downstream import predict_cv as cv
+from rankscope.downstream.item_rows import acc_matrices, item_average
 from rankscope.errors import UserError
 
 HEADLINE = ("rand_sharpness", "rand_variance", "pca_top1_sharpness", "pca_topk_sharpness", "pca_topk_variance",
@@ -159,8 +161,12 @@ def _clean(obj: Any) -> Any:
 
 
 def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, bootstrap_iters: int = 1000,
-            seed: int = 0, schemes: Sequence[str] = SCHEMES, target: str = "avg_acc") -> PredictionResult:
+            seed: int = 0, schemes: Sequence[str] = SCHEMES, target: str = "avg_acc",
+            item_acc: Sequence[np.ndarray] | None = None) -> PredictionResult:
     """Fit and cross-validate both predictors on a per-model table (columns: method, ppl, y, metrics...).
+
+    ``item_acc``: per task, ``[rows, n_t]`` per-item correctness aligned with the table's rows (its task average
+    must be ``y``); the bootstrap then resamples the items themselves, the same for every model.
 
     With a ``scale`` column holding several model sizes the models of every size are pooled (as the paper's
     predictor does) and ``loso`` holds out one size at a time: does a fit on the other sizes carry over? With one
@@ -190,6 +196,10 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
     clusters = table[seed_col].to_numpy() if seed_col else None  # multi-bootstrap: seeds ...
     y_se = (table["y_se"].fillna(0.0).to_numpy(float) if "y_se" in table.columns  # ... and items
             and table["y_se"].fillna(0.0).gt(0).any() else None)
+    if item_acc is not None:
+        item_acc = [np.asarray(m, dtype=float) for m in item_acc]
+        if any(m.shape[0] != n for m in item_acc) or not np.allclose(np.mean([m.mean(1) for m in item_acc], 0), y):
+            raise ValueError("item_acc must have one row per table row and average to y")
     results: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(schemes):
         if name not in groups:
@@ -200,12 +210,19 @@ def predict(table: pd.DataFrame, features: Sequence[str] | None = None, *, boots
             continue
         res = cv.evaluate_scheme(log_ppl, x_ext, y, groups[name])
         res["ci"] = cv.bootstrap_scheme(log_ppl, x_ext, y, groups[name], iters=bootstrap_iters, seed=seed + k,
-                                        clusters=clusters, y_se=y_se, min_groups=MIN_GROUPS[name])
+                                        clusters=clusters, y_se=y_se, min_groups=MIN_GROUPS[name],
+                                        item_acc=item_acc)
         results[name] = res
     weights, alpha = cv.standardised_weights(x_ext, y)
     unit = (f"init seeds ({len(np.unique(clusters))}, every model of a drawn seed together)"
             if clusters is not None and len(np.unique(clusters)) >= 2 else "models (cases)")
-    boot = f"resamples {unit}" + (", each target moved by its item-level error" if y_se is not None else "")
+    if item_acc is not None:
+        items = sum(m.shape[1] for m in item_acc)
+        boot = (f"resamples {unit} and, jointly, the test items from per-item rows ({items} items over "
+                f"{len(item_acc)} task(s), the same items re-scoring every model)")
+    else:
+        boot = f"resamples {unit}" + (", each target moved by its item-level error (no per-item rows)"
+                                      if y_se is not None else "")
     names = ["log_ppl", *feats]
     return PredictionResult(n=n, features=feats, schemes=results, weights=dict(zip(names, weights.tolist())),
                             alpha=alpha, warnings=warnings, messages=messages, bootstrap_iters=bootstrap_iters,
@@ -259,13 +276,15 @@ def final_values(frame: pd.DataFrame, metrics: Sequence[str] | None = None) -> p
 
 def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFrame, runs_meta: pd.DataFrame | Sequence[dict],
                         features: Sequence[str] | None = None, target: str = "avg_acc",
-                        **kwargs: Any) -> PredictionResult:
+                        items: pd.DataFrame | None = None, **kwargs: Any) -> PredictionResult:
     """Assemble the per-run table (final step per run) from long-format tables and run :func:`predict`.
 
     ``runs_meta`` has one row per run with ``run`` and ``method`` (``seed``, ``scale`` and ``ppl`` optional;
     without ``ppl`` it is read from a ``ppl``-like or ``val_loss``-like metric of the diagnostics table).
     ``y`` is the downstream ``avg_acc`` at each run's final step (else the mean ``acc`` of its tasks), or
     another of :data:`TARGETS` (shifted-text NLL, fine-tuned accuracy, forgetting) read from the same table.
+    ``items``: the per-item rows next to the downstream table (downstream/item_rows.py); for ``avg_acc`` the
+    bootstrap then resamples the items themselves (older results without them: each target's item SE).
     """
     meta = pd.DataFrame(list(runs_meta)) if not isinstance(runs_meta, pd.DataFrame) else runs_meta.copy()
     if not {"run", "method"} <= set(meta.columns):
@@ -298,7 +317,10 @@ def predict_from_tables(diagnostics_df: pd.DataFrame, downstream_df: pd.DataFram
         raise UserError(f"run(s) {lacking} have no perplexity or no downstream value of target {target!r}; run "
                         f"`{how}` "
                         "and the validation step for them, or leave them out of runs_meta")
-    return predict(table, features, target=target, **kwargs)
+    mats = acc_matrices(items, list(table["run"])) if target == "avg_acc" else None
+    if mats is not None and not np.allclose(item_average(mats), table["y"].to_numpy(float), atol=1e-9):
+        mats = None  # the rows do not reproduce the table's average (other items or steps): item SE fallback
+    return predict(table, features, target=target, item_acc=list(mats.values()) if mats else None, **kwargs)
 
 
 def plot_predictions(result: PredictionResult, path: str | Path) -> Path:

@@ -6,14 +6,15 @@
   the exact closed form for ridge with an unpenalised intercept, residual_i / (1 - H_ii), on an SVD of the
   centred design, so a penalty grid costs one SVD per fold.
 * CV schemes: leave-one-out and leave-one-group-out (groups = methods, or model sizes); a bootstrap (over models, or over
-  init seeds with item-level noise on the targets when those are known) reruns the whole
+  init seeds and, jointly, the test items: the same resampled items re-score every model when per-item rows
+  exist, else item-level noise on the targets when their errors are known) reruns the whole
   pipeline, including the penalty search, on each resample. Duplicated cases are held out together, so a
   case never predicts its own copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -93,15 +94,18 @@ def evaluate_scheme(x_base: np.ndarray, x_ext: np.ndarray, y: np.ndarray, groups
 
 def bootstrap_scheme(x_base: np.ndarray, x_ext: np.ndarray, y: np.ndarray, groups: np.ndarray, *,
                      iters: int, seed: int, clusters: np.ndarray | None = None,
-                     y_se: np.ndarray | None = None, min_groups: int = 3) -> dict[str, dict[str, tuple[float, float]]]:
+                     y_se: np.ndarray | None = None, min_groups: int = 3,
+                     item_acc: Sequence[np.ndarray] | None = None) -> dict[str, dict[str, tuple[float, float]]]:
     """Percentile 95 % CIs of baseline, extended and paired difference scores under a bootstrap.
 
     Multi-bootstrap (seeds and items): with ``clusters`` (the init seed of each model) holding ≥ 2 values, whole
     seeds are resampled (every model of a drawn seed comes along, so models sharing a start are never treated
     as independent); otherwise models are resampled. With ``y_se`` (each target's item-level standard error,
-    from the evaluator's interval) every resampled target moves by its own item noise. Neither given: the plain
-    case bootstrap, draw for draw as before. A resample with fewer than ``min_groups`` distinct CV groups (or no
-    spread in y) is skipped.
+    from the evaluator's interval) every resampled target moves by its own item noise. With ``item_acc`` (per
+    task, ``[n_models, n_t]`` 0/1 correctness on the items every model answered, whose task average is ``y``)
+    each resample also draws, per task, n_t items with replacement and re-scores *every* model on those same items
+    (MultiBERTs' joint draw; ``y_se`` is then not used). Nothing given: the plain case bootstrap, draw for draw as
+    before. A resample with fewer than ``min_groups`` distinct CV groups (or no spread in y) is skipped.
     """
     rng = np.random.default_rng(seed)
     n = len(y)
@@ -112,7 +116,11 @@ def bootstrap_scheme(x_base: np.ndarray, x_ext: np.ndarray, y: np.ndarray, group
         idx = (np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))]) if members
                else rng.integers(0, n, n))
         g = groups[idx]
-        yb = y[idx] if y_se is None else y[idx] + y_se[idx] * rng.standard_normal(len(idx))
+        if item_acc is not None:
+            y_items = np.mean([m[:, rng.integers(0, m.shape[1], m.shape[1])].mean(axis=1) for m in item_acc], axis=0)
+            yb = y_items[idx]
+        else:
+            yb = y[idx] if y_se is None else y[idx] + y_se[idx] * rng.standard_normal(len(idx))
         if len(np.unique(g)) < min_groups or np.ptp(yb) == 0:
             continue  # degenerate resample: no spread to predict or too few folds
         res = evaluate_scheme(x_base[idx], x_ext[idx], yb, g)

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from rankscope.diagnostics.registry import display_name
+from rankscope.downstream.item_rows import read_items
 from rankscope.report.glossary import metric_label
 from rankscope.report.htmlkit import esc, fmt, fmt_interval, table, verdict_badge
 from rankscope.report.load import RunInfo, normalise_table
@@ -258,7 +259,8 @@ def parity_html(root: Path, main_runs: list[RunInfo], equal_diag: pd.DataFrame, 
     findings = evaluate_findings(diag, down, pred, models, null_diagnostics_df=equal_diag,
                                  null_downstream_df=equal_down, null_runs=main_runs)
     apply_baseline_verdicts(findings, models, baselines)
-    p1 = differ_at_parity(down, pd.concat([equal_diag, diag], ignore_index=True), null_down=equal_down)
+    p1 = differ_at_parity(down, pd.concat([equal_diag, diag], ignore_index=True), null_down=equal_down,
+                          items=read_items(pdir / "downstream.parquet"))
     apply_baseline_verdicts([p1], models, baselines)
     rows = "".join(f"<tr><td>{esc(f.id)}</td><td>{esc(f.statement)}</td><td>{verdict_badge(f.verdict)}</td></tr>"
                    for f in [p1, *findings])

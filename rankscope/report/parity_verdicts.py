@@ -1,8 +1,9 @@
 """Verdicts at perplexity parity: P1 (do downstream accuracies still differ?) and "faster to target".
 
 P1 pairs the parity models of two methods by seed (same init_seed and data_seed), takes the difference of
-average accuracy per paired seed, and decides with a multi-bootstrap over seeds and items (each model's item-level
-error comes from its evaluator interval), Holm across method pairs, and the sibling spread of average accuracy as
+average accuracy per paired seed, and decides with a multi-bootstrap over seeds and items (the same items drawn
+for both models from the per-item rows; for results without them, each model's evaluator interval moves its
+value independently), Holm across method pairs, and the sibling spread of average accuracy as
 the null (the equal-step siblings' when the parity models have none). Speed: tokens to the target per paired seed,
 as log(tokens of the method / tokens of full-rank), t interval over seeds, against the siblings' spread of
 log tokens; "faster to target" only beyond that spread.
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from rankscope.downstream.average import primary_task_set
+from rankscope.downstream.item_rows import acc_matrices, item_average
 from rankscope.report.findings_geometry import evidence_row
 from rankscope.report.htmlkit import esc, fmt, fmt_interval, table
 from rankscope.report.load import normalise_table
@@ -34,6 +36,11 @@ from rankscope.report.verdict_rules import (
 )
 
 Z95 = 1.959963984540054
+ITEMS_PAIRED = ("Items: resampled from the per-item rows (downstream_items.parquet), the same items for both models "
+                "of a pair and every seed.")
+ITEMS_FALLBACK = ("Items: no usable per-item rows (results written before downstream_items.parquet, or models scored "
+                  "on different items), so each model's evaluator standard error moves its value independently "
+                  "(conservative for paired models).")
 
 
 def _with_seeds(rows: pd.DataFrame, diag: pd.DataFrame | None) -> pd.DataFrame:
@@ -64,23 +71,52 @@ def avg_acc_runs(down: pd.DataFrame, diag: pd.DataFrame | None = None) -> pd.Dat
                                    se=("se", "mean")).reset_index()
 
 
+def _paired_keys(vals: pd.DataFrame, a: str, b: str) -> tuple[list[tuple], dict[tuple, list[int]]]:
+    """The (init_seed, data_seed) keys both methods have, sorted, and the row positions of each (method, key)."""
+    rows: dict[tuple, list[int]] = {}
+    for pos, (m, i, d) in enumerate(zip(vals["method"], vals["init_seed"], vals["data_seed"], strict=True)):
+        if m in (a, b):
+            rows.setdefault((m, i, d), []).append(pos)
+    keys = sorted({k[1:] for k in rows if k[0] == a} & {k[1:] for k in rows if k[0] == b})
+    return keys, rows
+
+
 def _paired(vals: pd.DataFrame, a: str, b: str, col: str = "value") -> tuple[np.ndarray, np.ndarray]:
     """Per paired seed: a − b of ``col`` and the item-level SE of the difference (independent errors)."""
-    by: dict[tuple, list[tuple[float, float]]] = {}
-    for m, i, d, v, se in zip(vals["method"], vals["init_seed"], vals["data_seed"], vals[col], vals["se"],
-                              strict=True):
-        if m in (a, b):
-            by.setdefault((m, i, d), []).append((float(v), float(se)))
-    mean = {k: (float(np.mean([x[0] for x in v])), float(np.mean([x[1] for x in v]))) for k, v in by.items()}
-    keys = sorted({k[1:] for k in mean if k[0] == a} & {k[1:] for k in mean if k[0] == b})
+    keys, rows = _paired_keys(vals, a, b)
+    v, se = vals[col].to_numpy(float), vals["se"].to_numpy(float)
+    mean = {k: (float(np.mean(v[p])), float(np.mean(se[p]))) for k, p in rows.items()}
     d = np.array([mean[(a, *k)][0] - mean[(b, *k)][0] for k in keys], dtype=float)
-    se = np.array([math.hypot(mean[(a, *k)][1], mean[(b, *k)][1]) for k in keys], dtype=float)
-    return d, se
+    se_d = np.array([math.hypot(mean[(a, *k)][1], mean[(b, *k)][1]) for k in keys], dtype=float)
+    return d, se_d
+
+
+def _paired_items(vals: pd.DataFrame, mats: dict[str, np.ndarray] | None, a: str, b: str) -> list[np.ndarray] | None:
+    """Per task, ``[S, n_t]`` per-item differences a − b for the paired seeds of :func:`_paired` (same order), from
+    ``mats`` (rows aligned with ``vals``); None without per-item rows."""
+    if mats is None:
+        return None
+    keys, rows = _paired_keys(vals, a, b)
+    return [np.stack([m[rows[(a, *k)]].mean(axis=0) - m[rows[(b, *k)]].mean(axis=0) for k in keys])
+            for m in mats.values()] if keys else None
+
+
+def item_matrices(vals: pd.DataFrame, items: pd.DataFrame | None) -> dict[str, np.ndarray] | None:
+    """Per-item correctness matrices aligned with the rows of ``vals`` (downstream/item_rows.py), kept only when
+    they reproduce every run's average accuracy in the table (same items, same step, same tasks)."""
+    mats = acc_matrices(items, list(vals["run"]))
+    if mats is None or not np.allclose(item_average(mats), vals["value"].to_numpy(float), atol=1e-9):
+        return None
+    return mats
 
 
 def differ_at_parity(down: pd.DataFrame, diag: pd.DataFrame | None = None,
-                     null_down: pd.DataFrame | None = None, n_boot: int = 2000) -> Finding:
-    """P1: at parity, do average downstream accuracies differ between methods (any pair, Holm-corrected)?"""
+                     null_down: pd.DataFrame | None = None, n_boot: int = 2000,
+                     items: pd.DataFrame | None = None) -> Finding:
+    """P1: at parity, do average downstream accuracies differ between methods (any pair, Holm-corrected)?
+
+    ``items``: the parity models' per-item rows (``downstream_items.parquet``); with them the bootstrap draws the
+    same items for both models of a pair, without them (older studies) each model's evaluator SE is used."""
     f = Finding("P1", "At perplexity parity, downstream accuracies still differ between methods.",
                 "Per method pair and paired seed: difference of average accuracy of the parity models; multi-bootstrap "
                 "over seeds and items (expanded for few seeds), Holm across pairs; 'differ' needs ≥ 5 paired seeds, "
@@ -99,8 +135,10 @@ def differ_at_parity(down: pd.DataFrame, diag: pd.DataFrame | None = None,
         f.notes.append(NULL_FROM_EQUAL_STEPS)
     pairs = list(combinations(methods, 2))
     data = [_paired(vals, a, b) for a, b in pairs]
+    mats = item_matrices(vals, items)
+    f.notes.append(ITEMS_PAIRED if mats is not None else ITEMS_FALLBACK)
     rows = bootstrap_verdicts([d for d, _ in data], [se for _, se in data], spread, df, ("differ", "differ"),
-                              n_boot=n_boot)
+                              n_boot=n_boot, per_item=[_paired_items(vals, mats, a, b) for a, b in pairs])
     for (a, b), row in zip(pairs, rows, strict=True):
         f.evidence.append(evidence_row(f"avg_acc {a} − {b}", row))
     words = [r.word for r in rows]

@@ -5,13 +5,15 @@ Why these and not a normal interval: the unit of replication is the seed (a trai
 them. With n seeds a mean's interval uses t with n − 1 degrees of freedom (4.30 at n = 3, not 1.96); a paired
 difference over S seeds is tested exactly by flipping the signs of the S per-seed differences (no normality
 needed, and its smallest attainable p-value, 1 / 2^S one-sided, says honestly what S seeds can show); several pairs
-in one finding are Holm-corrected. Every function takes plain arrays and works along the last axis, so the
-calibration simulations in the tests run thousands of studies at once.
+in one finding are Holm-corrected. Downstream differences resample seeds and the same test items jointly
+(:func:`paired_item_bootstrap`) when per-item rows exist. Every function takes plain arrays and works along the
+last axis, so the calibration simulations in the tests run thousands of studies at once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -126,15 +128,20 @@ def multi_bootstrap(
     item_se: np.ndarray | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    per_item: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """Bootstrap means of per-seed values, resampling seeds and, jointly, the evaluation items.
 
     ``per_seed[..., S]``: one value per (paired) seed, e.g. a difference of average accuracy between two methods.
-    ``item_se[..., S]``: the standard error each value owes to its finite item set (from the evaluator's interval;
-    0 or None when not known). Seeds are drawn with replacement and each drawn value is perturbed by its item
-    error, so the interval carries both sources (as MultiBERTs). Independent item noise per value is conservative
-    when both models saw the same items. Returns ``[..., n_boot]`` resampled means.
+    With ``per_item`` (per task, ``[..., S, n_t]`` per-item values whose task-averaged item mean is ``per_seed``)
+    the items themselves are resampled: :func:`paired_item_bootstrap`. Without it, ``item_se[..., S]``: the
+    standard error each value owes to its finite item set (from the evaluator's interval; 0 or None when not
+    known); seeds are drawn with replacement and each drawn value is perturbed by its item error, so the interval
+    carries both sources (as MultiBERTs). Independent item noise per value is conservative when both models saw
+    the same items (the fallback for results stored without per-item rows). Returns ``[..., n_boot]`` means.
     """
+    if per_item is not None:
+        return paired_item_bootstrap(per_item, n_boot=n_boot, seed=seed)
     v = np.asarray(per_seed, dtype=float)
     s = v.shape[-1]
     rng = np.random.default_rng(seed)
@@ -145,6 +152,58 @@ def multi_bootstrap(
         se_draw = np.take_along_axis(np.broadcast_to(se[..., None, :], idx.shape), idx, axis=-1)
         draws = draws + se_draw * rng.standard_normal(idx.shape)
     return draws.mean(axis=-1)
+
+
+def paired_item_bootstrap(per_item: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Multi-bootstrap from per-item rows: seeds and, jointly, the same items for every seed and both models.
+
+    ``per_item[t][..., S, n_t]``: for task t, paired seed s and item i, the per-item value (for a difference of two
+    models that answered the same items: correct_A − correct_B, in {−1, 0, 1}). The statistic is
+    downstream/average.py's average: the unweighted mean over tasks of the mean over items, then over seeds.
+
+    Model of one task's rows: D[s, i] = m + a_s + b_i + e_si (seed effect, item effect shared by every seed,
+    seed × item noise: which items this pair of runs happened to get right). The variance of the mean is
+    var(a)/S + var(b)/n + var(e)/(S n). One resample draws S seeds with replacement and, per task, n_t items with
+    replacement, the *same* items for every seed and both models, and adds two parts: the mean of the drawn seeds'
+    own averages (a_s + its e noise: var(a)/S + var(e)/(S n)) and the mean over the drawn items of the item
+    effects b_i (each item's mean over seeds minus the task mean), shrunk so that their variance is the two-way
+    ANOVA estimate of var(b) (their variance minus the residual mean square / S, floored at 0): the e noise is
+    then counted once. MultiBERTs' plain joint draw (the mean of the drawn seed × item cells) counts it again,
+    (2S − 1)/S times, which for small models, whose answers are mostly that noise, made the paired interval wider
+    than the independent-SE one (docs/downstream.md). With one seed, var(b) and var(e) cannot be told apart and
+    the item part is the whole per-item spread: the SD of a paired difference over n items, sqrt(var(d) / n).
+    Returns ``[..., n_boot]``; the draws are shared by the leading axes (each study of a batched simulation gets
+    its own valid bootstrap). Rows must be finite.
+    """
+    tasks = [np.asarray(t, dtype=float) for t in per_item]
+    if not tasks:
+        raise ValueError("paired_item_bootstrap needs at least one task")
+    s = tasks[0].shape[-2]
+    rng = np.random.default_rng(seed)
+    per_seed = np.mean([t.mean(axis=-1) for t in tasks], axis=0)  # [..., S]
+    seed_counts = rng.multinomial(s, np.full(s, 1.0 / s), size=n_boot).astype(float)  # [B, S]
+    draws = np.einsum("bs,...s->...b", seed_counts, per_seed) / s
+    for t in tasks:
+        n = t.shape[-1]
+        item_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)  # [B, n_t]
+        draws = draws + np.einsum("bn,...n->...b", item_counts, item_effects(t)) / (n * len(tasks))
+    return draws
+
+
+def item_effects(rows: np.ndarray) -> np.ndarray:
+    """Item effects shared by every seed of ``rows[..., S, n]``: each item's mean over seeds minus the grand mean,
+    shrunk (S ≥ 2) so that their variance is the ANOVA estimate var(b) = var(col means) − MS_residual / S."""
+    col = rows.mean(axis=-2)
+    effect = col - col.mean(axis=-1, keepdims=True)
+    s, n = rows.shape[-2], rows.shape[-1]
+    if s < 2 or n < 2:
+        return effect
+    resid = rows - rows.mean(axis=-1, keepdims=True) - col[..., None, :] + col.mean(axis=-1)[..., None, None]
+    ms_resid = (resid**2).sum(axis=(-2, -1)) / ((s - 1) * (n - 1))
+    var_col = (effect**2).sum(axis=-1) / (n - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shrink = np.sqrt(np.clip(1.0 - ms_resid / s / var_col, 0.0, 1.0))
+    return effect * np.nan_to_num(shrink, nan=0.0)[..., None]
 
 
 def bootstrap_p(samples: np.ndarray, alternative: str = "two-sided") -> np.ndarray:

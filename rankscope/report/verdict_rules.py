@@ -154,10 +154,17 @@ def paired_verdicts(
 def bootstrap_verdicts(
     diffs: Sequence[np.ndarray], item_se: Sequence[np.ndarray | None], spread: float, n_null: int,
     words: tuple[str, str], n_boot: int = 2000, seed: int = 0,
+    per_item: Sequence[Sequence[np.ndarray] | None] | None = None,
 ) -> list[RowVerdict]:
-    """Like :func:`paired_verdicts`, with an expanded multi-bootstrap (seeds and items) for interval and p."""
+    """Like :func:`paired_verdicts`, with an expanded multi-bootstrap (seeds and items) for interval and p.
+
+    ``per_item[i]`` (optional, per pair): per task, ``[S, n_t]`` paired per-item differences for the S seeds of
+    ``diffs[i]``; with it the items are resampled jointly for both models (:func:`paired_item_bootstrap`),
+    without it each value moves by its ``item_se``. The row's detail says which was used.
+    """
     rows: list[RowVerdict] = []
-    for i, (d, se) in enumerate(zip(diffs, item_se, strict=True)):
+    per_item = per_item if per_item is not None else [None] * len(diffs)
+    for i, (d, se, items) in enumerate(zip(diffs, item_se, per_item, strict=True)):
         d = np.asarray(d, float)
         keep = np.isfinite(d)
         d = d[keep]
@@ -166,12 +173,24 @@ def bootstrap_verdicts(
             rows.append(RowVerdict("", math.nan, n=0, n_null=n_null))
             continue
         mean = float(d.mean())
-        draws = multi_bootstrap(d, se, n_boot=n_boot, seed=seed + i)
+        if items is not None:
+            items = [np.asarray(t, float)[keep] for t in items]
+            if not np.allclose(np.mean([t.mean(axis=-1) for t in items], axis=0), d):
+                raise ValueError(f"pair {i}: the per-item rows do not average to the per-seed values given")
+            draws = multi_bootstrap(d, n_boot=n_boot, seed=seed + i, per_item=items)
+            varies = any(np.ptp(t) > 0 for t in items)
+            detail = (f"items resampled from per-item rows, the same items for both models "
+                      f"({sum(t.shape[-1] for t in items)} items over {len(items)} task(s))")
+        else:
+            draws = multi_bootstrap(d, se, n_boot=n_boot, seed=seed + i)
+            varies = se is not None and bool(np.any(se > 0))
+            detail = ("items: no per-item rows, each model's evaluator standard error, independent per model "
+                      "(conservative)")
         draws = mean + expansion(len(d)) * (draws - mean)
         lo, hi = percentile(draws)
-        p = float(bootstrap_p(draws)) if len(d) >= 2 or (se is not None and np.any(se > 0)) else math.nan
+        p = float(bootstrap_p(draws)) if len(d) >= 2 or varies else math.nan
         rows.append(RowVerdict("", mean, float(lo), float(hi), len(d), n_null,
-                               mean / spread if spread > 0 else math.nan, "× sibling spread", p))
+                               mean / spread if spread > 0 else math.nan, "× sibling spread", p, detail=detail))
     _decide(rows, spread, words)
     return rows
 
@@ -189,8 +208,9 @@ def _decide(rows: list[RowVerdict], spread: float, words: tuple[str, str]) -> No
     for row, pa in zip(rows, adj, strict=True):
         row.p_holm = float(pa)
         if not math.isfinite(spread):
-            row.word, row.detail = NO_NULL, ("no sibling spread for this metric: it needs two runs of one method "
-                                             "from one start (for CKA, two full-rank siblings)")
+            why = "no sibling spread for this metric: it needs two runs of one method from one start (for CKA, two " \
+                  "full-rank siblings)"
+            row.word, row.detail = NO_NULL, "; ".join(x for x in (why, row.detail) if x)
             continue
         if not math.isfinite(row.effect):
             row.word, row.detail = INCONCLUSIVE, "no paired seeds"

@@ -100,7 +100,7 @@ def run_analyze(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path, prog
 
 def eval_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
     return Stamp(results, "eval", [asdict(cfg.downstream), _run_keys(runs, final_only=True)],
-                 [results / "downstream.parquet"])
+                 [results / "downstream.parquet", results / "downstream_items.parquet"])
 
 
 def run_eval(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> None:
@@ -168,7 +168,8 @@ def final_ppl(run_dir: Path) -> float | None:
 
 
 def predict_stamp(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> Stamp:
-    inputs = [_file_hash(results / f"{stem}.parquet") for stem in ("diagnostics", "downstream", "heldout", "finetune")]
+    stems = ("diagnostics", "downstream", "heldout", "finetune", "downstream_items")  # items: the bootstrap's draws
+    inputs = [_file_hash(results / f"{stem}.parquet") for stem in stems]
     return Stamp(results, "predict", [asdict(cfg.predict), inputs, [r.name for r in runs]],
                  [results / "prediction.json"])
 
@@ -196,6 +197,7 @@ def run_predict(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> N
     import pandas as pd
 
     from rankscope.diagnostics.table import read_table
+    from rankscope.downstream.item_rows import read_items
     from rankscope.downstream.predict import predict_from_tables
 
     meta = [_meta(r) for r in runs]
@@ -204,7 +206,8 @@ def run_predict(cfg: StudyConfig, runs: Sequence[RunConfig], results: Path) -> N
     down = read_table(results / "downstream.parquet")
     p = cfg.predict
     result = predict_from_tables(diag, down, meta, list(p.features) if p.features else None,
-                                 bootstrap_iters=p.bootstrap_iters, seed=0)
+                                 bootstrap_iters=p.bootstrap_iters, seed=0,
+                                 items=read_items(results / "downstream.parquet"))
     result.write(results)
     _predict_targets(cfg, meta, diag, results)
 
