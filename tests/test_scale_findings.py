@@ -244,3 +244,37 @@ def test_one_size_skips_loso_with_a_message_and_f7_says_models_per_feature() -> 
     note = next(n for n in f7.notes if n.startswith("n = 24"))
     assert "8 at 60m" in note and "for 2 features: 12 models per feature" in note
     assert any("(loso)" in e.label for e in f7.evidence)
+
+
+def _run_info(name: str, ppl: float):
+    from rankscope.report.load import RunInfo
+
+    return RunInfo(name, name.split("_s")[0].split("_", 1)[-1], 0,
+                   evals=pd.DataFrame({"step": [100], "val_ppl": [ppl], "val_loss": [math.log(ppl)]}))
+
+
+def test_a_size_still_on_the_unigram_plateau_is_not_applicable_and_left_out_of_the_trend() -> None:
+    """The one-size report says "not applicable" when a compared run has not left the unigram plateau; the
+    cross-size view must say the same for that size, decide on the others, and trend only over them."""
+    from rankscope.report.parity_section import NOT_APPLICABLE
+
+    table = sharpness_table({"60m": 0.6, "130m": 0.9, "350m": 1.2}, np.random.default_rng(0))
+    runs = {size: [_run_info(r, 500.0) for r in table.loc[table["scale"] == size, "run"].unique()] for size in SIZES}
+    runs["60m"][0] = _run_info(runs["60m"][0].name, 1200.0)  # one 60m run above the unigram perplexity
+    base = {size: {"unigram_ppl": 1000.0} for size in SIZES}
+    res = evaluate_across_sizes(table, None, {}, [], run_infos_by_size=runs, baselines_by_size=base)
+    f1 = _by_id(res, "F1")
+    assert res.per_size["60m"][0].verdict == NOT_APPLICABLE
+    assert [res.per_size[s][0].verdict for s in ("130m", "350m")] == [HOLDS, HOLDS]
+    assert f1.verdict.startswith("holds at every applicable size") and "not applicable at 60m" in f1.verdict
+    assert f1.trends and all(t.sizes == ["130m", "350m"] for t in f1.trends)
+    f7 = _by_id(res, "F7")
+    assert f7.verdict == NOT_APPLICABLE and runs["60m"][0].name in f7.reason
+    # without the stuck run every size decides and the trend spans all three
+    runs["60m"][0] = _run_info(runs["60m"][0].name, 500.0)
+    again = _by_id(evaluate_across_sizes(table, None, {}, [], run_infos_by_size=runs, baselines_by_size=base), "F1")
+    assert again.verdict == HOLDS_EVERY and all(t.sizes == list(SIZES) for t in again.trends)
+    # every size on the plateau: nothing to decide anywhere
+    stuck = {size: [_run_info(r.name, 2000.0) for r in rs] for size, rs in runs.items()}
+    none = _by_id(evaluate_across_sizes(table, None, {}, [], run_infos_by_size=stuck, baselines_by_size=base), "F1")
+    assert none.verdict == NOT_APPLICABLE + " (at every size)" and not none.trends

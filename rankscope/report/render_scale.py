@@ -78,6 +78,7 @@ def _summary(data: StudyData, folders: dict[str, Path]) -> str:
 
 def render_scale_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the multi-size report (default ``STUDY_DIR/report.html``) and return its path."""
+    from rankscope.report.parity_section import load_baselines
     from rankscope.report.render import _finding_html, _prediction_html, report_parts, write_page
     from rankscope.report.scale_findings import evaluate_across_sizes
     from rankscope.report.scale_section import (
@@ -93,7 +94,10 @@ def render_scale_report(study_dir: str | Path, out: str | Path | None = None) ->
     runs = runs_frame(data.runs, size_of)
     own = {s: _read_json(folders[s] / "results" / "prediction.json", [], "") for s in sizes}  # per-size predictors
     res = evaluate_across_sizes(data.diagnostics, data.downstream, data.prediction, runs,
-                                predictions_by_size={s: p for s, p in own.items() if p})
+                                predictions_by_size={s: p for s, p in own.items() if p},
+                                run_infos_by_size={s: [r for r in data.runs if size_of.get(r.name) == s]
+                                                   for s in sizes},
+                                baselines_by_size={s: load_baselines(folders[s]) for s in sizes})
     title = f"rankscope report: {Path(study_dir).resolve().name} ({', '.join(sizes)})"
     parts = [
         f"<h1>{esc(title)}</h1>",

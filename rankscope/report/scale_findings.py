@@ -37,7 +37,8 @@ from scipy import stats as sps
 
 from rankscope.report.findings import _runs_frame, evaluate_findings
 from rankscope.report.findings_downstream import check_f7
-from rankscope.report.load import normalise_table
+from rankscope.report.load import RunInfo, normalise_table
+from rankscope.report.parity_section import NOT_APPLICABLE, apply_baseline_verdicts, not_past_unigram
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
 from rankscope.report.verdict_rules import NO_NULL, WITHIN, is_exploratory
 
@@ -167,6 +168,8 @@ def _trends(fid: str, sizes: list[str], findings: Mapping[str, Finding]) -> list
     x_all, unit = size_axis(sizes)
     rows: dict[str, dict[str, Any]] = {}
     for size in sizes:
+        if findings[size].verdict == NOT_APPLICABLE:  # models still on the unigram plateau: no effect to trend
+            continue
         for e in findings[size].evidence:
             if e.verdict and math.isfinite(e.value):
                 rows.setdefault(_base_label(e.label), {})[size] = e
@@ -187,6 +190,14 @@ def _trends(fid: str, sizes: list[str], findings: Mapping[str, Finding]) -> list
 def summarise(fid: str, sizes: list[str], findings: Mapping[str, Finding]) -> ScaleFinding:
     """The cross-size word of one finding from its per-size verdicts, and its trends."""
     first = findings[sizes[0]]
+    na = [s for s in sizes if findings[s].verdict == NOT_APPLICABLE]  # still on the unigram plateau
+    if na and len(na) < len(sizes):
+        sf = summarise(fid, [s for s in sizes if s not in na], findings)
+        sf.verdict = (sf.verdict.replace("every size", "every applicable size")
+                      + f" (not applicable at {', '.join(na)}: not past the unigram perplexity)")
+        sf.reason = "; ".join([sf.reason, *(f"{s}: {NOT_APPLICABLE}" for s in na)])
+        sf.per_size = dict(findings)
+        return sf
     holds = [s for s in sizes if findings[s].verdict == HOLDS]
     explo = [s for s in sizes if is_exploratory(findings[s].verdict)]
     fails = [s for s in sizes if findings[s].verdict == FAILS]
@@ -221,6 +232,8 @@ def summarise(fid: str, sizes: list[str], findings: Mapping[str, Finding]) -> Sc
             verdict = NO_NULL + " (at every size)"
         elif not holds and words == {INCONCLUSIVE}:
             verdict = INCONCLUSIVE + " at every size"
+    if na:
+        verdict = NOT_APPLICABLE + " (at every size)"
     notes = sorted({note for s in sizes for note in findings[s].notes if not note.startswith(ONE_SIZE_NOTE)})
     return ScaleFinding(fid, first.statement, verdict, reason, dict(findings), holds, _trends(fid, sizes, findings),
                         notes)
@@ -245,8 +258,14 @@ def evaluate_across_sizes(
     runs: Any,
     predictions_by_size: Mapping[str, Mapping[str, Any]] | None = None,
     null_diagnostics_df: pd.DataFrame | None = None,
+    run_infos_by_size: Mapping[str, list[RunInfo]] | None = None,
+    baselines_by_size: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> ScaleFindings | None:
-    """F1–F7 at every size and across sizes; None when the tables hold fewer than two sizes."""
+    """F1–F7 at every size and across sizes; None when the tables hold fewer than two sizes.
+
+    ``run_infos_by_size`` / ``baselines_by_size`` (each size's runs and n-gram baselines): a size whose runs
+    have not all left the unigram plateau gets the one-size report's "not applicable" for every finding, and
+    is left out of the trends; the pooled F7 too when any pooled model is on the plateau."""
     diag, down = normalise_table(diagnostics_df), normalise_table(downstream_df)
     null = normalise_table(null_diagnostics_df) if null_diagnostics_df is not None else None
     runs_frame = _runs_with_size(runs)
@@ -264,19 +283,31 @@ def evaluate_across_sizes(
             _subset(diag, mine), _subset(down, mine), (predictions_by_size or {}).get(size),
             runs_frame[runs_frame["run"].astype(str).isin(mine)] if len(runs_frame) else runs_frame,
             _subset(null, mine) if null is not None else None)
+        apply_baseline_verdicts(per_size[size], list((run_infos_by_size or {}).get(size, [])),
+                                dict((baselines_by_size or {}).get(size, {})))
+    stuck = {s: not_past_unigram(list((run_infos_by_size or {}).get(s, [])), dict((baselines_by_size or {}).get(s, {})))
+             for s in sizes}
     out = []
     for i, f in enumerate(per_size[sizes[0]]):
         by_size = {s: per_size[s][i] for s in sizes}
         if f.id == "F7":
-            out.append(_pooled_f7(sizes, by_size, pooled_prediction))
+            out.append(_pooled_f7(sizes, by_size, pooled_prediction, stuck))
         else:
             out.append(summarise(f.id, sizes, by_size))
     return ScaleFindings(sizes, per_size, out)
 
 
-def _pooled_f7(sizes: list[str], by_size: Mapping[str, Finding], pooled: Mapping[str, Any] | None) -> ScaleFinding:
-    """F7 decided by the predictor that pools every size; per-size predictors are context."""
+def _pooled_f7(sizes: list[str], by_size: Mapping[str, Finding], pooled: Mapping[str, Any] | None,
+               stuck: Mapping[str, list[str]] | None = None) -> ScaleFinding:
+    """F7 decided by the predictor that pools every size; per-size predictors are context. Not applicable when
+    a pooled model has not left its size's unigram plateau (``stuck``: such runs per size)."""
     f = check_f7(pooled or {})
+    plateau = [r for runs in (stuck or {}).values() for r in runs]
+    if plateau:
+        f.notes.append(f"verdict before the baseline check: {f.verdict}")
+        f.verdict = NOT_APPLICABLE
+        f.reason = (f"runs {', '.join(plateau)} have a validation perplexity at or above their size's unigram "
+                    "baseline; a predictor pooling them says how far each model got")
     sf = summarise("F7", sizes, by_size)
     per = ", ".join(f"{s}: {by_size[s].verdict}" for s in sizes)
     sf.verdict = f.verdict
