@@ -34,7 +34,9 @@ def sweep_configs(preset: str, methods: list[str] | None, lrs: list[float], out:
     study = load_study_config(preset)
     configs = []
     for cfg in study.to_run_configs(out):
-        if cfg.train.seed != study.seeds[0] or (methods and cfg.method not in methods):
+        if cfg.train.seed != study.seeds[0] or cfg.train.data_seed not in (-1, cfg.train.seed):
+            continue  # one run per method: the first seed, not its data-order siblings
+        if methods and cfg.method not in methods:
             continue
         base = cfg.method_config().lr if relative else 1.0
         for lr in (float(f"{base * x:.3g}") for x in lrs):

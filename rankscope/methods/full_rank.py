@@ -14,4 +14,5 @@ class FullRank(Method):
     class Config(MethodConfig):
         lr: float = 1e-3
 
-    Config.PRESET_DEFAULTS = {"1b": {"lr": 4e-4}}
+    Config.PRESET_DEFAULTS = {"smoke": {"lr": 4e-3},  # best of the smoke-size sweep (docs/study.md)
+                              "1b": {"lr": 4e-4}}

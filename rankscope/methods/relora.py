@@ -122,7 +122,7 @@ class ReLoRA(Method):
                                  f"contradicts reset={self.reset!r}, reset_prune={self.reset_prune}")
 
     Config.PRESET_DEFAULTS = {
-        "smoke": {"rank": 8, "alpha": 2.0, "reset_every": 100, "rewarm": 10},
+        "smoke": {"rank": 8, "alpha": 2.0, "reset_every": 100, "rewarm": 10, "lr": 4e-3},  # lr: smoke sweep
         "tiny": {"rank": 64, "alpha": 16.0, "reset_every": 100, "rewarm": 10},
         "60m": {"rank": 128, "reset_every": 1000, "rewarm": 100, "lr": 1e-3, "grad_clip": 1.0},
         "130m": {"rank": 256, "reset_every": 5000, "rewarm": 100, "lr": 1e-3, "grad_clip": 1.0},

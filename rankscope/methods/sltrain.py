@@ -39,7 +39,7 @@ class SLTrain(Method):
                 raise ValueError(f"delta must be in (0, 1], got {self.delta}")
 
     Config.PRESET_DEFAULTS = {
-        "smoke": {"rank": 8, "alpha": 2.0},
+        "smoke": {"rank": 8, "alpha": 2.0, "lr": 8e-3},  # lr: best of the smoke-size sweep (docs/study.md)
         "tiny": {"rank": 64, "alpha": 16.0, "lr": 1e-3},  # lr: best of the demo sweep (docs/study.md)
         "60m": {"rank": 128, "alpha": 32.0, "lr": 2e-3},
         "130m": {"rank": 256, "alpha": 16.0, "lr": 3e-3},
