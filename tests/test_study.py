@@ -312,6 +312,28 @@ def test_smoke_study_compares_at_parity(smoke_study):
         assert text in html, text
 
 
+def test_smoke_study_keeps_per_item_rows_and_the_bootstraps_use_them(smoke_study):
+    """eval writes one row per scored item next to each downstream table (equal steps and parity); P1 and the
+    predictor resample those items (the same items for every model) and say so."""
+    from rankscope.diagnostics.table import read_table
+    from rankscope.downstream.item_rows import read_items
+    from rankscope.report.parity_verdicts import ITEMS_PAIRED
+
+    out, _, _ = smoke_study
+    for folder in (out / "results", out / "results" / "parity"):
+        down, items = read_table(folder / "downstream.parquet"), read_items(folder / "downstream.parquet")
+        assert items is not None and set(items["run"]) == set(down["run"]), folder
+        tasks = down[down["scope"] == "task"].set_index(["run", "name", "metric"])["value"]
+        means = items.groupby(["run", "task", "metric"])["correct"].mean()
+        assert len(means) == len(tasks) and np.allclose(means.loc[tasks.index].to_numpy(), tasks.to_numpy())
+        per_run = items.groupby(["run", "task", "metric"])["item"].apply(tuple).unstack("run")
+        assert (per_run.nunique(axis=1) == 1).all()  # every model answered the same items
+    prediction = json.loads((out / "results" / "prediction.json").read_text())
+    assert "per-item rows" in prediction["bootstrap"], prediction["bootstrap"]
+    html = (out / "report.html").read_text()
+    assert ITEMS_PAIRED in html and "items resampled from per-item rows" in html
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(find_chromium() is None, reason=f"headless Chromium not found; install: {INSTALL_HINT}")
 def test_smoke_study_report_passes_the_browser_check(smoke_study):
