@@ -167,3 +167,34 @@ def test_combined_report_in_a_browser(combined) -> None:
     seen = check_page(combined / "report.html")
     assert seen.probe_ran and seen.console_errors == []
     assert seen.figures_total >= 2 + 2 * 8 and seen.figures_ok == seen.figures_total
+
+
+def _item_rows(runs: list[str]) -> pd.DataFrame:
+    from rankscope.downstream.item_rows import COLUMNS
+
+    rows = [{"run": r, "method": r.split("_s")[0], "step": 1, "task_set": "embedded", "task": "cloze", "metric": "acc",
+             "item": i, "correct": (i + k) % 2, "margin": 0.0} for k, r in enumerate(runs) for i in range(4)]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def test_combining_stacks_the_per_item_rows_with_renamed_runs_or_writes_none(two_sizes, tmp_path) -> None:
+    """The pooled predictor resamples items only if the combined folder has every size's item rows."""
+    import shutil
+
+    from rankscope.downstream.item_rows import read_items, write_items
+
+    copies = [Path(shutil.copytree(f, tmp_path / f.name)) for f in two_sizes]
+    for folder in copies:
+        runs = sorted(set(pd.read_parquet(folder / "results" / "downstream.parquet")["run"].astype(str)))
+        write_items(_item_rows(runs), folder / "results" / "downstream.parquet")
+    out = combine_studies(copies, tmp_path / "both")
+    items = read_items(out / "results" / "downstream.parquet")
+    assert items is not None
+    for folder in copies:
+        own = read_items(folder / "results" / "downstream.parquet")
+        mine = items[items["run"].str.endswith(f"@{folder.name}")]
+        assert list(mine["run"]) == [f"{r}@{folder.name}" for r in own["run"]]
+        assert list(mine["correct"]) == list(own["correct"])
+    (copies[0] / "results" / "downstream_items.parquet").unlink()  # one size without item rows: none combined
+    combine_studies(copies, tmp_path / "both")
+    assert read_items(tmp_path / "both" / "results" / "downstream.parquet") is None

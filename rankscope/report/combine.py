@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from rankscope.downstream.item_rows import items_path, write_items
 from rankscope.errors import UserError
 from rankscope.report.load import study_folder_problem
 
@@ -122,6 +123,20 @@ def stacked_table(sizes: list[SizeStudy], stem: str) -> pd.DataFrame | None:
     return pd.concat(parts, ignore_index=True) if parts else None
 
 
+def stacked_items(sizes: list[SizeStudy]) -> pd.DataFrame | None:
+    """Each size's per-item downstream rows (downstream/item_rows.py), runs renamed as in :func:`stacked_table`;
+    None when a size has none (the pooled predictor then falls back to the evaluator's standard errors)."""
+    from rankscope.downstream.item_rows import read_items
+
+    parts = []
+    for s in sizes:
+        frame = read_items(s.path / "results" / "downstream.parquet")
+        if frame is None or frame.empty:
+            return None
+        parts.append(frame.assign(run=[run_label(str(r), s.size) for r in frame["run"]]))
+    return pd.concat(parts, ignore_index=True) if parts else None
+
+
 def runs_meta(sizes: list[SizeStudy]) -> pd.DataFrame:
     """run, method, seed, scale, ppl for every finished run of every size (the predictor's input)."""
     from rankscope.report.load import load_study
@@ -161,14 +176,19 @@ def combine_studies(folders: list[Path], out_dir: Path, name: str = "") -> Path:
             target.unlink(missing_ok=True)
         else:
             frame.to_parquet(target, index=False)
+    items = stacked_items(sizes)
+    if items is None:
+        items_path(results / "downstream.parquet").unlink(missing_ok=True)
+    else:
+        write_items(items, results / "downstream.parquet")
     meta = runs_meta(sizes)
     meta.to_csv(results / "runs.csv", index=False)
-    _pooled_prediction(sizes, tables, meta, results)
+    _pooled_prediction(sizes, tables, meta, results, items)
     return Path(out_dir)
 
 
 def _pooled_prediction(sizes: list[SizeStudy], tables: dict[str, pd.DataFrame | None], meta: pd.DataFrame,
-                       results: Path) -> None:
+                       results: Path, items: pd.DataFrame | None = None) -> None:
     """One predictor over the models of every size (leave-one-size-out among its CV schemes)."""
     from rankscope.downstream.predict import predict_from_tables
 
@@ -183,7 +203,7 @@ def _pooled_prediction(sizes: list[SizeStudy], tables: dict[str, pd.DataFrame | 
     else:
         meta = meta[meta["run"].isin(set(down["run"]))]
         try:
-            predict_from_tables(diag, down, meta, bootstrap_iters=iters, seed=0).write(results)
+            predict_from_tables(diag, down, meta, bootstrap_iters=iters, seed=0, items=items).write(results)
             return
         except UserError as exc:
             why = str(exc)
