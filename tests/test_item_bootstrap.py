@@ -98,25 +98,24 @@ def test_rows_say_which_item_bootstrap_was_used():
 # ------------------------------------------------------------------------------------ simulated studies
 
 
+def _simulator():
+    """scripts/item_bootstrap_sim.py's study model: the test and the script's measurements share one simulator."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "item_bootstrap_sim.py"
+    spec = importlib.util.spec_from_file_location("item_bootstrap_sim", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.study
+
+
 def _study(rng: np.random.Generator, delta: float, tau: float, spread_items: float, seeds: int = 5,
            tasks: tuple[int, ...] = (100, 100)) -> dict[str, list[np.ndarray]]:
-    """Per-item answers [seeds, n_t] of full_rank, galore and a full_rank data-order sibling.
-
-    Answer of a run to item i: Bernoulli(sigmoid(ability + difficulty_i (+ galore's own offset_i))); ability =
-    method mean (galore: − delta) + init-seed effect (shared by the paired runs) + run noise. tau: SD of galore's
-    item offsets (items it finds easier or harder than full-rank does, whatever the seed).
-    """
-    diff = [rng.normal(0, spread_items, n) for n in tasks]
-    own = [rng.normal(0, tau, n) for n in tasks]
-    start = rng.normal(0, 0.3, seeds)
-
-    def run(mu: float, offsets: list[np.ndarray]) -> list[np.ndarray]:
-        ability = mu + start + rng.normal(0, 0.1, seeds)
-        return [(rng.random((seeds, len(dd))) < 1 / (1 + np.exp(-(ability[:, None] + dd + oo)))).astype(float)
-                for dd, oo in zip(diff, offsets, strict=True)]
-
-    zero = [np.zeros(n) for n in tasks]
-    return {"full_rank": run(0.0, zero), "galore": run(-delta, own), "sibling": run(0.0, zero)}
+    """Per-item answers [seeds, n_t] of full_rank, galore (the script's method b: ability − delta, its own item
+    offsets of SD tau) and a full_rank data-order sibling; item difficulties of SD ``spread_items``."""
+    s = _simulator()(rng, delta, tau, spread_items, seeds, tasks)
+    return {"full_rank": s["a"], "galore": s["b"], "sibling": s["sibling"]}
 
 
 def _avg(answers: list[np.ndarray]) -> np.ndarray:
