@@ -18,6 +18,11 @@ LEGACY_RUNS = (("full_rank", 3), ("sltrain", 3), ("relora", 2), ("spam", 1))
 LEGACY_STEPS = 4
 
 
+# The smoke-size rates the fixture was recorded with (the defaults of the time; docs/study.md "Learning rates at
+# smoke" raised full-rank's, SLTrain's and ReLoRA's later): pinned so the recorded trajectory stays the reference.
+LEGACY_LR = {"full_rank": 1e-3, "sltrain": 2e-3, "relora": 1e-3}
+
+
 def legacy_options(method: str) -> dict:
     return {"relora": {"reset_every": 2, "rewarm": 1}, "spam": {"reset_every": 2, "warmup": 1}}.get(method, {})
 
@@ -42,6 +47,8 @@ def legacy_config(out_dir: Path, method: str, seed: int, name: str | None = None
 
     from rankscope.config import RunConfig
 
+    if method in LEGACY_LR:
+        train_kw.setdefault("lr", LEGACY_LR[method])
     cfg = smoke_config(out_dir, name or f"{method}_{seed}", method, LEGACY_STEPS, seed=seed, save_every=2,
                        **train_kw)
     return RunConfig.from_dict({**cfg.to_dict(), "method_options": legacy_options(method)})

@@ -87,7 +87,7 @@ def test_run_configs_one_per_method_and_seed_sharing_init(tmp_path):
     assert len({r.name for r in runs}) == 12 and all(r.run_dir.parent == (tmp_path / "study" / "runs").resolve()
                                                      for r in runs)
     lrs = {r.method: r.method_config().lr for r in runs}
-    assert lrs["galore"] == 0.01 and lrs["full_rank"] == 1e-3  # the methods' study defaults, not one LR
+    assert lrs["galore"] == 0.01 and lrs["full_rank"] == 4e-3  # the methods' smoke-size defaults, not one LR
     prints = {(r.method, r.train.seed): build_model(r, r.build_method())[1] for r in runs if r.method in
               ("full_rank", "cola")}
     assert prints[("full_rank", 0)] == prints[("cola", 0)] != prints[("full_rank", 1)]
@@ -100,7 +100,8 @@ def test_dry_run_prints_commands_and_creates_nothing(tmp_path, capsys):
     train_lines = [line for line in text.splitlines() if "-m rankscope train --config" in line]
     assert len(train_lines) == len(ALL_METHODS) + 1 and all("--resume" in line for line in train_lines)
     assert all(f"{m}_s0.json" in text for m in ALL_METHODS) and "full_rank_s0_d1.json" in text  # the sibling
-    assert "siblings: full_rank × data seeds [1] per init seed (1 run(s), checkpoints: last)" in text
+    assert ("siblings: full_rank × data seeds [1] per init seed (1 run(s), checkpoints: last, also "
+            "eval/ood/finetune)") in text
     # analyze eval ood finetune predict report
     assert not out.exists() and len(result.jobs) == len(ALL_METHODS) + 1 + 6
 
@@ -268,11 +269,12 @@ def test_smoke_study_measures_shift_and_finetuning(smoke_study):
     assert states["ood"] in ("done", "skipped") and states["finetune"] in ("done", "skipped"), states  # rerun: skipped
     heldout = read_table(out / "results" / "heldout.parquet")
     assert set(heldout["name"]) == {"val", "shift", "embedded:test:brown"}
-    assert set(heldout["run"]) == {f"{m}_s0" for m in ALL_METHODS}
+    evaluated = {f"{m}_s0" for m in ALL_METHODS} | {"full_rank_s0_d1"}  # the sibling too (siblings.evaluate)
+    assert set(heldout["run"]) == evaluated
     gaps = heldout[heldout["metric"] == "shift_gap_nll"]
-    assert len(gaps) == 2 * len(ALL_METHODS) and set(gaps["name"]) == {"shift", "embedded:test:brown"}
+    assert len(gaps) == 2 * len(evaluated) and set(gaps["name"]) == {"shift", "embedded:test:brown"}
     ft = read_table(out / "results" / "finetune.parquet")
-    assert len(ft) == 6 * len(ALL_METHODS) and set(ft["scope"]) == {"finetune"}
+    assert len(ft) == 6 * len(evaluated) and set(ft["scope"]) == {"finetune"}
     targets = json.loads((out / "results" / "prediction_targets.json").read_text())
     assert set(targets) == {"shift_nll:shift", "shift_nll:embedded:test:brown", "ft_acc", "forgetting"}
     html = (out / "report.html").read_text()
@@ -383,9 +385,10 @@ def _assert_issue_25_report_items(html: str) -> None:
 
 
 def test_smoke_study_trains_a_sibling_and_computes_every_null(smoke_study):
-    """The smoke preset's full-rank sibling: final checkpoint only, no parity model or evaluation of its own;
-    analyze gives the sibling barrier (plain and cross-fitted), the CKA ceiling and sibling rows of every
-    per-run metric; its final perplexity enters the parity target's seed mean."""
+    """The smoke preset's full-rank sibling: final checkpoint only, no parity model; analyze gives the sibling
+    barrier (plain and cross-fitted), the CKA ceiling and sibling rows of every per-run metric; it is scored
+    downstream, on shift and fine-tuning (``siblings.evaluate``: the F6 / P1 / shift / forgetting nulls); its
+    final perplexity enters the parity target's seed mean."""
     from rankscope.diagnostics.table import read_table
 
     out, result, _ = smoke_study
@@ -407,7 +410,9 @@ def test_smoke_study_trains_a_sibling_and_computes_every_null(smoke_study):
     # cross-method pairs stay paired: nothing between the sibling and another method
     assert not len(diag[(diag.scope == "pair") & (diag.name == "full_rank_s0_d1") & (diag.method != "full_rank")])
     for table in ("downstream", "heldout", "finetune"):
-        assert "full_rank_s0_d1" not in set(read_table(out / "results" / f"{table}.parquet").run)
+        assert "full_rank_s0_d1" in set(read_table(out / "results" / f"{table}.parquet").run)
+    html = (out / "report.html").read_text()
+    assert "sibling spread of average accuracy" in html  # F6 and P1 read the sibling's accuracy
     parity = json.loads((out / "results" / "parity.json").read_text())
     assert "full_rank 2" in parity["target"]["how"]
     assert not any(r["main_run"] == "full_rank_s0_d1" for r in parity["runs"])
