@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from rankscope.downstream.item_rows import items_path, write_items
+from rankscope.downstream.item_rows import items_path, read_items, write_items
 from rankscope.errors import UserError
 from rankscope.report.load import study_folder_problem
 
@@ -126,8 +126,6 @@ def stacked_table(sizes: list[SizeStudy], stem: str) -> pd.DataFrame | None:
 def stacked_items(sizes: list[SizeStudy]) -> pd.DataFrame | None:
     """Each size's per-item downstream rows (downstream/item_rows.py), runs renamed as in :func:`stacked_table`;
     None when a size has none (the pooled predictor then falls back to the evaluator's standard errors)."""
-    from rankscope.downstream.item_rows import read_items
-
     parts = []
     for s in sizes:
         frame = read_items(s.path / "results" / "downstream.parquet")

@@ -30,7 +30,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS, null_or_fallback, sibling_spread
+from rankscope.report.nulls import NULL_FROM_EQUAL_STEPS, null_or_fallback, paired, sibling_spread
 from rankscope.report.seedstats import ALPHA, holm, t_interval, t_pvalue
 from rankscope.report.stats import (
     FAILS,
@@ -143,24 +143,14 @@ def _no_acc(down: pd.DataFrame) -> bool:
     return len(down) == 0 or final_task_accuracy(primary_task_set(down)).empty
 
 
-def _by_seed(frame: pd.DataFrame) -> dict[tuple, tuple[float, float]]:
-    """(method, init_seed, data_seed) -> mean (ppl, acc) of its runs: the pairing of nulls.paired, both at once."""
-    acc: dict[tuple, list[tuple[float, float]]] = {}
-    for m, i, d, p, a in zip(*(frame[c] for c in ("method", "init_seed", "data_seed", "ppl", "acc")), strict=True):
-        acc.setdefault((m, i, d), []).append((float(p), float(a)))
-    return {k: (float(np.mean([x[0] for x in v])), float(np.mean([x[1] for x in v]))) for k, v in acc.items()}
-
-
 def pair_rows(frame: pd.DataFrame, methods: list[str], null: dict[str, tuple[float, int]]) -> list[dict]:
     """Per method pair: paired differences (first method: the lower mean perplexity), p-values and the word."""
     s_ppl, s_acc = null["ppl"][0], null["acc"][0]
-    by = _by_seed(frame)
-    seeds = {m: {k[1:] for k in by if k[0] == m} for m in methods}
+    ppl, acc = _as_values(frame, "ppl"), _as_values(frame, "acc")
     out = []
     for a, b in combinations(methods, 2):
-        keys = sorted(seeds[a] & seeds[b])
-        dp = np.array([by[(a, *k)][0] - by[(b, *k)][0] for k in keys], dtype=float)
-        da = np.array([by[(a, *k)][1] - by[(b, *k)][1] for k in keys], dtype=float)
+        dp, _ = paired(ppl, a, b)  # the same paired seeds for both: every row of ``frame`` has both columns
+        da, _ = paired(acc, a, b)
         if len(dp) and dp.mean() > 0:
             a, b, dp, da = b, a, -dp, -da
         out.append(_pair(a, b, dp, da, s_ppl, s_acc))

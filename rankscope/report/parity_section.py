@@ -62,16 +62,21 @@ def not_past_unigram(runs: list[RunInfo], baselines: dict[str, Any]) -> list[str
     return [r.name for r in runs if past(r.final_val_ppl, uni) is False]
 
 
-def apply_baseline_verdicts(findings: list[Finding], runs: list[RunInfo], baselines: dict[str, Any]) -> None:
-    """Replace each verdict by :data:`NOT_APPLICABLE` when any compared run is not past the unigram ppl."""
-    stuck = not_past_unigram(runs, baselines)
-    if not stuck:
-        return
+def mark_not_applicable(findings: list[Finding], reason: str) -> None:
+    """Replace each verdict by :data:`NOT_APPLICABLE` with ``reason``, keeping the verdict it had as a note."""
     for f in findings:
         f.notes.append(f"verdict before the baseline check: {f.verdict}")
         f.verdict = NOT_APPLICABLE
-        f.reason = (f"runs {', '.join(stuck)} have a validation perplexity at or above the unigram baseline "
-                    f"({baselines['unigram_ppl']:.4g}); a comparison with them says how far each model got")
+        f.reason = reason
+
+
+def apply_baseline_verdicts(findings: list[Finding], runs: list[RunInfo], baselines: dict[str, Any]) -> None:
+    """Replace each verdict by :data:`NOT_APPLICABLE` when any compared run is not past the unigram ppl."""
+    stuck = not_past_unigram(runs, baselines)
+    if stuck:
+        mark_not_applicable(findings, f"runs {', '.join(stuck)} have a validation perplexity at or above the "
+                                      f"unigram baseline ({baselines['unigram_ppl']:.4g}); a comparison with them "
+                                      "says how far each model got")
 
 
 def baseline_table(runs: list[RunInfo], baselines: dict[str, Any], label: str = "") -> str:

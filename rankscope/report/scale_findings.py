@@ -38,7 +38,12 @@ from scipy import stats as sps
 from rankscope.report.findings import _runs_frame, evaluate_findings
 from rankscope.report.findings_downstream import check_f7
 from rankscope.report.load import RunInfo, normalise_table
-from rankscope.report.parity_section import NOT_APPLICABLE, apply_baseline_verdicts, not_past_unigram
+from rankscope.report.parity_section import (
+    NOT_APPLICABLE,
+    apply_baseline_verdicts,
+    mark_not_applicable,
+    not_past_unigram,
+)
 from rankscope.report.stats import FAILS, HOLDS, INCONCLUSIVE, Finding
 from rankscope.report.verdict_rules import NO_NULL, WITHIN, is_exploratory
 
@@ -268,6 +273,7 @@ def evaluate_across_sizes(
     is left out of the trends; the pooled F7 too when any pooled model is on the plateau."""
     diag, down = normalise_table(diagnostics_df), normalise_table(downstream_df)
     null = normalise_table(null_diagnostics_df) if null_diagnostics_df is not None else None
+    infos, bases = run_infos_by_size or {}, baselines_by_size or {}
     runs_frame = _runs_with_size(runs)
     where = run_sizes(diag, down, null)
     if SIZE_COLUMN in runs_frame.columns:
@@ -283,10 +289,8 @@ def evaluate_across_sizes(
             _subset(diag, mine), _subset(down, mine), (predictions_by_size or {}).get(size),
             runs_frame[runs_frame["run"].astype(str).isin(mine)] if len(runs_frame) else runs_frame,
             _subset(null, mine) if null is not None else None)
-        apply_baseline_verdicts(per_size[size], list((run_infos_by_size or {}).get(size, [])),
-                                dict((baselines_by_size or {}).get(size, {})))
-    stuck = {s: not_past_unigram(list((run_infos_by_size or {}).get(s, [])), dict((baselines_by_size or {}).get(s, {})))
-             for s in sizes}
+        apply_baseline_verdicts(per_size[size], list(infos.get(size, [])), dict(bases.get(size, {})))
+    stuck = [r for s in sizes for r in not_past_unigram(list(infos.get(s, [])), dict(bases.get(s, {})))]
     out = []
     for i, f in enumerate(per_size[sizes[0]]):
         by_size = {s: per_size[s][i] for s in sizes}
@@ -298,16 +302,13 @@ def evaluate_across_sizes(
 
 
 def _pooled_f7(sizes: list[str], by_size: Mapping[str, Finding], pooled: Mapping[str, Any] | None,
-               stuck: Mapping[str, list[str]] | None = None) -> ScaleFinding:
+               stuck: list[str] = ()) -> ScaleFinding:
     """F7 decided by the predictor that pools every size; per-size predictors are context. Not applicable when
-    a pooled model has not left its size's unigram plateau (``stuck``: such runs per size)."""
+    a pooled model has not left its size's unigram plateau (``stuck``: such runs, of every size)."""
     f = check_f7(pooled or {})
-    plateau = [r for runs in (stuck or {}).values() for r in runs]
-    if plateau:
-        f.notes.append(f"verdict before the baseline check: {f.verdict}")
-        f.verdict = NOT_APPLICABLE
-        f.reason = (f"runs {', '.join(plateau)} have a validation perplexity at or above their size's unigram "
-                    "baseline; a predictor pooling them says how far each model got")
+    if stuck:
+        mark_not_applicable([f], f"runs {', '.join(stuck)} have a validation perplexity at or above their size's "
+                                 "unigram baseline; a predictor pooling them says how far each model got")
     sf = summarise("F7", sizes, by_size)
     per = ", ".join(f"{s}: {by_size[s].verdict}" for s in sizes)
     sf.verdict = f.verdict
